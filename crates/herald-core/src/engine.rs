@@ -1,0 +1,135 @@
+//! The engine: the one entry point transports and the publish API use.
+//!
+//! It joins the [`Hub`] (local subscribers) and a [`Broker`] (positions and history) and owns
+//! the order of operations that makes resuming exact: a subscriber joins the hub *before* its
+//! backlog is read, so nothing published in between is missed; the duplicates this can cause
+//! are dropped by [`Subscriptions`](crate::Subscriptions).
+
+use std::sync::Arc;
+
+use crate::broker::{Broker, EngineError, HistoryRead, Published};
+use crate::channel::ChannelId;
+use crate::hub::Hub;
+use crate::memory::{HistoryLimits, MemoryBroker};
+use crate::message::Payload;
+use crate::outbox::Outbox;
+use crate::position::ChannelCursor;
+
+/// Handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+}
+
+impl Engine {
+    /// An engine with in-process history: the embedded default.
+    pub fn in_memory(limits: HistoryLimits) -> Self {
+        let hub = Arc::new(Hub::new());
+        let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub), limits));
+        Self::with_broker(hub, broker)
+    }
+
+    /// An engine over any broker; `broker` must deliver into `hub`.
+    pub fn with_broker(hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
+        Self { hub, broker }
+    }
+
+    /// The local subscriber sets.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Publishes `payload` to `cid`.
+    pub async fn publish(
+        &self,
+        cid: &ChannelId,
+        payload: &Payload,
+    ) -> Result<Published, EngineError> {
+        self.broker.publish(cid, payload).await
+    }
+
+    /// Subscribes `outbox` to `cid` and returns the backlog after `cursor` (all of it that
+    /// history holds). Live messages start arriving in the outbox at once; some may repeat the
+    /// backlog's tail and must be filtered with [`Subscriptions`](crate::Subscriptions).
+    pub async fn subscribe(
+        &self,
+        outbox: &Arc<Outbox>,
+        cid: &ChannelId,
+        cursor: ChannelCursor,
+    ) -> Result<HistoryRead, EngineError> {
+        self.hub.subscribe(cid, outbox);
+        let read = self.broker.read(cid, cursor, usize::MAX).await;
+        if read.is_err() {
+            self.hub.unsubscribe(cid, outbox);
+        }
+        read
+    }
+
+    /// Removes `outbox` from `cid`'s subscribers.
+    pub fn unsubscribe(&self, outbox: &Arc<Outbox>, cid: &ChannelId) {
+        self.hub.unsubscribe(cid, outbox);
+    }
+
+    /// Reads at most `limit` messages after `cursor` without subscribing (short polling).
+    pub async fn read(
+        &self,
+        cid: &ChannelId,
+        cursor: ChannelCursor,
+        limit: usize,
+    ) -> Result<HistoryRead, EngineError> {
+        self.broker.read(cid, cursor, limit).await
+    }
+
+    /// Drops expired history and forgets idle channels.
+    pub fn sweep(&self) {
+        self.broker.sweep();
+    }
+
+    /// Channels the broker holds state for.
+    pub fn channel_count(&self) -> usize {
+        self.broker.channel_count()
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("channels", &self.channel_count())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Accept, Subscriptions};
+
+    #[tokio::test]
+    async fn subscribe_then_backlog_then_live_is_exactly_once() {
+        let engine = Engine::in_memory(HistoryLimits::default());
+        let cid = ChannelId::parse("room").expect("cid");
+        for i in 0..3 {
+            let p = Payload::from_text(format!("m{i}").as_bytes()).expect("payload");
+            engine.publish(&cid, &p).await.expect("publish");
+        }
+        let outbox = Outbox::new(16);
+        let read = engine
+            .subscribe(&outbox, &cid, ChannelCursor::Offset(1))
+            .await
+            .expect("subscribe");
+        assert_eq!(read.messages.len(), 2);
+        let mut subs = Subscriptions::new();
+        subs.insert(cid.clone(), read.position);
+        let p = Payload::from_text(b"live").expect("payload");
+        let published = engine.publish(&cid, &p).await.expect("publish");
+        assert_eq!(published.subscribers, 1);
+        let mut batch = Vec::new();
+        outbox.drain(&mut batch).await.expect("drain");
+        assert_eq!(batch.len(), 1);
+        assert_eq!(subs.accept(&batch[0]), Accept::Deliver);
+        assert_eq!(batch[0].offset(), 4);
+        engine.unsubscribe(&outbox, &cid);
+        assert_eq!(engine.hub().subscriber_count(&cid), 0);
+    }
+}

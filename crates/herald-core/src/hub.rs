@@ -1,0 +1,124 @@
+//! The hub: which local connections follow which channel.
+//!
+//! The hub is the fan-out point. It maps each channel to the outboxes of the local connections
+//! subscribed to it, split over shards so that subscribing to one channel never waits on
+//! delivering another. Delivery pushes one shared `Arc<Message>` into each outbox and never
+//! blocks: the cost per subscriber is a reference-count increment and a short lock.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::channel::ChannelId;
+use crate::message::Message;
+use crate::outbox::Outbox;
+
+const SHARDS: usize = 64;
+
+type Shard = RwLock<HashMap<ChannelId, Vec<Arc<Outbox>>>>;
+
+/// The local subscriber sets of all channels.
+pub struct Hub {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, cid: &ChannelId) -> &Shard {
+        let index = self.hasher.hash_one(cid) as usize % SHARDS;
+        &self.shards[index]
+    }
+
+    /// Adds `outbox` to the channel's subscribers. Returns true if it was not there already.
+    pub fn subscribe(&self, cid: &ChannelId, outbox: &Arc<Outbox>) -> bool {
+        let mut shard = self.shard(cid).write();
+        let subscribers = shard.entry(cid.clone()).or_default();
+        if subscribers.iter().any(|o| Arc::ptr_eq(o, outbox)) {
+            return false;
+        }
+        subscribers.push(Arc::clone(outbox));
+        true
+    }
+
+    /// Removes `outbox` from the channel's subscribers. Returns true if it was there.
+    pub fn unsubscribe(&self, cid: &ChannelId, outbox: &Arc<Outbox>) -> bool {
+        let mut shard = self.shard(cid).write();
+        let Some(subscribers) = shard.get_mut(cid) else {
+            return false;
+        };
+        let Some(index) = subscribers.iter().position(|o| Arc::ptr_eq(o, outbox)) else {
+            return false;
+        };
+        subscribers.swap_remove(index);
+        if subscribers.is_empty() {
+            shard.remove(cid);
+        }
+        true
+    }
+
+    /// Hands `message` to every subscriber of its channel; returns how many accepted it.
+    pub fn deliver(&self, message: &Arc<Message>) -> usize {
+        let shard = self.shard(message.cid()).read();
+        shard.get(message.cid()).map_or(0, |subscribers| {
+            subscribers.iter().filter(|o| o.push(message)).count()
+        })
+    }
+
+    /// Number of local subscribers of `cid`.
+    pub fn subscriber_count(&self, cid: &ChannelId) -> usize {
+        self.shard(cid).read().get(cid).map_or(0, Vec::len)
+    }
+
+    /// Number of channels with at least one local subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Epoch, Payload, Position};
+
+    #[test]
+    fn delivers_to_subscribers_of_the_channel_only() {
+        let hub = Hub::new();
+        let a = ChannelId::parse("a").expect("cid");
+        let b = ChannelId::parse("b").expect("cid");
+        let (x, y) = (Outbox::new(8), Outbox::new(8));
+        assert!(hub.subscribe(&a, &x));
+        assert!(!hub.subscribe(&a, &x), "idempotent");
+        assert!(hub.subscribe(&b, &y));
+        let m = Message::new(
+            a.clone(),
+            Position {
+                epoch: Epoch::from_u64(1),
+                offset: 1,
+            },
+            0,
+            &Payload::from_text(b"hi").expect("payload"),
+        );
+        assert_eq!(hub.deliver(&m), 1);
+        assert_eq!((x.len(), y.len()), (1, 0));
+        assert!(hub.unsubscribe(&a, &x));
+        assert!(!hub.unsubscribe(&a, &x));
+        assert_eq!(hub.deliver(&m), 0);
+        assert_eq!(hub.channel_count(), 1);
+    }
+}

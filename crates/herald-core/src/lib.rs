@@ -1,0 +1,37 @@
+//! Herald's core: channels, positions, messages, history and fan-out, with no HTTP in sight.
+//!
+//! The server crate turns HTTP requests into calls on an [`Engine`] and turns what arrives in
+//! an [`Outbox`] into bytes on a socket. Everything in between is here, so that it can be
+//! tested without sockets and reused by every transport and every backend:
+//!
+//! - [`ChannelId`]: a validated channel name.
+//! - [`Position`], [`Epoch`], [`ChannelCursor`]: where a reader stands, and the text grammar
+//!   clients use to say so.
+//! - [`Payload`], [`Message`]: a validated body and the envelope built from it once.
+//! - [`Hub`] and [`Outbox`]: who is subscribed, and each connection's bounded queue.
+//! - [`Broker`] and [`MemoryBroker`]: positions and history behind a trait.
+//! - [`Subscriptions`]: per-connection exactly-once and gap detection.
+
+mod broker;
+mod channel;
+mod clock;
+mod engine;
+mod hub;
+mod memory;
+mod message;
+mod outbox;
+mod position;
+mod subscriptions;
+
+pub use broker::{BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
+pub use channel::{ChannelId, ChannelIdError, MAX_CHANNEL_ID_LEN};
+pub use clock::now_ms;
+pub use engine::Engine;
+pub use hub::Hub;
+pub use memory::{HistoryLimits, MemoryBroker};
+pub use message::{script_safe_json, Message, Payload, PayloadError};
+pub use outbox::{Outbox, Overflow};
+pub use position::{
+    format_cursor, parse_cursor, parse_entry, ChannelCursor, CursorError, Epoch, Position,
+};
+pub use subscriptions::{Accept, Subscriptions};

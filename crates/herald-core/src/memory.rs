@@ -1,0 +1,395 @@
+//! The in-process broker: positions and history in memory, for a single node.
+//!
+//! Each channel has its own lock, taken for the whole of a publish: the offset is assigned, the
+//! message stored and handed to the hub before the next publish to that channel can start, so
+//! subscribers always see offsets in order, without gaps or duplicates, however many publishers
+//! race. History is a ring bounded by count and age. A channel with no history, no subscriber
+//! and no activity for the history TTL is forgotten, and a later use starts a new epoch.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::broker::{BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
+use crate::channel::ChannelId;
+use crate::clock::now_ms;
+use crate::hub::Hub;
+use crate::message::{Message, Payload};
+use crate::position::{ChannelCursor, Epoch, Position};
+
+const SHARDS: usize = 64;
+
+/// History limits of the memory broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Messages kept per channel.
+    pub size: usize,
+    /// How long a message is kept.
+    pub ttl: Duration,
+    /// Most channels the broker keeps state for; publishing to or subscribing to a new channel
+    /// beyond this is refused.
+    pub max_channels: usize,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            ttl: Duration::from_secs(600),
+            max_channels: 1_000_000,
+        }
+    }
+}
+
+struct ChannelLog {
+    epoch: Epoch,
+    last: u64,
+    messages: VecDeque<Arc<Message>>,
+    touched_ms: u64,
+}
+
+impl ChannelLog {
+    fn new(now: u64) -> Self {
+        Self {
+            epoch: Epoch::random(),
+            last: 0,
+            messages: VecDeque::new(),
+            touched_ms: now,
+        }
+    }
+
+    fn expire(&mut self, now: u64, ttl_ms: u64) {
+        while self
+            .messages
+            .front()
+            .is_some_and(|m| m.time_ms().saturating_add(ttl_ms) <= now)
+        {
+            self.messages.pop_front();
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            offset: self.last,
+        }
+    }
+
+    fn read(&self, cid: &ChannelId, cursor: ChannelCursor, limit: usize) -> HistoryRead {
+        let oldest = self.messages.front().map_or(self.last + 1, |m| m.offset());
+        // The offset after which the reader wants messages, and whether that is a gap.
+        let (after, gap) = match cursor {
+            ChannelCursor::Latest => (self.last, false),
+            ChannelCursor::Exact(p) if p.epoch != self.epoch => (oldest - 1, true),
+            ChannelCursor::Exact(Position { offset, .. }) | ChannelCursor::Offset(offset) => {
+                if offset > self.last {
+                    // Ahead of this history: it belongs to a history that was lost.
+                    (oldest - 1, true)
+                } else if offset + 1 < oldest {
+                    (oldest - 1, true)
+                } else {
+                    (offset, false)
+                }
+            }
+        };
+        let skip = usize::try_from(after + 1 - oldest).unwrap_or(usize::MAX);
+        let messages: Vec<_> = self
+            .messages
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect();
+        // With nothing to return, `after` is the channel's last offset.
+        let position = messages.last().map_or(self.position(), |m| m.position());
+        HistoryRead {
+            gap: gap.then(|| Gap {
+                cid: cid.clone(),
+                epoch: self.epoch,
+                first: after + 1,
+                requested: cursor,
+            }),
+            messages,
+            position,
+        }
+    }
+}
+
+/// Positions and history in process memory. See the module documentation.
+pub struct MemoryBroker {
+    hub: Arc<Hub>,
+    limits: HistoryLimits,
+    shards: Box<[Mutex<HashMap<ChannelId, Arc<Mutex<ChannelLog>>>>]>,
+    hasher: RandomState,
+    channels: AtomicUsize,
+}
+
+impl MemoryBroker {
+    /// A broker that delivers into `hub`.
+    pub fn new(hub: Arc<Hub>, limits: HistoryLimits) -> Self {
+        Self {
+            hub,
+            limits: HistoryLimits {
+                size: limits.size.max(1),
+                ..limits
+            },
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            channels: AtomicUsize::new(0),
+        }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.limits.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn log(&self, cid: &ChannelId, now: u64) -> Result<Arc<Mutex<ChannelLog>>, EngineError> {
+        let index = self.hasher.hash_one(cid) as usize % SHARDS;
+        let mut shard = self.shards[index].lock();
+        if let Some(log) = shard.get(cid) {
+            return Ok(Arc::clone(log));
+        }
+        if self.channels.load(Ordering::Relaxed) >= self.limits.max_channels {
+            return Err(EngineError::Limit(format!(
+                "the server holds its maximum of {} channels",
+                self.limits.max_channels
+            )));
+        }
+        let log = Arc::new(Mutex::new(ChannelLog::new(now)));
+        shard.insert(cid.clone(), Arc::clone(&log));
+        self.channels.fetch_add(1, Ordering::Relaxed);
+        Ok(log)
+    }
+
+    fn publish_now(&self, cid: &ChannelId, payload: &Payload) -> Result<Published, EngineError> {
+        let now = now_ms();
+        let log = self.log(cid, now)?;
+        let mut log = log.lock();
+        log.last += 1;
+        log.touched_ms = now;
+        let message = Message::new(cid.clone(), log.position(), now, payload);
+        log.messages.push_back(Arc::clone(&message));
+        if log.messages.len() > self.limits.size {
+            log.messages.pop_front();
+        }
+        log.expire(now, self.ttl_ms());
+        // Still under the channel lock: the hub sees this channel's messages in order.
+        let subscribers = self.hub.deliver(&message);
+        Ok(Published {
+            message,
+            subscribers,
+        })
+    }
+
+    fn read_now(
+        &self,
+        cid: &ChannelId,
+        cursor: ChannelCursor,
+        limit: usize,
+    ) -> Result<HistoryRead, EngineError> {
+        let now = now_ms();
+        let log = self.log(cid, now)?;
+        let mut log = log.lock();
+        log.touched_ms = now;
+        log.expire(now, self.ttl_ms());
+        Ok(log.read(cid, cursor, limit.max(1)))
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn publish<'a>(
+        &'a self,
+        cid: &'a ChannelId,
+        payload: &'a Payload,
+    ) -> BoxFuture<'a, Result<Published, EngineError>> {
+        let result = self.publish_now(cid, payload);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn read<'a>(
+        &'a self,
+        cid: &'a ChannelId,
+        cursor: ChannelCursor,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryRead, EngineError>> {
+        let result = self.read_now(cid, cursor, limit);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn sweep(&self) {
+        let now = now_ms();
+        let ttl = self.ttl_ms();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let before = shard.len();
+            shard.retain(|cid, log| {
+                let mut log = log.lock();
+                log.expire(now, ttl);
+                !log.messages.is_empty()
+                    || self.hub.subscriber_count(cid) > 0
+                    || log.touched_ms.saturating_add(ttl) > now
+            });
+            self.channels
+                .fetch_sub(before - shard.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn channel_count(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(size: usize) -> MemoryBroker {
+        MemoryBroker::new(
+            Arc::new(Hub::new()),
+            HistoryLimits {
+                size,
+                ..HistoryLimits::default()
+            },
+        )
+    }
+
+    fn publish(b: &MemoryBroker, cid: &ChannelId, n: usize) -> Vec<Arc<Message>> {
+        (0..n)
+            .map(|i| {
+                let p = Payload::from_text(i.to_string().as_bytes()).expect("payload");
+                b.publish_now(cid, &p).expect("published").message
+            })
+            .collect()
+    }
+
+    fn offsets(read: &HistoryRead) -> Vec<u64> {
+        read.messages.iter().map(|m| m.offset()).collect()
+    }
+
+    #[test]
+    fn offsets_grow_by_one_from_one() {
+        let b = broker(10);
+        let cid = ChannelId::parse("c").expect("cid");
+        let msgs = publish(&b, &cid, 3);
+        assert_eq!(
+            msgs.iter().map(|m| m.offset()).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert!(msgs.iter().all(|m| m.epoch() == msgs[0].epoch()));
+    }
+
+    #[test]
+    fn reads_after_a_cursor_and_reports_gaps() {
+        let b = broker(5);
+        let cid = ChannelId::parse("c").expect("cid");
+        let msgs = publish(&b, &cid, 8); // history holds 4..=8
+        let epoch = msgs[0].epoch();
+
+        let r = b
+            .read_now(&cid, ChannelCursor::Offset(5), 100)
+            .expect("read");
+        assert_eq!((offsets(&r), r.gap.is_none()), (vec![6, 7, 8], true));
+
+        let r = b
+            .read_now(&cid, ChannelCursor::Offset(3), 100)
+            .expect("read");
+        assert_eq!((offsets(&r), r.gap.is_none()), (vec![4, 5, 6, 7, 8], true));
+
+        let r = b
+            .read_now(&cid, ChannelCursor::Offset(2), 100)
+            .expect("read");
+        assert_eq!(offsets(&r), [4, 5, 6, 7, 8]);
+        let gap = r.gap.expect("gap");
+        assert_eq!((gap.epoch, gap.first), (epoch, 4));
+
+        let other = Position {
+            epoch: Epoch::from_u64(epoch.as_u64() ^ 1),
+            offset: 7,
+        };
+        let r = b
+            .read_now(&cid, ChannelCursor::Exact(other), 100)
+            .expect("read");
+        assert!(r.gap.is_some());
+        assert_eq!(offsets(&r), [4, 5, 6, 7, 8]);
+
+        let r = b
+            .read_now(&cid, ChannelCursor::Offset(99), 100)
+            .expect("read");
+        assert!(
+            r.gap.is_some(),
+            "a cursor ahead of history is from a lost epoch"
+        );
+
+        let r = b.read_now(&cid, ChannelCursor::Latest, 100).expect("read");
+        assert!(r.messages.is_empty() && r.gap.is_none());
+        assert_eq!(r.position, Position { epoch, offset: 8 });
+
+        let r = b
+            .read_now(&cid, ChannelCursor::Offset(8), 100)
+            .expect("read");
+        assert!(r.messages.is_empty() && r.gap.is_none());
+        assert_eq!(r.position.offset, 8);
+    }
+
+    #[test]
+    fn limit_returns_the_oldest_first_and_the_position_to_continue() {
+        let b = broker(100);
+        let cid = ChannelId::parse("c").expect("cid");
+        publish(&b, &cid, 10);
+        let r = b.read_now(&cid, ChannelCursor::Offset(0), 3).expect("read");
+        assert_eq!(offsets(&r), [1, 2, 3]);
+        assert_eq!(r.position.offset, 3);
+    }
+
+    #[test]
+    fn new_channels_start_empty_with_an_epoch() {
+        let b = broker(10);
+        let cid = ChannelId::parse("fresh").expect("cid");
+        let r = b
+            .read_now(&cid, ChannelCursor::Offset(0), 10)
+            .expect("read");
+        assert!(r.messages.is_empty() && r.gap.is_none());
+        assert_eq!(r.position.offset, 0);
+        let m = publish(&b, &cid, 1);
+        assert_eq!(m[0].epoch(), r.position.epoch);
+    }
+
+    #[test]
+    fn channel_limit_is_enforced() {
+        let b = MemoryBroker::new(
+            Arc::new(Hub::new()),
+            HistoryLimits {
+                max_channels: 2,
+                ..HistoryLimits::default()
+            },
+        );
+        for name in ["a", "b"] {
+            publish(&b, &ChannelId::parse(name).expect("cid"), 1);
+        }
+        let p = Payload::from_text(b"x").expect("payload");
+        let third = ChannelId::parse("c").expect("cid");
+        assert!(matches!(
+            b.publish_now(&third, &p),
+            Err(EngineError::Limit(_))
+        ));
+    }
+
+    #[test]
+    fn sweep_forgets_expired_idle_channels() {
+        let b = MemoryBroker::new(
+            Arc::new(Hub::new()),
+            HistoryLimits {
+                ttl: Duration::ZERO,
+                ..HistoryLimits::default()
+            },
+        );
+        publish(&b, &ChannelId::parse("gone").expect("cid"), 2);
+        assert_eq!(b.channel_count(), 1);
+        b.sweep();
+        assert_eq!(b.channel_count(), 0);
+    }
+}

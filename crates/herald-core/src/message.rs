@@ -1,0 +1,344 @@
+//! Messages and their wire encodings.
+//!
+//! A published body becomes a [`Payload`] (compact JSON text, validated once), then a
+//! [`Message`] once the channel gives it a position. The message owns the JSON envelope every
+//! transport delivers, built once at publish time, and builds each other wire form (SSE event,
+//! script-safe JSON for the iframe) at most once, on first use, shared by every subscriber.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::channel::ChannelId;
+use crate::position::{Epoch, Position};
+
+/// The data of a message: one JSON value as compact, single-line, valid UTF-8 text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload(Bytes);
+
+/// Why a publish body cannot become a payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The body is not valid UTF-8.
+    #[error("body is not valid UTF-8 (at byte {0})")]
+    NotUtf8(usize),
+    /// The body was declared JSON but does not parse.
+    #[error("body is not valid JSON: {0}")]
+    BadJson(String),
+}
+
+impl Payload {
+    /// A JSON body: must be exactly one valid JSON value. Insignificant whitespace is removed,
+    /// so the envelope stays on one line (SSE `data:` lines cannot contain newlines).
+    pub fn from_json(body: &[u8]) -> Result<Self, PayloadError> {
+        let text = std::str::from_utf8(body).map_err(|e| PayloadError::NotUtf8(e.valid_up_to()))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .map_err(|e| PayloadError::BadJson(e.to_string()))?;
+        Ok(Self(compact_json(body)))
+    }
+
+    /// A text body: must be UTF-8; delivered as a JSON string.
+    pub fn from_text(body: &[u8]) -> Result<Self, PayloadError> {
+        let text = std::str::from_utf8(body).map_err(|e| PayloadError::NotUtf8(e.valid_up_to()))?;
+        let quoted =
+            serde_json::to_string(text).map_err(|e| PayloadError::BadJson(e.to_string()))?;
+        Ok(Self(Bytes::from(quoted)))
+    }
+
+    /// The compact JSON text.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Length of the JSON text in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for an empty payload (never produced by the constructors).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// Removes whitespace outside strings from already-validated JSON.
+fn compact_json(json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            if b == b'"' {
+                in_string = true;
+            }
+            out.push(b);
+        }
+    }
+    Bytes::from(out)
+}
+
+/// A published message with its position, shared (`Arc`) by history and all subscribers.
+pub struct Message {
+    cid: ChannelId,
+    position: Position,
+    time_ms: u64,
+    envelope: Bytes,
+    data_range: std::ops::Range<usize>,
+    sse_event: OnceLock<(Bytes, usize)>,
+    script_safe: OnceLock<Bytes>,
+}
+
+impl Message {
+    /// Builds the message and its JSON envelope
+    /// `{"cid":…,"id":…,"epoch":…,"data":…,"time":…}`.
+    pub fn new(cid: ChannelId, position: Position, time_ms: u64, data: &Payload) -> Arc<Self> {
+        let mut env = String::with_capacity(data.len() + cid.as_str().len() + 64);
+        env.push_str("{\"cid\":\"");
+        // Channel ids never need JSON escaping (see `channel`).
+        env.push_str(cid.as_str());
+        env.push_str("\",\"id\":");
+        env.push_str(&position.offset.to_string());
+        env.push_str(",\"epoch\":\"");
+        position.epoch.write_to(&mut env);
+        env.push_str("\",\"data\":");
+        let mut bytes = BytesMut::with_capacity(env.len() + data.len() + 32);
+        bytes.put_slice(env.as_bytes());
+        let data_range = bytes.len()..bytes.len() + data.len();
+        bytes.put_slice(data.as_bytes());
+        bytes.put_slice(b",\"time\":");
+        bytes.put_slice(time_ms.to_string().as_bytes());
+        bytes.put_u8(b'}');
+        Arc::new(Self {
+            cid,
+            position,
+            time_ms,
+            envelope: bytes.freeze(),
+            data_range,
+            sse_event: OnceLock::new(),
+            script_safe: OnceLock::new(),
+        })
+    }
+
+    /// The channel the message was published to.
+    pub fn cid(&self) -> &ChannelId {
+        &self.cid
+    }
+
+    /// The message's position (its `epoch` and `id`).
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The message's offset (`id`).
+    pub fn offset(&self) -> u64 {
+        self.position.offset
+    }
+
+    /// The message's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.position.epoch
+    }
+
+    /// Server time of publication, in milliseconds since the Unix epoch.
+    pub fn time_ms(&self) -> u64 {
+        self.time_ms
+    }
+
+    /// The JSON envelope; valid UTF-8, one line.
+    pub fn envelope(&self) -> &Bytes {
+        &self.envelope
+    }
+
+    /// The JSON `data` value as it appears inside the envelope.
+    pub fn data(&self) -> &[u8] {
+        &self.envelope[self.data_range.clone()]
+    }
+
+    /// The SSE event for a subscriber of this channel alone:
+    /// `id: EPOCH:ID\ndata: ENVELOPE\n\n`.
+    pub fn sse_event(&self) -> Bytes {
+        self.sse_parts().0.clone()
+    }
+
+    /// The SSE event without its `id:` line, for connections that write their own
+    /// (multi-channel) id: `data: ENVELOPE\n\n`.
+    pub fn sse_data(&self) -> Bytes {
+        let (event, data_start) = self.sse_parts();
+        event.slice(*data_start..)
+    }
+
+    fn sse_parts(&self) -> &(Bytes, usize) {
+        self.sse_event.get_or_init(|| {
+            let id = format!("id: {}\n", self.position);
+            let mut out = BytesMut::with_capacity(id.len() + self.envelope.len() + 9);
+            out.put_slice(id.as_bytes());
+            out.put_slice(b"data: ");
+            out.put_slice(&self.envelope);
+            out.put_slice(b"\n\n");
+            (out.freeze(), id.len())
+        })
+    }
+
+    /// The envelope made safe to embed in an HTML `<script>` element: `<`, `>`, `&`, U+2028 and
+    /// U+2029 are written as `\u` escapes. They can only occur inside JSON strings, where the
+    /// escape means the same character, so the value is unchanged.
+    pub fn script_safe_envelope(&self) -> Bytes {
+        self.script_safe
+            .get_or_init(|| script_safe_json(&self.envelope))
+            .clone()
+    }
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("cid", &self.cid)
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Escapes the characters that could end or confuse a `<script>` element.
+pub fn script_safe_json(json: &Bytes) -> Bytes {
+    if !json.iter().any(|b| matches!(b, b'<' | b'>' | b'&' | 0xE2)) {
+        return json.clone();
+    }
+    let mut out = BytesMut::with_capacity(json.len() + 32);
+    let mut i = 0;
+    while i < json.len() {
+        let b = json[i];
+        match b {
+            b'<' => out.put_slice(b"\\u003c"),
+            b'>' => out.put_slice(b"\\u003e"),
+            b'&' => out.put_slice(b"\\u0026"),
+            0xE2 if is_line_separator(&json[i..]) => {
+                out.put_slice(if json[i + 2] == 0xA8 {
+                    b"\\u2028"
+                } else {
+                    b"\\u2029"
+                });
+                i += 3;
+                continue;
+            }
+            _ => out.put_u8(b),
+        }
+        i += 1;
+    }
+    out.freeze()
+}
+
+/// U+2028 and U+2029 in UTF-8: E2 80 A8 / E2 80 A9.
+fn is_line_separator(w: &[u8]) -> bool {
+    w.len() >= 3 && w[0] == 0xE2 && w[1] == 0x80 && (w[2] == 0xA8 || w[2] == 0xA9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(data: &Payload) -> Arc<Message> {
+        Message::new(
+            ChannelId::parse("chat:5").expect("cid"),
+            Position {
+                epoch: Epoch::parse("k3f9").expect("epoch"),
+                offset: 17,
+            },
+            1_764_167_000_123,
+            data,
+        )
+    }
+
+    #[test]
+    fn envelope_has_the_documented_shape() {
+        let m = msg(&Payload::from_json(br#" { "text" : "hi there" } "#).expect("json"));
+        assert_eq!(
+            &m.envelope()[..],
+            br#"{"cid":"chat:5","id":17,"epoch":"k3f9","data":{"text":"hi there"},"time":1764167000123}"#
+        );
+        assert_eq!(m.data(), br#"{"text":"hi there"}"#);
+        let parsed: serde_json::Value = serde_json::from_slice(m.envelope()).expect("valid JSON");
+        assert_eq!(parsed["data"]["text"], "hi there");
+    }
+
+    #[test]
+    fn json_bodies_are_validated_and_compacted() {
+        let p = Payload::from_json(b"[1,\n 2,\t{\"a b\": \"c\\\" d\\n\"}]\r\n").expect("json");
+        assert_eq!(p.as_bytes(), br#"[1,2,{"a b":"c\" d\n"}]"#);
+        assert!(matches!(
+            Payload::from_json(b""),
+            Err(PayloadError::BadJson(_))
+        ));
+        assert!(matches!(
+            Payload::from_json(b"{"),
+            Err(PayloadError::BadJson(_))
+        ));
+        assert!(matches!(
+            Payload::from_json(b"1 2"),
+            Err(PayloadError::BadJson(_))
+        ));
+        assert!(matches!(
+            Payload::from_json(b"\"\xff\""),
+            Err(PayloadError::NotUtf8(1))
+        ));
+        let deep = "[".repeat(10_000);
+        assert!(
+            Payload::from_json(deep.as_bytes()).is_err(),
+            "deep nesting is refused"
+        );
+    }
+
+    #[test]
+    fn text_bodies_become_json_strings() {
+        let p = Payload::from_text("line1\nquote\" ✓".as_bytes()).expect("text");
+        assert_eq!(p.as_bytes(), "\"line1\\nquote\\\" ✓\"".as_bytes());
+        assert_eq!(Payload::from_text(b"").expect("empty").as_bytes(), b"\"\"");
+        assert!(matches!(
+            Payload::from_text(b"ok\xc3"),
+            Err(PayloadError::NotUtf8(2))
+        ));
+    }
+
+    #[test]
+    fn sse_forms_share_one_buffer() {
+        let m = msg(&Payload::from_text(b"x").expect("text"));
+        let event = m.sse_event();
+        assert!(event.starts_with(b"id: k3f9:17\ndata: {\"cid\""));
+        assert!(event.ends_with(b"}\n\n"));
+        assert_eq!(&m.sse_data()[..], &event[12..]);
+        assert_eq!(m.sse_event().as_ptr(), event.as_ptr(), "encoded once");
+    }
+
+    #[test]
+    fn script_breakouts_are_escaped() {
+        let m = msg(
+            &Payload::from_text("</script><script>alert(1)</script>&\u{2028}".as_bytes())
+                .expect("text"),
+        );
+        let safe = m.script_safe_envelope();
+        let text = std::str::from_utf8(&safe).expect("utf8");
+        assert!(!text.contains('<') && !text.contains('>') && !text.contains('&'));
+        assert!(!text.contains('\u{2028}'));
+        let back: serde_json::Value = serde_json::from_str(text).expect("still JSON");
+        assert_eq!(back["data"], "</script><script>alert(1)</script>&\u{2028}");
+        let plain = msg(&Payload::from_text(b"plain").expect("text"));
+        assert_eq!(
+            plain.script_safe_envelope().as_ptr(),
+            plain.envelope().as_ptr()
+        );
+    }
+}
