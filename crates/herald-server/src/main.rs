@@ -1,1 +1,70 @@
-fn main() {}
+//! The `herald` binary: parses the command line, sets up logging, runs the server until
+//! SIGINT or SIGTERM, then shuts it down gracefully.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use herald_server::{Cli, Command, Config, RunningServer};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    let config = match Config::resolve(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("herald: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match EnvFilter::try_new(&config.log) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("herald: invalid log filter {:?}: {error}", config.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("herald: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    tracing::debug!(?config, "configuration");
+    let server = match RunningServer::start(config).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("signal received; shutting down");
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The state every request handler shares: the engine, the settings, the shutdown signal and
+//! the connection gauge.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use herald_core::{Engine, HistoryLimits};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+
+/// Shared server state.
+pub struct App {
+    /// Channels, history and fan-out.
+    pub engine: Engine,
+    /// Resolved settings.
+    pub config: Config,
+    /// Cancelled when the server begins shutting down; streams watch it to end cleanly.
+    pub shutdown: CancellationToken,
+    /// Tasks that outlive their HTTP connection (upgraded WebSockets); shutdown waits on them.
+    pub tasks: TaskTracker,
+    connections: AtomicUsize,
+}
+
+impl App {
+    /// State for a server with these settings and the embedded in-memory engine.
+    pub fn new(config: Config) -> Arc<Self> {
+        let engine = Engine::in_memory(HistoryLimits {
+            size: config.history_size,
+            ttl: config.history_ttl,
+            max_channels: config.max_channels,
+        });
+        Arc::new(Self {
+            engine,
+            config,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            connections: AtomicUsize::new(0),
+        })
+    }
+
+    /// Open client connections (HTTP and WebSocket).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection until the returned guard is dropped.
+    pub fn track_connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(Arc::clone(self))
+    }
+}
+
+/// Keeps one connection counted in [`App::connections`].
+pub struct ConnectionGuard(Arc<App>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

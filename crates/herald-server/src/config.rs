@@ -1,0 +1,458 @@
+//! Server settings: command-line flags, `HERALD_…` environment variables and an optional TOML
+//! file, merged in that order of precedence over built-in defaults.
+//!
+//! clap reads flags and environment together (a flag wins over its variable); the file fills
+//! whatever neither set; [`Config`] is the single resolved, validated result the server runs
+//! with. Every option is documented once, on its flag, and shows up in `herald serve --help`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// Herald: a real-time message push server.
+///
+/// Backends publish over HTTP (`POST /publish?cid=…`); browsers subscribe over WebSocket,
+/// Server-Sent Events, a forever iframe, long polling or short polling (`GET /listen?cid=…`,
+/// `GET /messages?cid=…&since=…`). See docs/protocol.md.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (embedded defaults: in-memory history, 127.0.0.1:8000).
+    Serve(ServeArgs),
+}
+
+/// Options of `herald serve`. Each may also come from the environment variable shown, or from
+/// the `--config` file under the same name with `_` for `-`. Durations take units: `250ms`,
+/// `30s`, `10m`.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with options (keys as the long flags with `_` for `-`).
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on; port 0 picks a free port (the address is logged).
+    /// [default: 127.0.0.1:8000]
+    #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Messages kept per channel for resuming and polling. [default: 100]
+    #[arg(long, env = "HERALD_HISTORY_SIZE", value_name = "N")]
+    pub history_size: Option<usize>,
+
+    /// How long a message stays in history. [default: 10m]
+    #[arg(long, env = "HERALD_HISTORY_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub history_ttl: Option<Duration>,
+
+    /// Most channels the server keeps at once; new channels beyond it are refused (503).
+    /// [default: 1000000]
+    #[arg(long, env = "HERALD_MAX_CHANNELS", value_name = "N")]
+    pub max_channels: Option<usize>,
+
+    /// Most channels one connection (or one publish) may name. [default: 64]
+    #[arg(long, env = "HERALD_MAX_CHANNELS_PER_CONNECTION", value_name = "N")]
+    pub max_channels_per_connection: Option<usize>,
+
+    /// Largest publish body, and largest WebSocket message, in bytes. [default: 65536]
+    #[arg(long, env = "HERALD_MAX_BODY", value_name = "BYTES")]
+    pub max_body: Option<usize>,
+
+    /// A key that lets non-loopback clients publish (`Authorization: Bearer KEY`). Repeat the
+    /// flag, or separate keys with commas in the variable, to accept several (rotation).
+    #[arg(
+        long = "publish-key",
+        env = "HERALD_PUBLISH_KEYS",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub publish_keys: Vec<String>,
+
+    /// Let WebSocket clients publish with the `publish` command. [default: false]
+    #[arg(long, env = "HERALD_CLIENT_PUBLISH", value_name = "BOOL")]
+    pub client_publish: Option<bool>,
+
+    /// How long a long-poll request waits for a message before answering `[]`. [default: 30s]
+    #[arg(long, env = "HERALD_LONGPOLL_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub longpoll_timeout: Option<Duration>,
+
+    /// Interval of keep-alive comments on SSE and iframe streams. [default: 15s]
+    #[arg(long, env = "HERALD_KEEPALIVE", value_name = "DURATION", value_parser = parse_duration)]
+    pub keepalive: Option<Duration>,
+
+    /// Reconnect delay suggested to SSE clients (`retry:`). [default: 2s]
+    #[arg(long, env = "HERALD_SSE_RETRY", value_name = "DURATION", value_parser = parse_duration)]
+    pub sse_retry: Option<Duration>,
+
+    /// Interval of WebSocket pings; a peer that misses one is closed. [default: 25s]
+    #[arg(long, env = "HERALD_WS_PING_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub ws_ping_interval: Option<Duration>,
+
+    /// Messages that may wait for one connection before it is dropped as a slow consumer.
+    /// [default: 1024]
+    #[arg(long, env = "HERALD_OUTBOX_CAPACITY", value_name = "N")]
+    pub outbox_capacity: Option<usize>,
+
+    /// How long shutdown waits for connections to close before exiting. [default: 10s]
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `herald_server=debug`).
+    /// [default: info]
+    #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 250ms, 30s, 10m)"))
+}
+
+/// The same options as read from a TOML file. Unknown keys are an error, so a typo is not
+/// silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    history_size: Option<usize>,
+    history_ttl: Option<String>,
+    max_channels: Option<usize>,
+    max_channels_per_connection: Option<usize>,
+    max_body: Option<usize>,
+    publish_keys: Option<Vec<String>>,
+    client_publish: Option<bool>,
+    longpoll_timeout: Option<String>,
+    keepalive: Option<String>,
+    sse_retry: Option<String>,
+    ws_ping_interval: Option<String>,
+    outbox_capacity: Option<usize>,
+    shutdown_timeout: Option<String>,
+    log: Option<String>,
+}
+
+/// The resolved settings the server runs with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Messages kept per channel.
+    pub history_size: usize,
+    /// Age limit of history.
+    pub history_ttl: Duration,
+    /// Most channels held by the server.
+    pub max_channels: usize,
+    /// Most channels per connection or publish.
+    pub max_channels_per_connection: usize,
+    /// Largest publish body / WebSocket message.
+    pub max_body: usize,
+    /// Keys accepted from non-loopback publishers.
+    pub publish_keys: Vec<String>,
+    /// Whether WebSocket clients may publish.
+    pub client_publish: bool,
+    /// Long-poll wait.
+    pub longpoll_timeout: Duration,
+    /// SSE / iframe keep-alive interval.
+    pub keepalive: Duration,
+    /// SSE `retry:` hint.
+    pub sse_retry: Duration,
+    /// WebSocket ping interval.
+    pub ws_ping_interval: Duration,
+    /// Per-connection queue bound.
+    pub outbox_capacity: usize,
+    /// Shutdown grace period.
+    pub shutdown_timeout: Duration,
+    /// Log filter.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+            max_channels: 1_000_000,
+            max_channels_per_connection: 64,
+            max_body: 64 * 1024,
+            publish_keys: Vec::new(),
+            client_publish: false,
+            longpoll_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(15),
+            sse_retry: Duration::from_secs(2),
+            ws_ping_interval: Duration::from_secs(25),
+            outbox_capacity: 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            log: "info".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys are secrets: show how many there are, never what they are.
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("history_size", &self.history_size)
+            .field("history_ttl", &self.history_ttl)
+            .field("max_channels", &self.max_channels)
+            .field(
+                "max_channels_per_connection",
+                &self.max_channels_per_connection,
+            )
+            .field("max_body", &self.max_body)
+            .field(
+                "publish_keys",
+                &format_args!("<{} keys>", self.publish_keys.len()),
+            )
+            .field("client_publish", &self.client_publish)
+            .field("longpoll_timeout", &self.longpoll_timeout)
+            .field("keepalive", &self.keepalive)
+            .field("sse_retry", &self.sse_retry)
+            .field("ws_ping_interval", &self.ws_ping_interval)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+/// Why the settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for these options.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {name}: {message}")]
+    Invalid {
+        /// The option.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Resolves flags and environment (already merged by clap) over the optional file over the
+    /// defaults, and validates the result.
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let d = Self::default();
+        let dur =
+            |name: &'static str, text: Option<String>| -> Result<Option<Duration>, ConfigError> {
+                text.map(|t| {
+                    parse_duration(&t).map_err(|message| ConfigError::Invalid { name, message })
+                })
+                .transpose()
+            };
+        let config = Self {
+            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            history_size: args
+                .history_size
+                .or(file.history_size)
+                .unwrap_or(d.history_size),
+            history_ttl: args
+                .history_ttl
+                .or(dur("history_ttl", file.history_ttl)?)
+                .unwrap_or(d.history_ttl),
+            max_channels: args
+                .max_channels
+                .or(file.max_channels)
+                .unwrap_or(d.max_channels),
+            max_channels_per_connection: args
+                .max_channels_per_connection
+                .or(file.max_channels_per_connection)
+                .unwrap_or(d.max_channels_per_connection),
+            max_body: args.max_body.or(file.max_body).unwrap_or(d.max_body),
+            publish_keys: if args.publish_keys.is_empty() {
+                file.publish_keys.unwrap_or_default()
+            } else {
+                args.publish_keys
+            },
+            client_publish: args
+                .client_publish
+                .or(file.client_publish)
+                .unwrap_or(d.client_publish),
+            longpoll_timeout: args
+                .longpoll_timeout
+                .or(dur("longpoll_timeout", file.longpoll_timeout)?)
+                .unwrap_or(d.longpoll_timeout),
+            keepalive: args
+                .keepalive
+                .or(dur("keepalive", file.keepalive)?)
+                .unwrap_or(d.keepalive),
+            sse_retry: args
+                .sse_retry
+                .or(dur("sse_retry", file.sse_retry)?)
+                .unwrap_or(d.sse_retry),
+            ws_ping_interval: args
+                .ws_ping_interval
+                .or(dur("ws_ping_interval", file.ws_ping_interval)?)
+                .unwrap_or(d.ws_ping_interval),
+            outbox_capacity: args
+                .outbox_capacity
+                .or(file.outbox_capacity)
+                .unwrap_or(d.outbox_capacity),
+            shutdown_timeout: args
+                .shutdown_timeout
+                .or(dur("shutdown_timeout", file.shutdown_timeout)?)
+                .unwrap_or(d.shutdown_timeout),
+            log: args.log.or(file.log).unwrap_or(d.log),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that every value is usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("history_size", self.history_size),
+            ("max_channels", self.max_channels),
+            (
+                "max_channels_per_connection",
+                self.max_channels_per_connection,
+            ),
+            ("max_body", self.max_body),
+            ("outbox_capacity", self.outbox_capacity),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        let nonzero = [
+            ("history_ttl", self.history_ttl),
+            ("longpoll_timeout", self.longpoll_timeout),
+            ("keepalive", self.keepalive),
+            ("ws_ping_interval", self.ws_ping_interval),
+        ];
+        for (name, value) in nonzero {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: "must be longer than zero".into(),
+                });
+            }
+        }
+        if self.publish_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                name: "publish_keys",
+                message: "keys must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut argv = vec!["herald", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Serve(args) => args,
+        }
+    }
+
+    #[test]
+    fn defaults_apply_without_flags_or_file() {
+        let config = Config::resolve(ServeArgs::default()).expect("valid");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "history_size = 7\nhistory_ttl = \"5s\"\nlisten = \"127.0.0.1:9\"\npublish_keys = [\"a\", \"b\"]\n",
+        )
+        .expect("write");
+        let config_path = path.to_str().expect("utf8 path");
+        let config = Config::resolve(parse(&["--config", config_path, "--listen", "127.0.0.1:0"]))
+            .expect("valid");
+        assert_eq!(config.listen.port(), 0, "flag wins");
+        assert_eq!(config.history_size, 7, "file fills");
+        assert_eq!(config.history_ttl, Duration::from_secs(5));
+        assert_eq!(config.publish_keys, ["a", "b"]);
+        assert_eq!(config.outbox_capacity, 1024, "default remains");
+        assert!(
+            !format!("{config:?}").contains("\"a\""),
+            "keys are not printed"
+        );
+    }
+
+    #[test]
+    fn bad_files_and_values_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "histroy_size = 3\n").expect("write");
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::resolve(args),
+            Err(ConfigError::Parse { .. })
+        ));
+        let args = parse(&["--history-size", "0"]);
+        assert!(matches!(
+            Config::resolve(args),
+            Err(ConfigError::Invalid {
+                name: "history_size",
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["herald", "serve", "--history-ttl", "soon"]).is_err());
+        let missing = ServeArgs {
+            config: Some("/nonexistent/herald.toml".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::resolve(missing),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,19 @@
+//! The Herald server: the HTTP publish API and the five delivery transports over
+//! [`herald_core`].
+//!
+//! [`RunningServer::start`] binds and serves; the `herald` binary adds the command line,
+//! logging and signal handling around it. Tests start it on port 0 in-process and talk to it
+//! over real sockets.
+#![doc = include_str!("../../../docs/protocol.md")]
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod publish;
+pub mod query;
+pub mod router;
+pub mod server;
+pub mod transport;
+
+pub use config::{Cli, Command, Config, ConfigError, ServeArgs};
+pub use server::RunningServer;

@@ -1,0 +1,138 @@
+//! The listener: accepts connections, serves each with hyper, sweeps history, shuts down.
+//!
+//! One task per TCP connection drives hyper's HTTP/1 state machine and, for SSE and iframe,
+//! the streaming body too. Upgraded WebSockets get their own task, tracked so shutdown can wait
+//! for them. Accept errors (such as running out of file descriptors) are logged and retried
+//! after a pause, never in a tight loop. Shutdown: stop accepting, tell every stream to end
+//! with a reconnect hint, let in-flight requests finish, and give up after the grace period.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::router;
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running server.
+pub struct RunningServer {
+    addr: SocketAddr,
+    app: Arc<App>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Binds `config.listen` and starts serving in the background.
+    pub async fn start(config: Config) -> io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let app = App::new(config);
+        tracing::info!(%addr, "herald listening");
+        spawn_sweeper(Arc::clone(&app));
+        let task = tokio::spawn(serve(listener, Arc::clone(&app)));
+        Ok(Self { addr, app, task })
+    }
+
+    /// The address the server listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Begins a graceful shutdown and waits until it is complete (bounded by the configured
+    /// shutdown timeout).
+    pub async fn shutdown(self) {
+        self.app.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+fn spawn_sweeper(app: Arc<App>) {
+    let period =
+        (app.config.history_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => app.engine.sweep(),
+                () = app.shutdown.cancelled() => break,
+            }
+        }
+    });
+}
+
+async fn serve(listener: TcpListener, app: Arc<App>) {
+    loop {
+        tokio::select! {
+            () = app.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => serve_connection(&app, stream, peer),
+                Err(error) => {
+                    // EMFILE/ENFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed; pausing before the next accept");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = app.shutdown.cancelled() => break,
+                    }
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: no longer accepting connections");
+    app.tasks.close();
+    let grace = app.config.shutdown_timeout;
+    match tokio::time::timeout(grace, app.tasks.wait()).await {
+        Ok(()) => tracing::info!("shutdown complete"),
+        Err(_) => tracing::warn!(?grace, "shutdown timed out; closing remaining connections"),
+    }
+}
+
+fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+    let guard = app.track_connection();
+    let service_app = Arc::clone(app);
+    let service = service_fn(move |request| {
+        let app = Arc::clone(&service_app);
+        async move { Ok::<_, Infallible>(router::handle(app, request, peer).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let shutdown = app.shutdown.clone();
+    app.tasks.spawn(async move {
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = shutdown.cancelled() => {
+                // Finish the request in flight (streams end themselves), then close.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+        drop(guard);
+    });
+}

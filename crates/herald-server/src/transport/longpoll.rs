@@ -1,0 +1,70 @@
+//! Long polling (Comet), `GET /listen?cid=C[&since=ID]`: the request is held until there is
+//! something to say.
+//!
+//! If history already has messages after the cursor (or a gap to report), the answer is
+//! immediate. Otherwise the request waits on its session's outbox — a waiting request costs one
+//! hub entry and one parked future, no task and no buffer — until a message arrives, the
+//! timeout passes (`200 []`) or the server shuts down (`503`).
+
+use std::sync::Arc;
+
+use herald_core::{Accept, Gap};
+use http::Response;
+
+use crate::app::App;
+use crate::http::{ApiError, Body};
+use crate::query::SubscribeQuery;
+
+use super::poll::array_response;
+use super::session::{Event, Session};
+
+/// Handles one long-poll request.
+pub async fn handle(app: &Arc<App>, query: &SubscribeQuery) -> Result<Response<Body>, ApiError> {
+    let cursors = query.cursors(None)?;
+    let (mut session, backlog) = Session::open(app, &query.cids, &cursors).await?;
+    let mut messages = Vec::new();
+    let mut gaps: Vec<Gap> = Vec::new();
+    for event in backlog {
+        match event {
+            Event::Gap(gap) => gaps.push(gap),
+            Event::Message(m) => accept(&mut session, m, &mut messages, &mut gaps),
+        }
+    }
+    let deadline = tokio::time::sleep(app.config.longpoll_timeout);
+    tokio::pin!(deadline);
+    let mut batch = Vec::new();
+    while messages.is_empty() && gaps.is_empty() {
+        tokio::select! {
+            drained = session.outbox().drain(&mut batch) => {
+                if drained.is_err() {
+                    // Cannot happen with one waiting request per outbox, but never loop on it.
+                    break;
+                }
+                for m in batch.drain(..) {
+                    accept(&mut session, m, &mut messages, &mut gaps);
+                }
+            }
+            () = &mut deadline => break,
+            () = app.shutdown.cancelled() => {
+                return Err(ApiError::Unavailable("server is shutting down; retry".into()));
+            }
+        }
+    }
+    Ok(array_response(&messages, &session.cursor(), &gaps))
+}
+
+fn accept(
+    session: &mut Session,
+    message: Arc<herald_core::Message>,
+    messages: &mut Vec<Arc<herald_core::Message>>,
+    gaps: &mut Vec<Gap>,
+) {
+    match session.accept(&message) {
+        Accept::Deliver => messages.push(message),
+        Accept::GapThenDeliver(gap) => {
+            gaps.push(gap);
+            messages.push(message);
+        }
+        Accept::Duplicate | Accept::NotSubscribed => {}
+    }
+}

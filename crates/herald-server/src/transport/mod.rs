@@ -1,0 +1,71 @@
+//! The delivery transports and the negotiation that picks one.
+//!
+//! Every transport is a thin adapter with the same shape: open a [`session::Session`] from the
+//! request's channels and cursor, write its backlog, stream live messages through
+//! `Session::accept`, signal gaps, and end cleanly on shutdown or overflow. Only the bytes on
+//! the wire differ.
+
+pub mod iframe;
+pub mod longpoll;
+pub mod poll;
+pub mod session;
+pub mod sse;
+pub mod stream;
+pub mod websocket;
+
+use std::sync::Arc;
+
+use http::{header, HeaderMap, Request, Response};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::http::{ApiError, Body};
+use crate::query::{SubscribeQuery, TransportParam};
+
+/// `GET /listen`: negotiates the transport and hands the request to it.
+pub async fn listen(
+    app: &Arc<App>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    if app.shutdown.is_cancelled() {
+        return Err(ApiError::Unavailable("server is shutting down".into()));
+    }
+    let query = SubscribeQuery::parse(
+        request.uri().query(),
+        app.config.max_channels_per_connection,
+    )?;
+    query.require_cids()?;
+    let headers = request.headers();
+    let transport = match query.transport {
+        Some(t) => t,
+        None if wants_websocket(headers) => TransportParam::WebSocket,
+        None if accepts_event_stream(headers) => TransportParam::Sse,
+        None if query.callback.is_some() => TransportParam::Iframe,
+        None => TransportParam::LongPoll,
+    };
+    match transport {
+        TransportParam::WebSocket => websocket::upgrade(app, request, query).await,
+        TransportParam::Sse => sse::handle(app, &request, &query).await,
+        TransportParam::Iframe => iframe::handle(app, &query).await,
+        TransportParam::LongPoll => longpoll::handle(app, &query).await,
+    }
+}
+
+/// True when the request asks to upgrade to WebSocket.
+pub fn wants_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+        })
+}
+
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
+}

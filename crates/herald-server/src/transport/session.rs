@@ -1,0 +1,122 @@
+//! A subscriber connection's state, shared by the streaming transports and long polling.
+//!
+//! A [`Session`] owns the connection's outbox and per-channel positions. Subscribing returns
+//! the backlog as [`Event`]s that go through the same [`Session::accept`] path as live
+//! messages, so backlog and live stream are encoded by one code path and meet without loss or
+//! duplicates. Dropping the session removes it from the hub, whatever ended the connection.
+
+use std::sync::Arc;
+
+use herald_core::{
+    Accept, ChannelCursor, ChannelId, Engine, Gap, Message, Outbox, Position, Subscriptions,
+};
+
+use crate::app::App;
+use crate::http::ApiError;
+
+/// Something to send to the client, in order.
+#[derive(Debug)]
+pub enum Event {
+    /// Messages before the next one are lost.
+    Gap(Gap),
+    /// A message (from the backlog; still to pass [`Session::accept`]).
+    Message(Arc<Message>),
+}
+
+/// One subscriber connection. See the module documentation.
+pub struct Session {
+    engine: Engine,
+    outbox: Arc<Outbox>,
+    subscriptions: Subscriptions,
+    max_channels: usize,
+}
+
+impl Session {
+    /// A session with no subscriptions yet.
+    pub fn new(app: &App) -> Self {
+        Self {
+            engine: app.engine.clone(),
+            outbox: Outbox::new(app.config.outbox_capacity),
+            subscriptions: Subscriptions::new(),
+            max_channels: app.config.max_channels_per_connection,
+        }
+    }
+
+    /// A session subscribed to `cids` from `cursors` (same length), with the backlog of all of
+    /// them in channel order.
+    pub async fn open(
+        app: &App,
+        cids: &[ChannelId],
+        cursors: &[ChannelCursor],
+    ) -> Result<(Self, Vec<Event>), ApiError> {
+        let mut session = Self::new(app);
+        let mut events = Vec::new();
+        for (cid, cursor) in cids.iter().zip(cursors) {
+            let (_, backlog) = session.subscribe(cid, *cursor).await?;
+            events.extend(backlog);
+        }
+        Ok((session, events))
+    }
+
+    /// Subscribes to `cid` from `cursor`. Returns the position the backlog starts from and the
+    /// backlog (a gap first, if any).
+    pub async fn subscribe(
+        &mut self,
+        cid: &ChannelId,
+        cursor: ChannelCursor,
+    ) -> Result<(Position, Vec<Event>), ApiError> {
+        if !self.subscriptions.contains(cid) && self.subscriptions.len() >= self.max_channels {
+            return Err(ApiError::BadRequest(format!(
+                "too many channels: at most {} per connection",
+                self.max_channels
+            )));
+        }
+        let read = self.engine.subscribe(&self.outbox, cid, cursor).await?;
+        let start = read.messages.first().map_or(read.position, |m| Position {
+            epoch: m.epoch(),
+            offset: m.offset() - 1,
+        });
+        self.subscriptions.insert(cid.clone(), start);
+        let events = read
+            .gap
+            .into_iter()
+            .map(Event::Gap)
+            .chain(read.messages.into_iter().map(Event::Message))
+            .collect();
+        Ok((start, events))
+    }
+
+    /// Stops following `cid`; returns true if it was followed.
+    pub fn unsubscribe(&mut self, cid: &ChannelId) -> bool {
+        self.engine.unsubscribe(&self.outbox, cid);
+        self.subscriptions.remove(cid)
+    }
+
+    /// Decides what to do with a message and advances the channel's position.
+    pub fn accept(&mut self, message: &Message) -> Accept {
+        self.subscriptions.accept(message)
+    }
+
+    /// The connection's queue.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Per-channel positions.
+    pub fn subscriptions(&self) -> &Subscriptions {
+        &self.subscriptions
+    }
+
+    /// The composite cursor to resume every channel from.
+    pub fn cursor(&self) -> String {
+        self.subscriptions.cursor()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for cid in self.subscriptions.channels() {
+            self.engine.unsubscribe(&self.outbox, cid);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The never-ending HTTP response body behind SSE and the forever iframe.
+//!
+//! [`EventStream`] is polled directly by the connection's hyper task: there is no extra task
+//! and no channel per stream. Each poll drains everything waiting in the session's outbox and
+//! returns it as one chunk (one write). A lone message on a single-channel stream is returned
+//! as the shared bytes encoded at publish time, without a copy. Keep-alives go out only when
+//! the stream has been quiet for a whole interval. The [`StreamFormat`] decides the bytes.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use herald_core::{Accept, Gap, Message, Subscriptions};
+
+use super::session::{Event, Session};
+
+/// The wire format of a stream.
+pub trait StreamFormat: Send + Unpin + 'static {
+    /// Appends one message; `subscriptions` already stands at this message.
+    fn message(&self, message: &Message, subscriptions: &Subscriptions, out: &mut BytesMut);
+    /// The message as shared bytes, when the format can send them without a copy.
+    fn shared(&self, message: &Message, subscriptions: &Subscriptions) -> Option<Bytes>;
+    /// Appends a gap signal.
+    fn gap(&self, gap: &Gap, out: &mut BytesMut);
+    /// A keep-alive that clients ignore.
+    fn keepalive(&self) -> Bytes;
+    /// The last chunk of a stream the server ends.
+    fn disconnect(&self, reason: &str, reconnect: bool) -> Bytes;
+}
+
+/// A streaming response body. See the module documentation.
+pub struct EventStream<F> {
+    session: Session,
+    format: F,
+    first: Option<Bytes>,
+    keepalive: Interval,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    batch: Vec<Arc<Message>>,
+    finished: bool,
+}
+
+impl<F: StreamFormat> EventStream<F> {
+    /// A stream that starts with `prelude` then the `backlog`, then live messages.
+    pub fn new(
+        mut session: Session,
+        format: F,
+        prelude: Bytes,
+        backlog: Vec<Event>,
+        keepalive: Duration,
+        shutdown: WaitForCancellationFutureOwned,
+    ) -> Self {
+        let mut first = BytesMut::from(&prelude[..]);
+        for event in backlog {
+            match event {
+                Event::Gap(gap) => format.gap(&gap, &mut first),
+                Event::Message(m) => encode(&mut session, &format, &m, &mut first),
+            }
+        }
+        let mut keepalive = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            session,
+            format,
+            first: Some(first.freeze()),
+            keepalive,
+            shutdown: Box::pin(shutdown),
+            batch: Vec::new(),
+            finished: false,
+        }
+    }
+
+    fn encode_batch(&mut self) -> Option<Bytes> {
+        if let [only] = &self.batch[..] {
+            let only = Arc::clone(only);
+            self.batch.clear();
+            return match self.session.accept(&only) {
+                Accept::Deliver => self
+                    .format
+                    .shared(&only, self.session.subscriptions())
+                    .or_else(|| {
+                        let mut out = BytesMut::new();
+                        self.format
+                            .message(&only, self.session.subscriptions(), &mut out);
+                        Some(out.freeze())
+                    }),
+                Accept::GapThenDeliver(gap) => {
+                    let mut out = BytesMut::new();
+                    self.format.gap(&gap, &mut out);
+                    self.format
+                        .message(&only, self.session.subscriptions(), &mut out);
+                    Some(out.freeze())
+                }
+                Accept::Duplicate | Accept::NotSubscribed => None,
+            };
+        }
+        let mut out = BytesMut::new();
+        let batch = std::mem::take(&mut self.batch);
+        for m in &batch {
+            encode(&mut self.session, &self.format, m, &mut out);
+        }
+        self.batch = batch;
+        self.batch.clear();
+        (!out.is_empty()).then(|| out.freeze())
+    }
+}
+
+fn encode<F: StreamFormat>(
+    session: &mut Session,
+    format: &F,
+    message: &Message,
+    out: &mut BytesMut,
+) {
+    match session.accept(message) {
+        Accept::Deliver => format.message(message, session.subscriptions(), out),
+        Accept::GapThenDeliver(gap) => {
+            format.gap(&gap, out);
+            format.message(message, session.subscriptions(), out);
+        }
+        Accept::Duplicate | Accept::NotSubscribed => {}
+    }
+}
+
+fn data(bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    Poll::Ready(Some(Ok(Frame::data(bytes))))
+}
+
+impl<F: StreamFormat> http_body::Body for EventStream<F> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            if !first.is_empty() {
+                return data(first);
+            }
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.finished = true;
+            return data(this.format.disconnect("server shutting down", true));
+        }
+        loop {
+            let outbox = Arc::clone(this.session.outbox());
+            match outbox.poll_drain(cx, &mut this.batch) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(chunk) = this.encode_batch() {
+                        this.keepalive.reset();
+                        return data(chunk);
+                    }
+                }
+                Poll::Ready(Err(overflow)) => {
+                    tracing::info!(%overflow, "disconnecting a slow stream consumer");
+                    this.finished = true;
+                    return data(this.format.disconnect("slow consumer", true));
+                }
+                Poll::Pending => break,
+            }
+        }
+        if this.keepalive.poll_tick(cx).is_ready() {
+            return data(this.format.keepalive());
+        }
+        Poll::Pending
+    }
+}
