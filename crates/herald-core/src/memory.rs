@@ -23,6 +23,8 @@ use crate::position::{ChannelCursor, Epoch, Position};
 
 const SHARDS: usize = 64;
 
+type Shard = Mutex<HashMap<ChannelId, Arc<Mutex<ChannelLog>>>>;
+
 /// History limits of the memory broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryLimits {
@@ -123,7 +125,7 @@ impl ChannelLog {
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     limits: HistoryLimits,
-    shards: Box<[Mutex<HashMap<ChannelId, Arc<Mutex<ChannelLog>>>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     channels: AtomicUsize,
 }

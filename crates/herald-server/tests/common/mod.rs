@@ -1,0 +1,188 @@
+//! Shared helpers for the integration tests: a real server on port 0, an HTTP client, an SSE
+//! reader and a WebSocket client. Nothing here stands in for the server; every helper talks
+//! to it over real sockets.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald_server::{Config, RunningServer};
+use serde_json::Value;
+
+/// A server running in this process on a free loopback port.
+pub struct TestServer {
+    pub server: RunningServer,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+/// Starts a server with the default settings.
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+/// Starts a server with settings adjusted by `adjust`.
+pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    adjust(&mut config);
+    let server = RunningServer::start(config).await.expect("server starts");
+    let base = format!("http://{}", server.local_addr());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    TestServer {
+        server,
+        base,
+        client,
+    }
+}
+
+impl TestServer {
+    /// `http://127.0.0.1:PORT` + `path_and_query`.
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.base, path_and_query)
+    }
+
+    /// `ws://127.0.0.1:PORT` + `path_and_query`.
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.server.local_addr(), path_and_query)
+    }
+
+    /// Publishes a text body to one channel; returns the `published[0]` object.
+    pub async fn publish(&self, cid: &str, body: &str) -> Value {
+        let response = self
+            .client
+            .post(self.url(&format!("/publish?cid={cid}")))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "publish to {cid}");
+        let value: Value = response.json().await.unwrap();
+        value["published"][0].clone()
+    }
+
+    /// Publishes a JSON body to one channel; returns the `published[0]` object.
+    pub async fn publish_json(&self, cid: &str, body: &Value) -> Value {
+        let response = self
+            .client
+            .post(self.url(&format!("/publish?cid={cid}")))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "publish to {cid}");
+        let value: Value = response.json().await.unwrap();
+        value["published"][0].clone()
+    }
+
+    /// `GET /health` still answers 200: the server is serving.
+    pub async fn assert_healthy(&self) {
+        let response = self.client.get(self.url("/health")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+/// Asserts that `response` is an error with `status` and a JSON `{"error": "…"}` body;
+/// returns the error text.
+pub async fn expect_error(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let body: Value = response.json().await.unwrap();
+    let error = body["error"].as_str().expect("error field is a string");
+    assert!(!error.is_empty());
+    error.to_string()
+}
+
+/// One parsed Server-Sent Event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub retry: Option<u64>,
+    /// True for a block that only carried comments.
+    pub comment_only: bool,
+}
+
+/// Reads an SSE response incrementally and splits it into events (blank-line separated
+/// blocks), as EventSource does.
+pub struct SseReader {
+    stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            stream: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next block, or None when the stream ends; panics after `timeout`.
+    pub async fn next_block(&mut self, timeout: Duration) -> Option<SseEvent> {
+        tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let block: String = self.buffer.drain(..end + 2).collect();
+                    return Some(parse_block(&block));
+                }
+                match self.stream.next().await {
+                    Some(Ok(chunk)) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        })
+        .await
+        .expect("SSE block within timeout")
+    }
+
+    /// The next block that has data (skips keep-alive comments and id-only blocks).
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<SseEvent> {
+        loop {
+            let block = self.next_block(timeout).await?;
+            if !block.data.is_empty() {
+                return Some(block);
+            }
+        }
+    }
+}
+
+fn parse_block(block: &str) -> SseEvent {
+    let mut event = SseEvent::default();
+    let mut data_lines = Vec::new();
+    let mut fields = 0;
+    for line in block.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        fields += 1;
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => event.id = Some(value.to_string()),
+            "event" => event.event = Some(value.to_string()),
+            "data" => data_lines.push(value.to_string()),
+            "retry" => event.retry = value.parse().ok(),
+            _ => {}
+        }
+    }
+    event.data = data_lines.join("\n");
+    event.comment_only = fields == 0;
+    event
+}
