@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,5 +67,14 @@ async fn wait_for_signal() {
             tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// Every subscriber holds a socket: raise the soft open-files limit to the hard one, as push
+/// servers do, and log what we got.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
     }
 }

@@ -28,6 +28,8 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         ..Config::default()
     };
     adjust(&mut config);
+    // Scale tests hold thousands of sockets; lift the soft limit to the hard one.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let server = RunningServer::start(config).await.expect("server starts");
     let base = format!("http://{}", server.local_addr());
     let client = reqwest::Client::builder()
