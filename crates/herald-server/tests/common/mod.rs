@@ -100,7 +100,10 @@ pub async fn expect_error(response: reqwest::Response, status: u16) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    assert!(content_type.starts_with("application/json"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
     let body: Value = response.json().await.unwrap();
     let error = body["error"].as_str().expect("error field is a string");
     assert!(!error.is_empty());

@@ -1,0 +1,255 @@
+//! The `herald` binary as a user runs it: help text, configuration precedence, the logged
+//! address for port 0, and graceful shutdown on SIGTERM with streams open.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::SseReader;
+use futures_util::StreamExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A `herald serve` child process and the address it logged.
+struct Herald {
+    child: Child,
+    base: String,
+}
+
+impl Herald {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.find("addr=") {
+                    let addr = line[at + 5..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("herald logs its listen address");
+        Self {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn help_documents_every_option() {
+    let top = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(top.status.success());
+    assert!(String::from_utf8_lossy(&top.stdout).contains("serve"));
+    let serve = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(serve.status.success());
+    let text = String::from_utf8_lossy(&serve.stdout);
+    for option in [
+        "--config",
+        "--listen",
+        "--history-size",
+        "--history-ttl",
+        "--max-channels",
+        "--max-channels-per-connection",
+        "--max-body",
+        "--publish-key",
+        "--client-publish",
+        "--longpoll-timeout",
+        "--keepalive",
+        "--sse-retry",
+        "--ws-ping-interval",
+        "--outbox-capacity",
+        "--shutdown-timeout",
+        "--log",
+        "HERALD_LISTEN",
+        "HERALD_PUBLISH_KEYS",
+    ] {
+        assert!(text.contains(option), "serve --help mentions {option}");
+    }
+}
+
+#[test]
+fn invalid_settings_exit_with_a_message() {
+    let out = Command::new(BIN)
+        .args(["serve", "--history-size", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("history_size"));
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/herald.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+/// Publishes `n` messages and returns how many a poll from the start sees: the history size.
+async fn retained_after(base: &str, n: usize) -> usize {
+    let client = reqwest::Client::new();
+    for i in 0..n {
+        let response = client
+            .post(format!("{base}/publish?cid=p"))
+            .body(i.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let body: Vec<serde_json::Value> = client
+        .get(format!("{base}/messages?cid=p"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body.len()
+}
+
+#[tokio::test]
+async fn flags_beat_environment_beats_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    std::fs::write(&file, "history_size = 7\n").unwrap();
+    let file = file.to_str().unwrap();
+
+    let from_file = Herald::spawn(&["--config", file], &[]);
+    assert_eq!(retained_after(&from_file.base, 10).await, 7);
+
+    let from_env = Herald::spawn(&["--config", file], &[("HERALD_HISTORY_SIZE", "4")]);
+    assert_eq!(retained_after(&from_env.base, 10).await, 4);
+
+    let from_flag = Herald::spawn(
+        &["--config", file, "--history-size", "2"],
+        &[("HERALD_HISTORY_SIZE", "4")],
+    );
+    assert_eq!(retained_after(&from_flag.base, 10).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_cleanly_and_exits_in_time() {
+    let mut herald = Herald::spawn(&["--shutdown-timeout", "5s"], &[]);
+    let client = reqwest::Client::new();
+
+    let sse = client
+        .get(format!("{}/listen?cid=s", herald.base))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut sse = SseReader::new(sse);
+    let first = sse.next_block(Duration::from_secs(5)).await.unwrap();
+    assert!(first.retry.is_some());
+
+    let ws_url = format!("{}/listen?cid=s", herald.base.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let subscribed = ws.next().await.unwrap().unwrap();
+    assert!(subscribed.to_text().unwrap().contains("subscribed"));
+
+    let long_poll = tokio::spawn({
+        let url = format!("{}/listen?cid=s", herald.base);
+        let client = client.clone();
+        async move { client.get(url).send().await.unwrap() }
+    });
+    // All three clients are connected once the server counts them plus this health request.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let health: serde_json::Value = client
+            .get(format!("{}/health", herald.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["connections"].as_u64().unwrap() >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "clients connected: {health}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = Instant::now();
+    herald.terminate();
+
+    let disconnect = sse.next_event(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(disconnect.event.as_deref(), Some("disconnect"));
+    let body: serde_json::Value = serde_json::from_str(&disconnect.data).unwrap();
+    assert_eq!(body["reconnect"], true);
+    assert!(
+        sse.next_block(Duration::from_secs(5)).await.is_none(),
+        "stream ends"
+    );
+
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.unwrap().code), 1001);
+
+    let long_poll = long_poll.await.unwrap();
+    assert_eq!(long_poll.status(), 503);
+    assert!(long_poll.headers().contains_key("retry-after"));
+
+    let status = herald.wait_exit(Duration::from_secs(8));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
