@@ -24,6 +24,10 @@ use crate::router;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long data we sent may stay unacknowledged (including a zero receive window) before the
+/// kernel drops the connection. A subscriber that stops reading cannot hold a socket, its
+/// buffers and its subscriptions forever: its outbox overflows, and this ends the socket.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running server.
 pub struct RunningServer {
@@ -106,6 +110,11 @@ async fn serve(listener: TcpListener, app: Arc<App>) {
 fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))
+    {
+        tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
     }
     let guard = app.track_connection();
     let service_app = Arc::clone(app);
