@@ -101,6 +101,7 @@ pub struct Message {
     data_range: std::ops::Range<usize>,
     sse_event: OnceLock<(Bytes, usize)>,
     script_safe: OnceLock<Bytes>,
+    websocket_frame: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -131,6 +132,7 @@ impl Message {
             data_range,
             sse_event: OnceLock::new(),
             script_safe: OnceLock::new(),
+            websocket_frame: OnceLock::new(),
         })
     }
 
@@ -194,6 +196,14 @@ impl Message {
         })
     }
 
+    /// The envelope as a complete, unmasked WebSocket text frame (RFC 6455 §5.2): the same
+    /// bytes go to every WebSocket subscriber.
+    pub fn websocket_frame(&self) -> Bytes {
+        self.websocket_frame
+            .get_or_init(|| websocket_frame(OPCODE_TEXT, &self.envelope))
+            .clone()
+    }
+
     /// The envelope made safe to embed in an HTML `<script>` element: `<`, `>`, `&`, U+2028 and
     /// U+2029 are written as `\u` escapes. They can only occur inside JSON strings, where the
     /// escape means the same character, so the value is unchanged.
@@ -211,6 +221,28 @@ impl std::fmt::Debug for Message {
             .field("position", &self.position)
             .finish_non_exhaustive()
     }
+}
+
+/// WebSocket opcode of a text frame.
+pub const OPCODE_TEXT: u8 = 0x1;
+
+/// A complete, final, unmasked server-to-client WebSocket frame with `opcode` and `payload`.
+pub fn websocket_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    out.put_u8(0x80 | (opcode & 0x0f));
+    match payload.len() {
+        n if n < 126 => out.put_u8(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.put_u8(126);
+            out.put_u16(n as u16);
+        }
+        n => {
+            out.put_u8(127);
+            out.put_u64(n as u64);
+        }
+    }
+    out.put_slice(payload);
+    out.freeze()
 }
 
 /// Escapes the characters that could end or confuse a `<script>` element.
@@ -321,6 +353,21 @@ mod tests {
         assert!(event.ends_with(b"}\n\n"));
         assert_eq!(&m.sse_data()[..], &event[12..]);
         assert_eq!(m.sse_event().as_ptr(), event.as_ptr(), "encoded once");
+    }
+
+    #[test]
+    fn websocket_frames_have_rfc6455_headers() {
+        let m = msg(&Payload::from_text(b"x").expect("text"));
+        let frame = m.websocket_frame();
+        assert_eq!(frame[0], 0x81, "FIN + text");
+        assert_eq!(usize::from(frame[1]), m.envelope().len());
+        assert_eq!(&frame[2..], &m.envelope()[..]);
+        assert_eq!(m.websocket_frame().as_ptr(), frame.as_ptr(), "encoded once");
+        let medium = websocket_frame(0x2, &[7; 300]);
+        assert_eq!(&medium[..4], &[0x82, 126, 1, 44]);
+        let large = websocket_frame(0x1, &vec![b'a'; 70_000]);
+        assert_eq!(&large[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert_eq!(large.len(), 70_010);
     }
 
     #[test]

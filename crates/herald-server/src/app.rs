@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use herald_core::{Engine, HistoryLimits};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +22,7 @@ pub struct App {
     /// Tasks that outlive their HTTP connection (upgraded WebSockets); shutdown waits on them.
     pub tasks: TaskTracker,
     connections: AtomicUsize,
+    ping_ticks: watch::Sender<()>,
 }
 
 impl App {
@@ -37,7 +39,19 @@ impl App {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connections: AtomicUsize::new(0),
+            ping_ticks: watch::Sender::new(()),
         })
+    }
+
+    /// A receiver of the shared WebSocket ping ticker: one timer for all connections instead
+    /// of one per connection.
+    pub fn ping_ticks(&self) -> watch::Receiver<()> {
+        self.ping_ticks.subscribe()
+    }
+
+    /// Advances the ping ticker (called by the server's ticker task).
+    pub fn tick_pings(&self) {
+        self.ping_ticks.send_replace(());
     }
 
     /// Open client connections (HTTP and WebSocket).

@@ -44,6 +44,7 @@ impl RunningServer {
         let app = App::new(config);
         tracing::info!(%addr, "herald listening");
         spawn_sweeper(Arc::clone(&app));
+        spawn_ping_ticker(Arc::clone(&app));
         let task = tokio::spawn(serve(listener, Arc::clone(&app)));
         Ok(Self { addr, app, task })
     }
@@ -74,6 +75,19 @@ fn spawn_sweeper(app: Arc<App>) {
         loop {
             tokio::select! {
                 _ = tick.tick() => app.engine.sweep(),
+                () = app.shutdown.cancelled() => break,
+            }
+        }
+    });
+}
+
+fn spawn_ping_ticker(app: Arc<App>) {
+    let period = app.config.ws_ping_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => app.tick_pings(),
                 () = app.shutdown.cancelled() => break,
             }
         }

@@ -1,0 +1,222 @@
+//! One WebSocket connection after the handshake.
+//!
+//! A single task multiplexes the socket's read side, the session's outbox, the server's shared
+//! ping ticker and the shutdown signal. While idle it holds no buffer: reads go to a stack
+//! buffer and only a partial frame is kept on the heap; outgoing frames are the shared bytes
+//! built at publish time, and a batch of them is written with one `write` call. A write that
+//! cannot complete within the ping interval (a peer that stopped reading) ends the connection.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::app::App;
+use crate::transport::session::Session;
+
+use super::commands;
+use super::frame::{self, close_code, FrameReader, Incoming};
+
+/// How long the closing handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Size of the on-stack read buffer.
+const READ_CHUNK: usize = 4096;
+
+/// Why the connection ends.
+enum End {
+    /// The peer closed or vanished; nothing more to send.
+    Gone,
+    /// Send a close frame with this code and reason, then wait briefly for the peer's.
+    Close(u16, &'static str),
+    /// The peer sent a close frame; echo it and end.
+    Echo(Option<u16>),
+}
+
+/// Serves the connection until it ends.
+pub async fn run<S>(app: Arc<App>, io: S, leftover: Vec<u8>, session: Session, opening: Vec<Bytes>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _guard = app.track_connection();
+    let reader = FrameReader::new(app.config.max_body);
+    let mut connection = Connection {
+        app,
+        io,
+        inbox: leftover,
+        reader,
+        session,
+        batch: Vec::new(),
+    };
+    let end = match connection.write(opening).await {
+        Ok(()) => connection.serve().await,
+        Err(end) => end,
+    };
+    connection.finish(end).await;
+}
+
+struct Connection<S> {
+    app: Arc<App>,
+    io: S,
+    inbox: Vec<u8>,
+    reader: FrameReader,
+    session: Session,
+    batch: Vec<Arc<herald_core::Message>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    async fn serve(&mut self) -> End {
+        let mut ticks = self.app.ping_ticks();
+        let mut heard_from_peer = true;
+        let shutdown = self.app.shutdown.clone();
+        loop {
+            // Everything already received first (the handshake may have carried frames).
+            loop {
+                match self.reader.next(&mut self.inbox) {
+                    Ok(Some(incoming)) => {
+                        heard_from_peer = true;
+                        let frames = match self.on_incoming(incoming).await {
+                            Ok(frames) => frames,
+                            Err(end) => return end,
+                        };
+                        if let Err(end) = self.write(frames).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(violation) => return End::Close(violation.code, violation.reason),
+                }
+            }
+            if self.inbox.is_empty() && self.inbox.capacity() > 0 {
+                self.inbox = Vec::new();
+            }
+
+            let frames = tokio::select! {
+                () = shutdown.cancelled() => return End::Close(close_code::GOING_AWAY, "server shutting down"),
+                read = read_some(&mut self.io, &mut self.inbox) => match read {
+                    Ok(0) | Err(_) => return End::Gone,
+                    Ok(_) => continue,
+                },
+                drained = self.session.outbox().drain(&mut self.batch) => {
+                    if drained.is_err() {
+                        tracing::info!("closing a slow WebSocket consumer");
+                        return End::Close(close_code::SLOW_CONSUMER, "slow consumer");
+                    }
+                    let mut frames = Vec::with_capacity(self.batch.len());
+                    for message in self.batch.drain(..) {
+                        commands::encode_message(&mut self.session, &message, &mut frames);
+                    }
+                    frames
+                }
+                tick = ticks.changed() => {
+                    if tick.is_err() {
+                        return End::Close(close_code::GOING_AWAY, "server shutting down");
+                    }
+                    if !heard_from_peer {
+                        return End::Close(close_code::POLICY, "ping timeout");
+                    }
+                    heard_from_peer = false;
+                    vec![frame::ping()]
+                }
+            };
+            if let Err(end) = self.write(frames).await {
+                return end;
+            }
+        }
+    }
+
+    async fn on_incoming(&mut self, incoming: Incoming) -> Result<Vec<Bytes>, End> {
+        match incoming {
+            Incoming::Text(text) => {
+                Ok(commands::execute(&self.app, &mut self.session, &text).await)
+            }
+            Incoming::Binary => Err(End::Close(
+                close_code::UNSUPPORTED,
+                "binary frames are not supported; send JSON text commands",
+            )),
+            Incoming::Ping(payload) => Ok(vec![frame::pong(&payload)]),
+            Incoming::Pong => Ok(Vec::new()),
+            Incoming::Close(close) => Err(End::Echo(close.map(|(code, _)| code))),
+        }
+    }
+
+    /// Writes `frames` with one write call, within the ping interval.
+    async fn write(&mut self, frames: Vec<Bytes>) -> Result<(), End> {
+        let bytes = match frames.len() {
+            0 => return Ok(()),
+            1 => frames.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+                for f in &frames {
+                    joined.extend_from_slice(f);
+                }
+                joined.freeze()
+            }
+        };
+        let limit = self.app.config.ws_ping_interval;
+        match tokio::time::timeout(limit, self.io.write_all(&bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(End::Gone),
+        }
+    }
+
+    async fn finish(&mut self, end: End) {
+        match end {
+            End::Gone => {}
+            End::Echo(code) => {
+                let reply = match code {
+                    Some(code) => frame::close(code, ""),
+                    None => frame::close(close_code::NORMAL, ""),
+                };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.write_all(&reply)).await;
+            }
+            End::Close(code, reason) => {
+                let sent = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    self.io.write_all(&frame::close(code, reason)),
+                )
+                .await;
+                if matches!(sent, Ok(Ok(()))) {
+                    // Give the peer a moment to answer with its close frame.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.await_close()).await;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
+    }
+
+    async fn await_close(&mut self) {
+        self.inbox.clear();
+        let mut reader = FrameReader::new(self.app.config.max_body);
+        loop {
+            match read_some(&mut self.io, &mut self.inbox).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => loop {
+                    match reader.next(&mut self.inbox) {
+                        Ok(Some(Incoming::Close(_))) | Err(_) => return,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Reads what is available into `inbox` through a stack buffer, so nothing is allocated while
+/// waiting. Resolves to the number of bytes read (0 at end of stream).
+fn read_some<'a, S: AsyncRead + Unpin>(
+    io: &'a mut S,
+    inbox: &'a mut Vec<u8>,
+) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
+    poll_fn(move |cx| {
+        let mut stack = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut stack);
+        ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+        inbox.extend_from_slice(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
+    })
+}
