@@ -1,0 +1,57 @@
+//! Micro-benchmark of the hot path: publish → assign a position → encode the envelope once →
+//! hand the shared message to N subscriber outboxes → each subscriber takes its batch and the
+//! pre-built WebSocket frame. Run with `cargo bench -p herald-core`.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use herald_core::{ChannelCursor, ChannelId, Engine, HistoryLimits, Outbox, Payload};
+
+fn main() {
+    divan::main();
+}
+
+fn engine_with_subscribers(n: usize) -> (Engine, ChannelId, Vec<Arc<Outbox>>) {
+    let engine = Engine::in_memory(HistoryLimits::default());
+    let cid = ChannelId::parse("bench").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let outboxes: Vec<_> = (0..n)
+        .map(|_| {
+            let outbox = Outbox::new(1024);
+            runtime
+                .block_on(engine.subscribe(&outbox, &cid, ChannelCursor::Latest))
+                .unwrap();
+            outbox
+        })
+        .collect();
+    (engine, cid, outboxes)
+}
+
+/// One publish fanned out to `n` subscribers, including each subscriber draining its outbox
+/// and taking the shared frame.
+#[divan::bench(args = [1, 100, 2000])]
+fn publish_and_fan_out(bencher: divan::Bencher, n: usize) {
+    let (engine, cid, outboxes) = engine_with_subscribers(n);
+    let payload = Payload::from_text(&[b'x'; 100]).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut batch = Vec::new();
+    bencher.bench_local(|| {
+        let published = runtime.block_on(engine.publish(&cid, &payload)).unwrap();
+        assert_eq!(published.subscribers, n);
+        for outbox in &outboxes {
+            let _ = outbox.poll_drain(&mut cx, &mut batch);
+            for message in batch.drain(..) {
+                divan::black_box(message.websocket_frame());
+            }
+        }
+    });
+}
+
+/// Validating and compacting a JSON publish body.
+#[divan::bench]
+fn json_payload(bencher: divan::Bencher) {
+    let body = br#"{"user": "alice", "text": "hello there, this is a chat message", "n": [1, 2, 3]}"#;
+    bencher.bench(|| Payload::from_json(divan::black_box(body)).unwrap());
+}
