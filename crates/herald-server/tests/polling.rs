@@ -290,6 +290,23 @@ async fn short_poll_reports_a_gap_when_history_has_moved_on() {
 }
 
 #[tokio::test]
+async fn short_poll_gap_with_a_limit_then_continues_without_one() {
+    let server = common::start_with(|c| c.history_size = 5).await;
+    let epoch = publish_n(&server, "gl", 10).await;
+    let answer = poll(&server, "/messages?cid=gl&since=2&limit=2").await;
+    assert_eq!(answer.ids(), [6, 7]);
+    assert_eq!(answer.gap.as_ref().expect("gap")[0]["first"], 6);
+    assert_eq!(answer.cursor(), format!("{epoch}:7"));
+    let answer = poll(
+        &server,
+        &format!("/messages?cid=gl&since={}&limit=2", answer.cursor()),
+    )
+    .await;
+    assert_eq!(answer.ids(), [8, 9]);
+    assert!(answer.gap.is_none());
+}
+
+#[tokio::test]
 async fn short_poll_reports_a_gap_for_a_foreign_epoch() {
     let server = common::start().await;
     let epoch = publish_n(&server, "fe", 3).await;
@@ -358,6 +375,51 @@ async fn short_poll_over_several_channels() {
     let answer = poll(&server, "/messages?cid=a&cid=b&since=,1").await;
     assert_eq!(answer.ids(), [2, 3]);
     assert!(answer.gap.is_none());
+}
+
+#[tokio::test]
+async fn limit_caps_the_whole_answer_over_several_channels() {
+    let server = common::start().await;
+    publish_n(&server, "la", 3).await;
+    publish_n(&server, "lb", 3).await;
+    // "a JSON array of envelopes … at most `limit`": the array, not each channel's part.
+    let answer = poll(&server, "/messages?cid=la&cid=lb&since=0&limit=2").await;
+    assert!(
+        answer.messages.len() <= 2,
+        "limit=2 answered {} envelopes: {:?}",
+        answer.messages.len(),
+        answer
+            .messages
+            .iter()
+            .map(|m| format!("{}#{}", m["cid"].as_str().unwrap(), m["id"]))
+            .collect::<Vec<_>>()
+    );
+    // Paging with the cursor still yields every message of both channels exactly once.
+    let mut cursor = "0".to_string();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let answer = poll(
+            &server,
+            &format!("/messages?cid=la&cid=lb&since={cursor}&limit=2"),
+        )
+        .await;
+        cursor = answer.cursor().to_string();
+        if answer.messages.is_empty() {
+            break;
+        }
+        for m in &answer.messages {
+            seen.push((
+                m["cid"].as_str().unwrap().to_string(),
+                m["id"].as_u64().unwrap(),
+            ));
+        }
+    }
+    seen.sort();
+    let expected: Vec<(String, u64)> = ["la", "lb"]
+        .iter()
+        .flat_map(|c| (1..=3).map(move |i| (c.to_string(), i)))
+        .collect();
+    assert_eq!(seen, expected);
 }
 
 #[tokio::test]
