@@ -642,3 +642,16 @@ async fn configured_publish_keys_are_accepted() {
     // Loopback still publishes without a key.
     assert_eq!(server.publish("keyed", "no key").await["id"], 3);
 }
+
+#[tokio::test]
+async fn the_server_channel_limit_is_503() {
+    let server = common::start_with(|c| c.max_channels = 2).await;
+    assert_eq!(server.publish("one", "x").await["id"], 1);
+    assert_eq!(server.publish("two", "x").await["id"], 1);
+    let response = post(&server, "cid=three", None, "x").await;
+    assert!(response.headers().contains_key("retry-after"));
+    expect_error(response, 503).await;
+    // Existing channels keep working.
+    assert_eq!(server.publish("one", "y").await["id"], 2);
+    server.assert_healthy().await;
+}

@@ -384,6 +384,51 @@ async fn several_channels_carry_a_composite_id_and_resume_exactly() {
     assert_quiet(&mut reader).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_while_messages_are_published_is_exact() {
+    // Subscribing joins the live stream before reading the backlog; a message published in
+    // between must arrive exactly once, whenever the client connects.
+    const N: u64 = 300;
+    const CLIENTS: u64 = 12;
+    let server = common::start_with(|c| c.history_size = 1000).await;
+    server.publish("busy", "m1").await;
+    let (progress, published) = tokio::sync::watch::channel(1u64);
+    let mut clients = Vec::new();
+    for k in 0..CLIENTS {
+        let client = server.client.clone();
+        let url = server.url("/listen?cid=busy&since=0");
+        let mut published = published.clone();
+        clients.push(tokio::spawn(async move {
+            // Connect once the channel has reached a different point for each client.
+            let at = k * N / CLIENTS;
+            published.wait_for(|&n| n >= at).await.unwrap();
+            let response = client
+                .get(&url)
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+                .unwrap();
+            let mut reader = SseReader::new(response);
+            let mut ids = Vec::new();
+            while ids.last() != Some(&N) {
+                let event = reader.next_event(T).await.expect("stream open");
+                assert_eq!(event.event, None, "{event:?}");
+                let envelope: Value = serde_json::from_str(&event.data).unwrap();
+                ids.push(envelope["id"].as_u64().unwrap());
+            }
+            ids
+        }));
+    }
+    for i in 2..=N {
+        server.publish("busy", &format!("m{i}")).await;
+        progress.send_replace(i);
+    }
+    for (k, client) in clients.into_iter().enumerate() {
+        let ids = tokio::time::timeout(T, client).await.unwrap().unwrap();
+        assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "client {k}");
+    }
+}
+
 #[tokio::test]
 async fn keepalive_comments_arrive_when_idle() {
     let server = common::start_with(|c| c.keepalive = Duration::from_millis(200)).await;
