@@ -755,3 +755,58 @@ async fn long_poll_is_503_with_retry_after_on_shutdown() {
     expect_error(response, 503).await;
     tokio::time::timeout(T, shutdown).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_expired_channel_starts_a_new_epoch_and_old_cursors_get_a_gap() {
+    let server = common::start_with(|c| c.history_ttl = Duration::from_millis(300)).await;
+    let old = publish_n(&server, "ttl", 3).await;
+    // Wait until the sweeper has forgotten the channel (health does not touch channels).
+    tokio::time::timeout(T, async {
+        loop {
+            let health: Value = get(&server, "/health").await.json().await.unwrap();
+            if health["channels"] == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the idle channel is forgotten");
+    for since in [format!("{old}:3"), "3".to_string()] {
+        let answer = poll(&server, &format!("/messages?cid=ttl&since={since}")).await;
+        assert!(answer.messages.is_empty());
+        let gaps = answer.gap.expect("the old history is gone: a gap");
+        assert_eq!(gaps[0]["requested"], since.as_str());
+        assert_eq!(gaps[0]["first"], 1);
+        assert_ne!(gaps[0]["epoch"], old.as_str(), "a new epoch");
+    }
+    let published = server.publish("ttl", "again").await;
+    assert_eq!(published["id"], 1, "ids restart in the new epoch");
+    assert_ne!(published["epoch"], old.as_str());
+}
+
+#[tokio::test]
+async fn gaps_of_several_channels_are_listed_together() {
+    let server = common::start_with(|c| c.history_size = 2).await;
+    let ea = publish_n(&server, "ga", 5).await;
+    let eb = publish_n(&server, "gb", 5).await;
+    let answer = poll(&server, "/messages?cid=ga&cid=gb&since=1,4").await;
+    assert_eq!(answer.ids(), [4, 5, 5]);
+    let gaps = answer.gap.expect("gap header");
+    assert_eq!(gaps.len(), 1, "gb's cursor 4 is still served: {gaps:?}");
+    assert_eq!(gaps[0]["cid"], "ga");
+    let answer = poll(&server, "/messages?cid=ga&cid=gb&since=1").await;
+    let gaps = answer.gap.expect("gap header");
+    let summary: Vec<(&str, &str, u64)> = gaps
+        .iter()
+        .map(|g| {
+            (
+                g["cid"].as_str().unwrap(),
+                g["epoch"].as_str().unwrap(),
+                g["first"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(summary, [("ga", ea.as_str(), 4), ("gb", eb.as_str(), 4)]);
+    assert!(gaps.iter().all(|g| g["type"] == "gap"));
+}
