@@ -1,0 +1,106 @@
+//! Sampling a process's CPU time and resident memory from `/proc` (Linux).
+//!
+//! Used on the server (`--server-pid`) to turn a run into cost figures — CPU per delivered
+//! message, memory per idle connection — and on the generator itself, to show whether the
+//! generator rather than the server was the bottleneck. CPU times in `/proc/PID/stat` are in
+//! clock ticks of `USER_HZ`, which Linux fixes at 100 for user space on every architecture it
+//! supports.
+
+use std::fs;
+use std::io;
+
+/// Clock ticks per second in `/proc/PID/stat`.
+const USER_HZ: f64 = 100.0;
+
+/// A process to sample: a pid, or the generator itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proc {
+    /// Another process.
+    Pid(u32),
+    /// This process.
+    Myself,
+}
+
+impl Proc {
+    fn path(self, file: &str) -> String {
+        match self {
+            Proc::Pid(pid) => format!("/proc/{pid}/{file}"),
+            Proc::Myself => format!("/proc/self/{file}"),
+        }
+    }
+
+    /// User plus system CPU time consumed so far, in seconds.
+    pub fn cpu_seconds(self) -> io::Result<f64> {
+        parse_cpu_seconds(&fs::read_to_string(self.path("stat"))?)
+    }
+
+    /// Resident set size in bytes.
+    pub fn rss_bytes(self) -> io::Result<u64> {
+        parse_rss_bytes(&fs::read_to_string(self.path("status"))?)
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in seconds. The command name
+/// (field 2) is in parentheses and may hold spaces, so fields are counted after the last `)`.
+fn parse_cpu_seconds(stat: &str) -> io::Result<f64> {
+    let after_name = stat
+        .rfind(')')
+        .map(|at| &stat[at + 1..])
+        .ok_or_else(|| invalid("no ) in stat"))?;
+    // After the name: field 3 (state) is index 0, so utime (14) is index 11, stime index 12.
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut tick = || -> io::Result<u64> {
+        fields
+            .next()
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| invalid("bad utime/stime in stat"))
+    };
+    let ticks = tick()? + tick()?;
+    Ok(ticks as f64 / USER_HZ)
+}
+
+/// The `VmRSS:` line of `/proc/PID/status`, in bytes.
+fn parse_rss_bytes(status: &str) -> io::Result<u64> {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .ok_or_else(|| invalid("no VmRSS in status"))?;
+    let kib: u64 = line
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .map_err(|_| invalid("bad VmRSS"))?;
+    Ok(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_spaces_in_the_name() {
+        let stat =
+            "4242 (my (weird) srv) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 3 0";
+        assert!((parse_cpu_seconds(stat).unwrap() - 3.25).abs() < 1e-9);
+        assert!(parse_cpu_seconds("garbage").is_err());
+    }
+
+    #[test]
+    fn parses_status() {
+        let status = "Name:\therald\nVmPeak:\t  999 kB\nVmRSS:\t   10240 kB\nThreads:\t3\n";
+        assert_eq!(parse_rss_bytes(status).unwrap(), 10 * 1024 * 1024);
+        assert!(parse_rss_bytes("Name: x\n").is_err());
+    }
+
+    #[test]
+    fn samples_itself() {
+        assert!(Proc::Myself.cpu_seconds().unwrap() >= 0.0);
+        assert!(Proc::Myself.rss_bytes().unwrap() > 0);
+        assert!(Proc::Pid(u32::MAX).rss_bytes().is_err());
+    }
+}
