@@ -55,7 +55,8 @@ where
         Ok(()) => connection.serve().await,
         Err(end) => end,
     };
-    connection.finish(end).await;
+    // Boxed for the same reason: it runs once, at the end.
+    Box::pin(connection.finish(end)).await;
 }
 
 struct Connection<S> {
@@ -130,8 +131,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     async fn on_incoming(&mut self, incoming: Incoming) -> Result<Vec<Bytes>, End> {
         match incoming {
+            // Boxed: commands are rare, and inlining their future would enlarge every idle
+            // connection's task by its size.
             Incoming::Text(text) => {
-                Ok(commands::execute(&self.app, &mut self.session, &text).await)
+                Ok(Box::pin(commands::execute(&self.app, &mut self.session, &text)).await)
             }
             Incoming::Binary => Err(End::Close(
                 close_code::UNSUPPORTED,
@@ -219,4 +222,19 @@ fn read_some<'a, S: AsyncRead + Unpin>(
         inbox.extend_from_slice(buf.filled());
         Poll::Ready(Ok(buf.filled().len()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle WebSocket holds this future; the memory budget per idle connection
+    /// (BENCHMARKS.md) depends on it staying small. Rare paths (commands, closing) are boxed.
+    #[tokio::test]
+    async fn idle_connection_state_stays_small() {
+        let app = crate::app::App::new(crate::config::Config::default());
+        let (io, _peer) = tokio::io::duplex(64);
+        let session = crate::transport::session::Session::new(&app);
+        let future = super::run(app.clone(), io, Vec::new(), session, Vec::new());
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1024, "connection future is {size} bytes");
+    }
 }

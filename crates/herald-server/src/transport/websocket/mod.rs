@@ -102,8 +102,12 @@ pub async fn upgrade(
         // Take the socket back from hyper: no boxing, no buffers kept from the handshake.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let leftover = parts.read_buf.to_vec();
-                connection::run(task_app, parts.io.into_inner(), leftover, session, opening).await;
+                // Copy what the client sent after its handshake and release hyper's read
+                // buffer (8 KiB) at once: `read_buf` points into it.
+                let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+                let leftover = read_buf.to_vec();
+                drop(read_buf);
+                connection::run(task_app, io.into_inner(), leftover, session, opening).await;
             }
             Err(upgraded) => {
                 connection::run(
