@@ -10,11 +10,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use herald_core::{format_cursor, ChannelCursor, Gap, Message};
+use herald_core::{format_cursor, ChannelCursor, Gap, Message, Position};
 
 use crate::app::App;
 use crate::http::{json, ApiError, Body};
 use crate::query::SubscribeQuery;
+
+use super::session::merge_oldest_first;
 
 /// Default and largest `limit` of one poll.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -49,17 +51,39 @@ pub async fn handle(
     } else {
         query.cursors(None)?
     };
-    let mut messages = Vec::new();
-    let mut positions = Vec::with_capacity(cids.len());
+    let mut reads = Vec::with_capacity(cids.len());
     let mut gaps = Vec::new();
     for (cid, cursor) in cids.iter().zip(cursors) {
-        let read = app.engine.read(cid, cursor, limit).await?;
-        messages.extend(read.messages);
-        positions.push(read.position);
+        let mut read = app.engine.read(cid, cursor, limit).await?;
         if !from_start {
-            gaps.extend(read.gap);
+            gaps.extend(read.gap.take());
+        }
+        reads.push(read);
+    }
+    // `limit` bounds the whole answer: take the oldest messages over all channels, and give
+    // each channel the position of the last of its messages that made it in.
+    let messages = merge_oldest_first(reads.iter().map(|r| r.messages.clone()).collect(), limit);
+    let mut taken = vec![0usize; cids.len()];
+    for message in &messages {
+        if let Some(index) = cids.iter().position(|c| c == message.cid()) {
+            taken[index] += 1;
         }
     }
+    let positions: Vec<Position> = reads
+        .iter()
+        .zip(taken)
+        .map(|(read, taken)| {
+            let last_taken = taken.checked_sub(1).and_then(|i| read.messages.get(i));
+            match (last_taken, read.messages.first()) {
+                (Some(last), _) => last.position(),
+                (None, Some(first)) => Position {
+                    epoch: first.epoch(),
+                    offset: first.offset() - 1,
+                },
+                (None, None) => read.position,
+            }
+        })
+        .collect();
     Ok(array_response(&messages, &format_cursor(&positions), &gaps))
 }
 

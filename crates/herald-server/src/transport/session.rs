@@ -50,12 +50,22 @@ impl Session {
         cursors: &[ChannelCursor],
     ) -> Result<(Self, Vec<Event>), ApiError> {
         let mut session = Self::new(app);
-        let mut events = Vec::new();
+        let mut gaps = Vec::new();
+        let mut per_channel = Vec::with_capacity(cids.len());
         for (cid, cursor) in cids.iter().zip(cursors) {
             let (_, backlog) = session.subscribe(cid, *cursor).await?;
-            events.extend(backlog);
+            let mut messages = Vec::with_capacity(backlog.len());
+            for event in backlog {
+                match event {
+                    Event::Gap(gap) => gaps.push(Event::Gap(gap)),
+                    Event::Message(m) => messages.push(m),
+                }
+            }
+            per_channel.push(messages);
         }
-        Ok((session, events))
+        let merged = merge_oldest_first(per_channel, usize::MAX);
+        gaps.extend(merged.into_iter().map(Event::Message));
+        Ok((session, gaps))
     }
 
     /// Subscribes to `cid` from `cursor`. Returns the position the backlog starts from and the
@@ -111,6 +121,33 @@ impl Session {
     pub fn cursor(&self) -> String {
         self.subscriptions.cursor()
     }
+}
+
+/// Merges per-channel lists (each in id order) into one list, oldest publication first, and
+/// keeps the first `limit`. Each channel's messages stay in id order even if the clock stepped
+/// back; ties go to the channel listed first.
+pub fn merge_oldest_first(per_channel: Vec<Vec<Arc<Message>>>, limit: usize) -> Vec<Arc<Message>> {
+    if per_channel.len() == 1 {
+        let mut only = per_channel.into_iter().next().unwrap_or_default();
+        only.truncate(limit);
+        return only;
+    }
+    let total = per_channel.iter().map(Vec::len).sum::<usize>().min(limit);
+    let mut lists: Vec<std::collections::VecDeque<Arc<Message>>> =
+        per_channel.into_iter().map(Into::into).collect();
+    let mut merged = Vec::with_capacity(total);
+    while merged.len() < total {
+        let next = lists
+            .iter()
+            .enumerate()
+            .filter_map(|(i, list)| list.front().map(|m| (m.time_ms(), i)))
+            .min();
+        let Some((_, index)) = next else { break };
+        if let Some(message) = lists[index].pop_front() {
+            merged.push(message);
+        }
+    }
+    merged
 }
 
 impl Drop for Session {
