@@ -683,6 +683,114 @@ async fn transport_ws_trailing_slash_and_unknown_parameters_all_upgrade() {
 }
 
 #[tokio::test]
+async fn browser_style_handshake_headers_are_accepted() {
+    let server = common::start().await;
+    // Firefox sends `Connection: keep-alive, Upgrade`; header values are case-insensitive; an
+    // offered extension the server does not implement is simply not accepted.
+    let headers = [
+        ("Upgrade", "WebSocket"),
+        ("Connection", "keep-alive, Upgrade"),
+        ("Sec-WebSocket-Key", KEY),
+        ("Sec-WebSocket-Version", "13"),
+        (
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits",
+        ),
+        ("Origin", "http://example.com"),
+        ("User-Agent", "Mozilla/5.0"),
+    ];
+    let addr = server.server.local_addr();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let response = raw_request(
+        &mut stream,
+        &mut buf,
+        &addr.to_string(),
+        "/listen?cid=browser",
+        &headers,
+    )
+    .await;
+    assert_eq!(response.status, 101, "{response:?}");
+    assert_eq!(response.header("sec-websocket-accept"), Some(ACCEPT));
+    assert!(
+        response
+            .header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
+        "{response:?}"
+    );
+    assert!(
+        response.header("sec-websocket-extensions").is_none(),
+        "no extension is negotiated: {response:?}"
+    );
+    let mut raw = RawWs { stream, buf };
+    assert_subscribed(&raw.next_json().await, "browser", 0);
+    server.publish("browser", "hi").await;
+    assert_eq!(raw.next_json().await["data"], "hi");
+}
+
+#[tokio::test]
+async fn an_upgrade_on_a_reused_keep_alive_connection_works() {
+    let server = common::start().await;
+    let addr = server.server.local_addr();
+    let host = addr.to_string();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    // Two ordinary requests first, on the same connection.
+    for _ in 0..2 {
+        let health = raw_request(&mut stream, &mut buf, &host, "/health", &[]).await;
+        assert_eq!(health.status, 200, "{health:?}");
+    }
+    let response = raw_request(
+        &mut stream,
+        &mut buf,
+        &host,
+        "/listen?cid=reuse",
+        &ws_headers(),
+    )
+    .await;
+    assert_eq!(response.status, 101, "{response:?}");
+    let mut raw = RawWs { stream, buf };
+    assert_subscribed(&raw.next_json().await, "reuse", 0);
+    raw.send_frame(true, OP_TEXT, br#"{"type":"ping","ref":"r"}"#)
+        .await;
+    assert_eq!(raw.next_json().await, json!({"type": "pong", "ref": "r"}));
+    server.publish("reuse", "hi").await;
+    assert_eq!(raw.next_json().await["data"], "hi");
+}
+
+#[tokio::test]
+async fn a_large_backlog_arrives_complete_on_connect() {
+    const MESSAGES: u64 = 500;
+    let server = common::start_with(|c| c.history_size = 1_000).await;
+    let body = |i: u64| format!("{i:04}{}", "z".repeat(20_000));
+    for i in 1..=MESSAGES {
+        server.publish("backlog", &body(i)).await;
+    }
+    let mut ws = connect(&server, "/listen?cid=backlog&since=0").await;
+    let epoch = assert_subscribed(&next_json(&mut ws).await, "backlog", 0);
+    // Publish while the backlog is being written: live messages follow it without loss.
+    let live = server.publish("backlog", "live 1").await;
+    assert_eq!(live["subscribers"], 1);
+    for i in 1..=MESSAGES {
+        assert_envelope(
+            &next_json(&mut ws).await,
+            "backlog",
+            i,
+            &epoch,
+            &json!(body(i)),
+        );
+    }
+    assert_envelope(
+        &next_json(&mut ws).await,
+        "backlog",
+        MESSAGES + 1,
+        &epoch,
+        &json!("live 1"),
+    );
+    assert_silent(&mut ws, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
 async fn transport_ws_without_an_upgrade_is_a_json_400() {
     let server = common::start().await;
     for target in [
@@ -982,6 +1090,31 @@ async fn a_too_old_cursor_gets_a_gap_before_the_retained_messages() {
     for i in 8..=10 {
         assert_envelope(
             &next_json(&mut exact).await,
+            "g",
+            i,
+            &epoch,
+            &json!(format!("m{i}")),
+        );
+    }
+
+    // The subscribe command reports the gap the same way, after its reply.
+    let (mut command, _) = subscribe(&server, "other").await;
+    send_json(
+        &mut command,
+        &json!({"type": "subscribe", "cid": "g", "since": format!("{epoch}:1"), "ref": "old"}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut command).await,
+        json!({"type": "subscribed", "cid": "g", "epoch": epoch, "id": 7, "ref": "old"})
+    );
+    assert_eq!(
+        next_json(&mut command).await,
+        json!({"type": "gap", "cid": "g", "epoch": epoch, "first": 8, "requested": format!("{epoch}:1")})
+    );
+    for i in 8..=10 {
+        assert_envelope(
+            &next_json(&mut command).await,
             "g",
             i,
             &epoch,
@@ -1483,6 +1616,40 @@ async fn channel_limit_per_connection_is_an_error_frame() {
     ping_pong(&mut ws, &json!("ok")).await;
 }
 
+#[tokio::test]
+async fn the_server_channel_limit_refuses_new_channels_cleanly() {
+    let server = common::start_with(|c| c.max_channels = 2).await;
+    let (mut ws, subscribed) = subscribe(&server, "one").await;
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+    server.publish("two", "fills the server").await;
+
+    // A handshake naming a new channel is refused before the upgrade, and leaves nothing behind.
+    let response = raw_get(&server, "/listen?cid=one&cid=three", &ws_headers()).await;
+    response.assert_json_error(503);
+    assert!(response.header("sec-websocket-accept").is_none());
+    // The subscribe command gets an error frame; the connection stays usable.
+    send_json(
+        &mut ws,
+        &json!({"type": "subscribe", "cid": "three", "ref": "full"}),
+    )
+    .await;
+    assert_error_frame(&next_json(&mut ws).await, Some(&json!("full")));
+    ping_pong(&mut ws, &json!("usable")).await;
+    let published = server.publish("one", "only me").await;
+    assert_eq!(
+        published["subscribers"], 1,
+        "the refused handshake did not stay subscribed"
+    );
+    assert_envelope(
+        &next_json(&mut ws).await,
+        "one",
+        1,
+        &epoch,
+        &json!("only me"),
+    );
+    server.assert_healthy().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Protocol level
 // ---------------------------------------------------------------------------------------------
@@ -1579,6 +1746,15 @@ async fn the_server_answers_client_pings_with_pongs() {
         (frame.opcode, &frame.payload[..]),
         (OP_PONG, &b"raw ping"[..])
     );
+    // The largest control payload (125 bytes) and an empty one.
+    for payload in [vec![0xA5u8; 125], Vec::new()] {
+        raw.send_frame(true, OP_PING, &payload).await;
+        let frame = raw.read_frame().await.expect("a pong");
+        assert_eq!((frame.fin, frame.opcode), (true, OP_PONG));
+        assert_eq!(frame.payload, payload);
+    }
+    // Unsolicited pongs are ignored.
+    raw.send_frame(true, OP_PONG, b"unasked").await;
     // Both still receive messages.
     server.publish("pp", "after pings").await;
     assert_eq!(next_json(&mut ws).await["data"], "after pings");
@@ -2073,6 +2249,64 @@ async fn a_consumer_that_falls_behind_is_closed_with_4008_and_resumes_from_histo
     assert_eq!(next_json(&mut reader).await["data"], "live");
 }
 
+/// `/health` → `connections`.
+async fn health_connections(server: &TestServer) -> u64 {
+    let response = server
+        .client
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["connections"].as_u64().unwrap()
+}
+
+/// Polls `/health` until `connections` is `expected` (an event the server only reports by
+/// polling); fails after a few seconds.
+async fn await_health_connections(server: &TestServer, expected: u64) {
+    let started = Instant::now();
+    loop {
+        let now = health_connections(server).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < STEP,
+            "/health reports {now} connections, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn closed_and_vanished_connections_are_released() {
+    let server = common::start().await;
+    let baseline = health_connections(&server).await;
+    let mut polite = Vec::new();
+    for _ in 0..3 {
+        polite.push(subscribe(&server, "gone").await.0);
+    }
+    let mut vanishing = Vec::new();
+    for _ in 0..2 {
+        let mut raw = RawWs::connect(&server, "/listen?cid=gone").await;
+        assert_subscribed(&raw.next_json().await, "gone", 0);
+        vanishing.push(raw);
+    }
+    await_health_connections(&server, baseline + 5).await;
+    assert_eq!(server.publish("gone", "x").await["subscribers"], 5);
+
+    for mut ws in polite {
+        ws.close(None).await.unwrap();
+        read_until_close(&mut ws).await;
+    }
+    // The raw clients just disappear: no close frame, the TCP connection is dropped.
+    drop(vanishing);
+    await_health_connections(&server, baseline).await;
+    assert_eq!(server.publish("gone", "y").await["subscribers"], 0);
+    assert_still_serves(&server).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shutdown
 // ---------------------------------------------------------------------------------------------
@@ -2084,6 +2318,9 @@ async fn shutdown_closes_websockets_with_1001_promptly() {
     for cid in ["s1", "s2", "s2"] {
         clients.push(subscribe(&server, cid).await.0);
     }
+    // A peer that will not take part in the closing handshake.
+    let mut silent = RawWs::connect(&server, "/listen?cid=s1").await;
+    assert_subscribed(&silent.next_json().await, "s1", 0);
     let url = server.ws_url("/listen?cid=s1");
     let TestServer { server, .. } = server;
 
@@ -2100,6 +2337,11 @@ async fn shutdown_closes_websockets_with_1001_promptly() {
         .unwrap();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    assert_eq!(silent.expect_closed().await, Some(1001), "going away");
+    assert!(
+        silent.read_frame().await.is_none(),
+        "and the connection is closed"
+    );
     // No longer accepting.
     assert!(connect_async(url.as_str()).await.is_err());
 }
