@@ -1,22 +1,28 @@
 //! Publishers: a paced dispatcher and a few keep-alive HTTP/1.1 connections that POST marked
-//! messages.
+//! messages, on a runtime thread of their own.
 //!
 //! The dispatcher hands out messages at `--rate` per second round-robin over the channels,
 //! with absolute deadlines so the average rate holds even when single sleeps run late; when the
 //! publisher connections fall behind, their bounded queues push back and the achieved rate,
-//! not the requested one, is what gets reported. Each channel's measured messages are numbered
-//! 1, 2, 3… When there are at least as many channels as connections, every channel is
-//! published by exactly one connection, so its messages reach the server in order and any
-//! reordering a subscriber sees is the server's. Each body carries its send time, taken just
-//! before the request is written. A publish counts as successful on any 2xx answer (Herald:
-//! 200; nchan: 201 or 202).
+//! not the requested one, is what gets reported. Messages still queued when their phase ends
+//! are dropped as unsent, so no phase's backlog is published in the next one. Each channel's
+//! measured messages are numbered 1, 2, 3… When there are at least as many channels as
+//! connections, every channel is published by exactly one connection, so its messages reach
+//! the server in order and any reordering a subscriber sees is the server's. Each body carries
+//! its send time, taken just before the request is written. A publish counts as successful on
+//! any 2xx answer (Herald: 200; nchan: 201 or 202).
+//!
+//! Publishing runs on its own single-thread runtime: thousands of subscriber tasks woken by
+//! one publish must not delay the next publish or inflate its measured latency.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
+use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -40,6 +46,8 @@ struct Job {
     channel: usize,
     /// 0 for warm-up messages.
     seq: u64,
+    /// The phase it belongs to; stale once that phase is over.
+    phase: u64,
 }
 
 /// What the publishers did, once they have all stopped.
@@ -53,8 +61,8 @@ pub struct PublishOutcome {
     pub latency: Histogram<u64>,
 }
 
-/// What one publisher connection did: the measured jobs that failed, as (channel, seq), and
-/// its latency histogram.
+/// What one publisher connection did: the measured jobs that failed or were not sent, as
+/// (channel, seq), and its latency histogram.
 type WorkerOutcome = (Vec<(usize, u64)>, Histogram<u64>);
 
 /// Settings shared by the publisher connections.
@@ -76,47 +84,143 @@ pub struct PublishConfig {
     pub first_socket: usize,
     /// The run's shared counters.
     pub state: Arc<RunState>,
-    /// Fires when publishers must give up (end of the drain).
+    /// Fires when publishers must give up on answers too (end of the drain).
     pub cancel: CancellationToken,
 }
 
-/// Running publishers and their dispatcher.
+/// Running publishers.
 pub struct Publishers {
     config: Arc<PublishConfig>,
-    queues: Vec<mpsc::Sender<Job>>,
+    /// The current phase; queued jobs of earlier phases are dropped.
+    phase: Arc<AtomicU64>,
+    /// Always `Some` until dropped.
+    runtime: Option<Runtime>,
+    dispatcher: Option<Dispatcher>,
     workers: Vec<JoinHandle<WorkerOutcome>>,
+}
+
+/// Paces messages out to the connections' queues.
+struct Dispatcher {
+    config: Arc<PublishConfig>,
+    queues: Vec<mpsc::Sender<Job>>,
     dispatched: Vec<u64>,
     next_message: u64,
 }
 
 impl Publishers {
-    /// Starts the publisher connections (each connects at once, so publishes do not pay for
-    /// connecting).
-    pub fn start(config: PublishConfig) -> Self {
+    /// Starts the publisher runtime and connections (each connects at once, so publishes do
+    /// not pay for connecting).
+    pub fn start(config: PublishConfig) -> Result<Self> {
         let config = Arc::new(config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("publisher")
+            .enable_all()
+            .build()
+            .context("cannot start the publisher runtime")?;
+        let phase = Arc::new(AtomicU64::new(0));
         let mut queues = Vec::new();
         let mut workers = Vec::new();
         for worker in 0..config.concurrency {
             let (tx, rx) = mpsc::channel(QUEUE);
             queues.push(tx);
-            workers.push(tokio::spawn(publisher(Arc::clone(&config), worker, rx)));
+            workers.push(runtime.spawn(publisher(
+                Arc::clone(&config),
+                Arc::clone(&phase),
+                worker,
+                rx,
+            )));
         }
-        let dispatched = vec![0; config.paths.len()];
-        Self {
-            config,
+        let dispatcher = Dispatcher {
+            config: Arc::clone(&config),
             queues,
-            workers,
-            dispatched,
+            dispatched: vec![0; config.paths.len()],
             next_message: 0,
-        }
+        };
+        Ok(Self {
+            config,
+            phase,
+            runtime: Some(runtime),
+            dispatcher: Some(dispatcher),
+            workers,
+        })
     }
 
     /// Publishes at the configured rate for `duration`: warm-up messages (sequence 0) unless
-    /// `measured`. Returns early if `stop` fires.
+    /// `measured`. Returns early if `stop` fires. Messages of this phase still queued at its
+    /// end are then dropped unsent.
     pub async fn run_phase(
         &mut self,
         duration: Duration,
         measured: bool,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        let mut dispatcher = self
+            .dispatcher
+            .take()
+            .context("publisher dispatcher lost")?;
+        let phase = self.phase.load(Ordering::Relaxed);
+        let stop = stop.clone();
+        let runtime = self.runtime.as_ref().context("publisher runtime gone")?;
+        let task = runtime.spawn(async move {
+            dispatcher.run(duration, measured, phase, &stop).await;
+            dispatcher
+        });
+        let dispatcher = task.await.context("publisher dispatcher failed")?;
+        self.phase.fetch_add(1, Ordering::Relaxed);
+        self.dispatcher = Some(dispatcher);
+        Ok(())
+    }
+
+    /// Waits for the connections to stop (they give up on answers once `cancel` fires) and
+    /// collects the outcome.
+    pub async fn finish(mut self) -> PublishOutcome {
+        let channels = self.config.paths.len();
+        let dispatched = self
+            .dispatcher
+            .take()
+            .map_or_else(|| vec![0; channels], |d| d.dispatched);
+        let mut failed = vec![BTreeSet::new(); channels];
+        let mut latency = new_histogram();
+        for worker in std::mem::take(&mut self.workers) {
+            match worker.await {
+                Ok((worker_failed, worker_latency)) => {
+                    for (channel, seq) in worker_failed {
+                        failed[channel].insert(seq);
+                    }
+                    let _ = latency.add(&worker_latency);
+                }
+                Err(e) => self
+                    .config
+                    .state
+                    .errors
+                    .add(format!("publish: publisher task failed: {e}")),
+            }
+        }
+        PublishOutcome {
+            dispatched,
+            failed,
+            latency,
+        }
+    }
+}
+
+impl Drop for Publishers {
+    fn drop(&mut self) {
+        // A runtime may not be dropped inside async code (where this is dropped); its tasks
+        // have ended or end with the run's cancellation.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Dispatcher {
+    async fn run(
+        &mut self,
+        duration: Duration,
+        measured: bool,
+        phase: u64,
         stop: &CancellationToken,
     ) {
         let start = Instant::now();
@@ -137,7 +241,7 @@ impl Publishers {
             }
             let due = ((now - start).as_secs_f64() * rate) as u64 + 1;
             while sent < due && Instant::now() < end {
-                self.dispatch(measured).await;
+                self.dispatch(measured, phase).await;
                 sent += 1;
             }
             let next = start + Duration::from_secs_f64(sent as f64 / rate);
@@ -148,7 +252,7 @@ impl Publishers {
         }
     }
 
-    async fn dispatch(&mut self, measured: bool) {
+    async fn dispatch(&mut self, measured: bool, phase: u64) {
         let channels = self.config.paths.len();
         let workers = self.queues.len();
         let message = self.next_message;
@@ -166,51 +270,26 @@ impl Publishers {
             0
         };
         RunState::bump(&self.config.state.publishes_in_flight);
-        if self.queues[worker]
-            .send(Job { channel, seq })
-            .await
-            .is_err()
-        {
-            // The worker is gone (it only stops on cancel): the message was never sent.
+        let job = Job {
+            channel,
+            seq,
+            phase,
+        };
+        if self.queues[worker].send(job).await.is_err() {
+            // The connection's task is gone (it only stops on cancel): never sent.
             RunState::drop_one(&self.config.state.publishes_in_flight);
-            self.config.state.errors.add("publish: publisher stopped");
-        }
-    }
-
-    /// Stops dispatching, lets the connections finish their queues until `cancel` fires, and
-    /// collects the outcome.
-    pub async fn finish(self) -> PublishOutcome {
-        drop(self.queues);
-        let channels = self.dispatched.len();
-        let mut failed = vec![BTreeSet::new(); channels];
-        let mut latency = new_histogram();
-        for worker in self.workers {
-            match worker.await {
-                Ok((worker_failed, worker_latency)) => {
-                    for (channel, seq) in worker_failed {
-                        failed[channel].insert(seq);
-                    }
-                    let _ = latency.add(&worker_latency);
-                }
-                Err(e) => self
-                    .config
-                    .state
-                    .errors
-                    .add(format!("publish: publisher task failed: {e}")),
+            if seq != 0 {
+                self.dispatched[channel] -= 1;
             }
-        }
-        PublishOutcome {
-            dispatched: self.dispatched,
-            failed,
-            latency,
         }
     }
 }
 
 /// One publisher connection: publishes queued jobs until the queue closes or the run is
-/// cancelled. Returns the failed measured jobs and its latency histogram.
+/// cancelled. Returns the failed or unsent measured jobs and its latency histogram.
 async fn publisher(
     config: Arc<PublishConfig>,
+    phase: Arc<AtomicU64>,
     worker: usize,
     mut queue: mpsc::Receiver<Job>,
 ) -> WorkerOutcome {
@@ -233,6 +312,10 @@ async fn publisher(
             () = config.cancel.cancelled() => None,
         };
         let Some(job) = job else { break };
+        if job.phase != phase.load(Ordering::Relaxed) {
+            unsent(state, &mut failed, job);
+            continue;
+        }
         let started = Instant::now();
         let attempt = publish_one(&config, socket, &mut conn, job);
         let result = tokio::select! {
@@ -272,13 +355,18 @@ async fn publisher(
     // Cancelled with jobs still queued: they were never sent.
     queue.close();
     while let Ok(job) = queue.try_recv() {
-        RunState::drop_one(&state.publishes_in_flight);
-        state.errors.add("publish: not sent before the run ended");
-        if job.seq != 0 {
-            failed.push((job.channel, job.seq));
-        }
+        unsent(state, &mut failed, job);
     }
     (failed, latency)
+}
+
+/// Accounts for a job dropped without being sent.
+fn unsent(state: &RunState, failed: &mut Vec<(usize, u64)>, job: Job) {
+    RunState::drop_one(&state.publishes_in_flight);
+    if job.seq != 0 {
+        RunState::bump(&state.unsent);
+        failed.push((job.channel, job.seq));
+    }
 }
 
 /// Publishes one job on `conn` (reconnecting if needed); returns the answer's status and

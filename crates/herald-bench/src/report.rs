@@ -88,8 +88,15 @@ pub struct Publish {
     pub achieved_rate: f64,
     /// Successful publishes.
     pub published: u64,
-    /// Failed or unsent publishes.
+    /// Failed publishes (error answers, broken connections, timeouts).
     pub errors: u64,
+    /// Messages handed out but dropped unsent at the end of the publish phase because the
+    /// publisher connections had fallen behind the rate.
+    pub unsent: u64,
+    /// Publisher connections that carry one channel's messages. Above 1 (fewer channels than
+    /// `--pub-concurrency`), concurrent publishes to a channel may reach the server in another
+    /// order than their sequence numbers, so `reordered` deliveries are expected.
+    pub connections_per_channel: usize,
     /// Successful warm-up publishes (not counted elsewhere).
     pub warmup_published: u64,
     /// Publish request latency, µs.
@@ -183,15 +190,28 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "publish      {} published in {:.1} s ({:.1}/s of {:.1}/s), {} errors, latency p50 {} p99 {} max {}",
+            "publish      {} published in {:.1} s ({:.1}/s of {:.1}/s), {} errors, {} unsent (publishers behind)",
             p.published,
             self.phases.publish_seconds,
             p.achieved_rate,
             p.target_rate,
             p.errors,
+            p.unsent,
+        )?;
+        writeln!(
+            f,
+            "             request latency p50 {} p99 {} max {}{}",
             micros(p.latency_us.p50),
             micros(p.latency_us.p99),
-            micros(p.latency_us.max)
+            micros(p.latency_us.max),
+            if p.connections_per_channel > 1 {
+                format!(
+                    "; {} connections per channel, so deliveries may be reordered",
+                    p.connections_per_channel
+                )
+            } else {
+                String::new()
+            }
         )?;
         writeln!(
             f,

@@ -73,7 +73,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
         first_socket: scenario.subscribers,
         state: Arc::clone(&state),
         cancel: cancel.clone(),
-    });
+    })?;
 
     let started = Instant::now();
     let sub_config = Arc::new(SubConfig {
@@ -95,14 +95,18 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
 
     state.set_phase(Phase::Warmup);
     let warmup_start = Instant::now();
-    publishers.run_phase(scenario.warmup, false, &cancel).await;
+    publishers
+        .run_phase(scenario.warmup, false, &cancel)
+        .await?;
     let warmup_time = warmup_start.elapsed();
 
     state.set_phase(Phase::Publish);
     let cpu_start = server.and_then(|p| p.cpu_seconds().ok());
     let bench_cpu_start = Proc::Myself.cpu_seconds().ok();
     let publish_start = Instant::now();
-    publishers.run_phase(scenario.duration, true, &cancel).await;
+    publishers
+        .run_phase(scenario.duration, true, &cancel)
+        .await?;
     let publish_time = publish_start.elapsed();
     let received_in_phase = RunState::get(&state.received_in_publish_phase);
     let cpu_end = server.and_then(|p| p.cpu_seconds().ok());
@@ -136,6 +140,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
     };
     let failed_publishes: u64 = published.failed.iter().map(|f| f.len() as u64).sum();
     let ok_publishes = published.dispatched.iter().sum::<u64>() - failed_publishes;
+    let unsent = RunState::get(&state.unsent);
     let connected = RunState::get(&state.connected);
     let server_cpu = cpu_start.zip(cpu_end).map(|(a, b)| b - a);
     Ok(Report {
@@ -163,7 +168,13 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
             target_rate: scenario.rate,
             achieved_rate: ok_publishes as f64 / publish_time.as_secs_f64().max(1e-9),
             published: ok_publishes,
-            errors: failed_publishes,
+            errors: failed_publishes - unsent,
+            unsent,
+            connections_per_channel: if scenario.channels >= scenario.pub_concurrency {
+                1
+            } else {
+                scenario.pub_concurrency
+            },
             warmup_published: RunState::get(&state.warmup_published),
             latency_us: Percentiles::of(&published.latency),
         },

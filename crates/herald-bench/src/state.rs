@@ -66,6 +66,8 @@ pub struct RunState {
     pub published: AtomicU64,
     /// Warm-up messages published successfully.
     pub warmup_published: AtomicU64,
+    /// Measured messages dropped unsent because the publishers fell behind.
+    pub unsent: AtomicU64,
     /// Publishes handed to a publisher and not finished yet.
     pub publishes_in_flight: AtomicU64,
     /// First deliveries of measured messages.
@@ -95,6 +97,7 @@ impl RunState {
             published_per_channel: zeros(),
             published: AtomicU64::new(0),
             warmup_published: AtomicU64::new(0),
+            unsent: AtomicU64::new(0),
             publishes_in_flight: AtomicU64::new(0),
             received: AtomicU64::new(0),
             received_in_publish_phase: AtomicU64::new(0),
