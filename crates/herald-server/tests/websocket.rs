@@ -1473,6 +1473,19 @@ async fn client_publish_when_enabled_reaches_other_subscribers() {
     );
     assert_envelope(&next_json(&mut listener).await, "room", 1, &epoch, &data);
 
+    // Insignificant whitespace inside data is removed, as for HTTP publishing.
+    send_text(
+        &mut publisher,
+        r#"{"type":"publish","cid":"room","data": { "a" : [ 1 , 2 ] } }"#,
+    )
+    .await;
+    assert_eq!(next_json(&mut publisher).await["id"], 2);
+    let text = next_text(&mut listener).await;
+    assert!(
+        text.contains(r#""data":{"a":[1,2]}"#),
+        "compact data: {text}"
+    );
+
     // Any JSON value; a string stays a string.
     send_json(
         &mut publisher,
@@ -1482,12 +1495,12 @@ async fn client_publish_when_enabled_reaches_other_subscribers() {
     let reply = next_json(&mut publisher).await;
     assert_eq!(
         reply,
-        json!({"type": "published", "cid": "room", "id": 2, "epoch": epoch})
+        json!({"type": "published", "cid": "room", "id": 3, "epoch": epoch})
     );
     assert_envelope(
         &next_json(&mut listener).await,
         "room",
-        2,
+        3,
         &epoch,
         &json!("plain"),
     );
@@ -1510,11 +1523,11 @@ async fn client_publish_when_enabled_reaches_other_subscribers() {
     assert_silent(&mut listener, Duration::from_millis(100)).await;
 
     // The HTTP side sees the client's messages in the same stream.
-    assert_eq!(server.publish("room", "from http").await["id"], 3);
+    assert_eq!(server.publish("room", "from http").await["id"], 4);
     assert_envelope(
         &next_json(&mut listener).await,
         "room",
-        3,
+        4,
         &epoch,
         &json!("from http"),
     );
@@ -1581,6 +1594,36 @@ async fn bad_commands_get_error_frames_and_the_connection_stays_usable() {
     assert_envelope(&next_json(&mut ws).await, "a", 1, &epoch, &json!("a1"));
     assert_silent(&mut ws, Duration::from_millis(100)).await;
     assert_still_serves(&server).await;
+}
+
+#[tokio::test]
+async fn error_replies_echo_ref_even_when_the_command_is_malformed() {
+    // docs/protocol.md: "`ref` (any JSON value) is echoed in the reply"; an error frame is the
+    // reply to a command object that carried one, whatever else is wrong with it.
+    let server = common::start().await;
+    let (mut ws, _) = subscribe(&server, "a").await;
+    for (command, reference) in [
+        (r#"{"type":"subscribe","cid":5,"ref":9}"#, json!(9)),
+        (
+            r#"{"type":"subscribe","cid":"b","since":17,"ref":"s"}"#,
+            json!("s"),
+        ),
+        (
+            r#"{"type":"unsubscribe","cid":["a"],"ref":{"n":1}}"#,
+            json!({"n": 1}),
+        ),
+        (r#"{"ref":3}"#, json!(3)),
+        (r#"{"type":null,"ref":[4]}"#, json!([4])),
+    ] {
+        send_text(&mut ws, command).await;
+        let reply = next_json(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{command}: {reply}");
+        assert_eq!(
+            reply["ref"], reference,
+            "ref is echoed for {command}: {reply}"
+        );
+        ping_pong(&mut ws, &json!("usable")).await;
+    }
 }
 
 #[tokio::test]
