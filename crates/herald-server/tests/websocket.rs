@@ -1627,6 +1627,41 @@ async fn error_replies_echo_ref_even_when_the_command_is_malformed() {
 }
 
 #[tokio::test]
+async fn the_default_limit_of_64_channels_per_connection() {
+    let server = common::start().await;
+    let cids: Vec<String> = (0..64).map(|i| format!("ch{i:02}")).collect();
+    let query: Vec<String> = cids.iter().map(|c| format!("cid={c}")).collect();
+    let mut ws = connect(&server, &format!("/listen?{}", query.join("&"))).await;
+    for cid in &cids {
+        assert_subscribed(&next_json(&mut ws).await, cid, 0);
+    }
+    // Interleaved messages on every channel arrive, each channel in order.
+    for round in 1..=2u64 {
+        for cid in cids.iter().rev() {
+            server.publish(cid, &format!("{cid}/{round}")).await;
+        }
+        for cid in cids.iter().rev() {
+            let envelope = next_json(&mut ws).await;
+            assert_eq!(envelope["cid"], cid.as_str());
+            assert_eq!(envelope["id"], round);
+            assert_eq!(envelope["data"], format!("{cid}/{round}"));
+        }
+    }
+    // A 65th: by command an error frame, in the URL a 400.
+    send_json(
+        &mut ws,
+        &json!({"type": "subscribe", "cid": "ch64", "ref": 65}),
+    )
+    .await;
+    assert_error_frame(&next_json(&mut ws).await, Some(&json!(65)));
+    let target = format!("/listen?{}&cid=ch64", query.join("&"));
+    raw_get(&server, &target, &ws_headers())
+        .await
+        .assert_json_error(400);
+    ping_pong(&mut ws, &json!("still fine")).await;
+}
+
+#[tokio::test]
 async fn channel_limit_per_connection_is_an_error_frame() {
     let server = common::start_with(|c| c.max_channels_per_connection = 2).await;
     let (mut ws, _) = subscribe(&server, "one").await;
@@ -1810,6 +1845,20 @@ async fn the_server_pings_and_a_client_that_answers_stays_connected() {
     let server = common::start_with(|c| c.ws_ping_interval = interval).await;
     let (mut ws, subscribed) = subscribe(&server, "alive").await;
     let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+    // A raw client that answers every ping with a pong, by hand.
+    let mut raw = RawWs::connect(&server, "/listen?cid=alive").await;
+    assert_subscribed(&raw.next_json().await, "alive", 0);
+    let raw_task = tokio::spawn(async move {
+        let mut pings = 0;
+        while pings < 5 {
+            let frame = raw.read_frame().await.expect("still connected");
+            assert_eq!(frame.opcode, OP_PING, "expected pings only: {frame:?}");
+            assert!(frame.fin && frame.payload.len() <= 125);
+            raw.send_frame(true, OP_PONG, &frame.payload).await;
+            pings += 1;
+        }
+        raw
+    });
     let started = Instant::now();
     let mut pings = 0;
     while pings < 5 {
@@ -1824,6 +1873,7 @@ async fn the_server_pings_and_a_client_that_answers_stays_connected() {
         started.elapsed() >= interval * 4,
         "pings come every interval"
     );
+    let mut raw = tokio::time::timeout(STEP, raw_task).await.unwrap().unwrap();
     server.publish("alive", "still here").await;
     assert_envelope(
         &next_json(&mut ws).await,
@@ -1832,6 +1882,7 @@ async fn the_server_pings_and_a_client_that_answers_stays_connected() {
         &epoch,
         &json!("still here"),
     );
+    assert_eq!(raw.next_json().await["data"], "still here");
 }
 
 #[tokio::test]
@@ -2345,6 +2396,23 @@ async fn closed_and_vanished_connections_are_released() {
     }
     // The raw clients just disappear: no close frame, the TCP connection is dropped.
     drop(vanishing);
+    // Clients that leave right after the 101, before reading any frame: they were subscribed
+    // before the 101, and that subscription must not outlive them.
+    for _ in 0..3 {
+        let addr = server.server.local_addr();
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        let response = raw_request(
+            &mut stream,
+            &mut buf,
+            &addr.to_string(),
+            "/listen?cid=gone",
+            &ws_headers(),
+        )
+        .await;
+        assert_eq!(response.status, 101);
+        drop(stream);
+    }
     await_health_connections(&server, baseline).await;
     assert_eq!(server.publish("gone", "y").await["subscribers"], 0);
     assert_still_serves(&server).await;
