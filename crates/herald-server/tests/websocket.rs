@@ -1942,8 +1942,10 @@ async fn the_server_closes_a_peer_that_never_answers_pings() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let dropped_after = started.elapsed();
+    // A close frame after at most two intervals, then up to a second for the peer's close
+    // reply (which never comes), then the TCP connection.
     assert!(
-        dropped_after < interval * 5 + Duration::from_secs(1),
+        dropped_after < interval * 5 + Duration::from_millis(1_500),
         "dropped after {dropped_after:?}"
     );
     assert_still_serves(&server).await;
