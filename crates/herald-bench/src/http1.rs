@@ -7,12 +7,17 @@
 //! `Content-Length`, chunked encoding or the end of the connection.
 
 use std::io;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A keep-alive connection idle this long is replaced before its next request: servers close
+/// idle connections (nginx 60 s after connecting without a request, Herald 30 s), and a
+/// request written just as the server closes fails for no fault of the server.
+pub const MAX_IDLE: Duration = Duration::from_secs(2);
 /// Most bytes a response head may have.
 const MAX_HEAD: usize = 64 * 1024;
 /// Most bytes a whole response body may have.

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::errors::kind_of;
-use crate::http1::Conn;
+use crate::http1::{Conn, MAX_IDLE};
 use crate::latency::{new_histogram, record};
 use crate::marker::{encode, unix_nanos};
 use crate::net::Connector;
@@ -297,6 +297,7 @@ async fn publisher(
     let socket = config.first_socket + worker;
     let mut failed = Vec::new();
     let mut latency = new_histogram();
+    let mut last_used = Instant::now();
     let mut conn = match config.connector.connect(socket).await {
         Ok(stream) => Some(Conn::new(stream)),
         Err(e) => {
@@ -317,6 +318,10 @@ async fn publisher(
             continue;
         }
         let started = Instant::now();
+        if started.duration_since(last_used) > MAX_IDLE {
+            conn = None;
+        }
+        last_used = started;
         let attempt = publish_one(&config, socket, &mut conn, job);
         let result = tokio::select! {
             result = tokio::time::timeout(PUBLISH_TIMEOUT, attempt) => {

@@ -5,9 +5,10 @@
 //! Herald's `X-Herald-Cursor` answer header becomes the next request's `since=` parameter, and
 //! nchan's `Last-Modified` / `Etag` become `If-Modified-Since` / `If-None-Match`. Long polling
 //! sends the next request as soon as an answer arrives; short polling sends one every poll
-//! interval. A long-poll subscription counts as live once its first request is sent (the server
-//! holds it), a short-poll one once its first answer arrives. Broken connections are reopened;
-//! a failure on the very first attempt counts as a failed subscriber.
+//! interval. A subscription counts as live once its first request is sent (the server may hold
+//! it: nchan answers every GET as a long poll); if the first answer is an error status, or a
+//! short poll's first answer fails, the subscriber counts as failed after all. Broken
+//! connections are reopened.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 
 use super::{Receiver, SubConfig};
 use crate::errors::kind_of;
-use crate::http1::{Conn, Head};
+use crate::http1::{Conn, Head, MAX_IDLE};
 use crate::target::encode_query_value;
 
 /// Pause after an error before the next request, so a failing server is not hammered.
@@ -75,6 +76,7 @@ pub async fn run(config: &SubConfig, receiver: &mut Receiver, name: &str, long: 
     let mut conn: Option<Conn> = None;
     let mut next_poll = Instant::now();
     let mut first = true;
+    let mut last_answer = Instant::now();
     loop {
         if !long {
             tokio::select! {
@@ -84,20 +86,32 @@ pub async fn run(config: &SubConfig, receiver: &mut Receiver, name: &str, long: 
             next_poll = (next_poll + config.poll_interval).max(Instant::now());
         }
         let request = cursor.request(&path, &config.template.authority);
-        let outcome = if first {
-            let attempt = exchange_first(config, receiver, &mut conn, &request, long, context);
+        if last_answer.elapsed() > MAX_IDLE {
+            conn = None;
+        }
+        let sent = if first {
+            let attempt = open_and_send(config, receiver.index, &mut conn, &request, context);
             match config.within_connect_deadline(attempt).await {
-                Ok(outcome) => outcome,
+                Ok(sent) => {
+                    receiver.connected();
+                    Ok(sent)
+                }
                 Err(kind) => return receiver.failed(kind),
             }
         } else {
             tokio::select! {
-                result = exchange(config, receiver.index, &mut conn, &request) => {
-                    result.map_err(|e| kind_of(context, &e))
-                }
+                sent = open_and_send(config, receiver.index, &mut conn, &request, context) => sent,
                 () = config.cancel.cancelled() => return,
             }
         };
+        let outcome = match sent {
+            Ok(open) => tokio::select! {
+                answer = read_answer(open) => answer.map_err(|e| kind_of(context, &e)),
+                () = config.cancel.cancelled() => return,
+            },
+            Err(kind) => Err(kind),
+        };
+        last_answer = Instant::now();
         let was_first = std::mem::replace(&mut first, false);
         match outcome {
             Ok((head, body)) => {
@@ -130,50 +144,33 @@ pub async fn run(config: &SubConfig, receiver: &mut Receiver, name: &str, long: 
     }
 }
 
-/// The first request: connect, send, and (for a long poll) count the subscription as live as
-/// soon as the request is out. Connection failures are the attempt's error; failures after the
-/// request was sent are returned inside, as later requests' would be.
-async fn exchange_first(
-    config: &SubConfig,
-    receiver: &mut Receiver,
-    conn: &mut Option<Conn>,
-    request: &str,
-    long: bool,
-    context: &str,
-) -> Result<Result<(Head, bytes::BytesMut), String>, String> {
-    let stream = config
-        .connector
-        .connect(receiver.index)
-        .await
-        .map_err(|e| crate::errors::io_kind("connect", &e))?;
-    let mut fresh = Conn::new(stream);
-    fresh
-        .send(request.as_bytes())
-        .await
-        .map_err(|e| crate::errors::io_kind(context, &e))?;
-    if long {
-        receiver.connected();
-    }
-    let answer = read_answer(&mut fresh).await;
-    if answer.is_ok() {
-        *conn = Some(fresh);
-    }
-    Ok(answer.map_err(|e| kind_of(context, &e)))
-}
-
-/// Sends `request` on the open connection (opening one if needed) and reads the answer.
-async fn exchange(
+/// Sends `request` on the open connection, opening one first if needed; returns the
+/// connection to read the answer from, or an error kind.
+async fn open_and_send<'a>(
     config: &SubConfig,
     index: usize,
-    conn: &mut Option<Conn>,
+    conn: &'a mut Option<Conn>,
     request: &str,
-) -> Result<(Head, bytes::BytesMut)> {
-    let conn = match conn {
-        Some(conn) => conn,
-        None => conn.insert(Conn::new(config.connector.connect(index).await?)),
+    context: &str,
+) -> Result<&'a mut Conn, String> {
+    if conn.is_none() {
+        let stream = config
+            .connector
+            .connect(index)
+            .await
+            .map_err(|e| crate::errors::io_kind("connect", &e))?;
+        *conn = Some(Conn::new(stream));
+    }
+    let sent = match conn.as_mut() {
+        Some(open) => open.send(request.as_bytes()).await,
+        None => return Err(format!("{context}: no connection")),
     };
-    conn.send(request.as_bytes()).await?;
-    read_answer(conn).await
+    if let Err(e) = sent {
+        *conn = None;
+        return Err(crate::errors::io_kind(context, &e));
+    }
+    conn.as_mut()
+        .ok_or_else(|| format!("{context}: no connection"))
 }
 
 async fn read_answer(conn: &mut Conn) -> Result<(Head, bytes::BytesMut)> {
