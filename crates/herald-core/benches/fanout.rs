@@ -14,7 +14,9 @@ fn main() {
 fn engine_with_subscribers(n: usize) -> (Engine, ChannelId, Vec<Arc<Outbox>>) {
     let engine = Engine::in_memory(HistoryLimits::default());
     let cid = ChannelId::parse("bench").unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let outboxes: Vec<_> = (0..n)
         .map(|_| {
             let outbox = Outbox::new(1024);
@@ -33,7 +35,9 @@ fn engine_with_subscribers(n: usize) -> (Engine, ChannelId, Vec<Arc<Outbox>>) {
 fn publish_and_fan_out(bencher: divan::Bencher, n: usize) {
     let (engine, cid, outboxes) = engine_with_subscribers(n);
     let payload = Payload::from_text(&[b'x'; 100]).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     let mut batch = Vec::new();
@@ -52,6 +56,7 @@ fn publish_and_fan_out(bencher: divan::Bencher, n: usize) {
 /// Validating and compacting a JSON publish body.
 #[divan::bench]
 fn json_payload(bencher: divan::Bencher) {
-    let body = br#"{"user": "alice", "text": "hello there, this is a chat message", "n": [1, 2, 3]}"#;
+    let body =
+        br#"{"user": "alice", "text": "hello there, this is a chat message", "n": [1, 2, 3]}"#;
     bencher.bench(|| Payload::from_json(divan::black_box(body)).unwrap());
 }

@@ -31,6 +31,13 @@ struct Command<'a> {
     reference: Option<&'a RawValue>,
 }
 
+/// Only the `ref` of a command that failed to parse as a whole.
+#[derive(Deserialize)]
+struct LooseRef<'a> {
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+}
+
 /// The `subscribed` frame: where the backlog that follows starts.
 pub fn subscribed(cid: &ChannelId, start: Position, reference: Option<&RawValue>) -> Bytes {
     reply(
@@ -83,7 +90,14 @@ pub fn encode_message(session: &mut Session, message: &Arc<Message>, out: &mut V
 pub async fn execute(app: &App, session: &mut Session, text: &str) -> Vec<Bytes> {
     let command: Command<'_> = match serde_json::from_str(text) {
         Ok(c) => c,
-        Err(e) => return vec![error_reply(None, &format!("invalid command: {e}"))],
+        Err(e) => {
+            // Still echo `ref` if the frame is a JSON object that has one, so the client can
+            // match the error to its request.
+            let reference = serde_json::from_str::<LooseRef<'_>>(text)
+                .ok()
+                .and_then(|loose| loose.reference);
+            return vec![error_reply(reference, &format!("invalid command: {e}"))];
+        }
     };
     let reference = command.reference;
     match run(app, session, &command).await {
