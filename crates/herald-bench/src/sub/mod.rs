@@ -6,7 +6,9 @@
 //! ([`Receiver::connected`]) or could not be made ([`Receiver::failed`]), and hands every
 //! received frame, event or body to [`Receiver::on_bytes`]. It stops when the run's
 //! cancellation token fires. Streaming transports do not reconnect: a dropped stream is an error
-//! and the messages it would have carried count as lost.
+//! and the messages it would have carried count as lost. Herald's explicit gap signals
+//! (`X-Herald-Gap`, SSE `event: gap`, WebSocket `{"type":"gap"…}`) are counted as errors of
+//! their own kind, so a loss the server admitted can be told from a silent one.
 
 mod poll;
 mod sse;

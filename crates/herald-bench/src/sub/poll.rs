@@ -122,6 +122,9 @@ pub async fn run(config: &SubConfig, receiver: &mut Receiver, name: &str, long: 
                 }
                 receiver.connected();
                 cursor.update(&head);
+                if head.header("x-herald-gap").is_some() {
+                    receiver.error(format!("{context}: server reported a gap (X-Herald-Gap)"));
+                }
                 if !head.keep_alive {
                     conn = None;
                 }

@@ -60,6 +60,8 @@ pub async fn run(config: &SubConfig, receiver: &mut Receiver, name: &str) {
             let line = text.split_to(newline + 1);
             if line.starts_with(b"data:") {
                 receiver.on_bytes(&line);
+            } else if line.starts_with(b"event: gap") || line.starts_with(b"event:gap") {
+                receiver.error("sse: server reported a gap (event: gap)");
             }
         }
         if ended {

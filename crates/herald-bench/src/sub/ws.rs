@@ -40,7 +40,12 @@ pub async fn run(config: &SubConfig, receiver: &mut Receiver, name: &str) {
         tokio::select! {
             () = config.cancel.cancelled() => return,
             message = ws.next() => match message {
-                Some(Ok(Message::Text(text))) => receiver.on_bytes(text.as_bytes()),
+                Some(Ok(Message::Text(text))) => {
+                    if text.starts_with(r#"{"type":"gap""#) {
+                        receiver.error("ws: server reported a gap");
+                    }
+                    receiver.on_bytes(text.as_bytes());
+                }
                 Some(Ok(Message::Binary(bytes))) => receiver.on_bytes(&bytes),
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map_or_else(|| "none".to_string(), |f| u16::from(f.code).to_string());
