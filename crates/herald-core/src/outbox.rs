@@ -7,8 +7,14 @@
 //! behind, the queue is emptied and marked overflowed: the transport ends the connection with a
 //! reason and the client resumes from history with its cursor. A slow reader therefore never
 //! grows memory without bound, and never slows the publisher or other subscribers.
+//!
+//! The outbox also carries [`Signals`] — a timer tick, a request to close — so that a
+//! connection waits on exactly one thing of its own besides its socket. Server-wide timers and
+//! shutdown raise signals on every outbox instead of every connection registering with shared
+//! timers and notifiers.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -21,7 +27,39 @@ use crate::message::Message;
 pub struct Outbox {
     state: Mutex<State>,
     waker: AtomicWaker,
+    signals: AtomicU8,
     capacity: usize,
+}
+
+/// Out-of-band signals to a connection, raised with [`Outbox::raise`] and returned by
+/// [`Outbox::poll_drain`]. A set of bits; several may arrive together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Signals(u8);
+
+impl Signals {
+    /// No signal.
+    pub const NONE: Self = Self(0);
+    /// A periodic timer ticked (keep-alive, ping).
+    pub const TICK: Self = Self(1);
+    /// The connection should end (server shutdown).
+    pub const CLOSE: Self = Self(2);
+
+    /// True if every bit of `other` is set.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    /// True when no bit is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::ops::BitOr for Signals {
+    type Output = Self;
+    fn bitor(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
 }
 
 struct State {
@@ -43,6 +81,7 @@ impl Outbox {
                 overflowed: false,
             }),
             waker: AtomicWaker::new(),
+            signals: AtomicU8::new(0),
             capacity: capacity.max(1),
         })
     }
@@ -67,12 +106,19 @@ impl Outbox {
         accepted
     }
 
-    /// Moves every queued message into `out`; pending while the outbox is empty.
+    /// Raises `signals` and wakes the consumer.
+    pub fn raise(&self, signals: Signals) {
+        self.signals.fetch_or(signals.0, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Moves every queued message into `out` and returns the signals raised since the last
+    /// call; pending while there is neither a message nor a signal.
     pub fn poll_drain(
         &self,
         cx: &mut Context<'_>,
         out: &mut Vec<Arc<Message>>,
-    ) -> Poll<Result<(), Overflow>> {
+    ) -> Poll<Result<Signals, Overflow>> {
         if let Some(result) = self.try_drain(out) {
             return Poll::Ready(result);
         }
@@ -83,25 +129,27 @@ impl Outbox {
         }
     }
 
-    /// Waits for messages and moves every queued one into `out`.
-    pub async fn drain(&self, out: &mut Vec<Arc<Message>>) -> Result<(), Overflow> {
+    /// Waits for messages or signals; moves every queued message into `out` and returns the
+    /// signals.
+    pub async fn drain(&self, out: &mut Vec<Arc<Message>>) -> Result<Signals, Overflow> {
         std::future::poll_fn(|cx| self.poll_drain(cx, out)).await
     }
 
-    fn try_drain(&self, out: &mut Vec<Arc<Message>>) -> Option<Result<(), Overflow>> {
+    fn try_drain(&self, out: &mut Vec<Arc<Message>>) -> Option<Result<Signals, Overflow>> {
+        let signals = Signals(self.signals.swap(0, Ordering::AcqRel));
         let mut state = self.state.lock();
         if state.overflowed {
             return Some(Err(Overflow(self.capacity)));
         }
         if state.items.is_empty() {
-            return None;
+            return (!signals.is_empty()).then_some(Ok(signals));
         }
         out.extend(state.items.drain(..));
         if state.items.capacity() > 64 {
             // A burst is over; give its memory back rather than keep it while idle.
             state.items = VecDeque::new();
         }
-        Some(Ok(()))
+        Some(Ok(signals))
     }
 
     /// Number of messages waiting.
@@ -147,7 +195,8 @@ mod tests {
             assert!(outbox.push(&message(i)));
         }
         let mut out = Vec::new();
-        outbox.drain(&mut out).await.expect("no overflow");
+        let signals = outbox.drain(&mut out).await.expect("no overflow");
+        assert!(signals.is_empty());
         let offsets: Vec<u64> = out.iter().map(|m| m.offset()).collect();
         assert_eq!(offsets, [1, 2, 3]);
         assert!(outbox.is_empty());
@@ -159,11 +208,39 @@ mod tests {
         let producer = Arc::clone(&outbox);
         let task = tokio::spawn(async move {
             let mut out = Vec::new();
-            producer.drain(&mut out).await.map(|()| out.len())
+            producer.drain(&mut out).await.map(|_| out.len())
         });
         tokio::task::yield_now().await;
         outbox.push(&message(1));
         assert_eq!(task.await.expect("joined"), Ok(1));
+    }
+
+    #[tokio::test]
+    async fn signals_wake_the_consumer_and_arrive_once() {
+        let outbox = Outbox::new(10);
+        let consumer = Arc::clone(&outbox);
+        let task = tokio::spawn(async move {
+            let mut out = Vec::new();
+            consumer.drain(&mut out).await
+        });
+        tokio::task::yield_now().await;
+        outbox.raise(Signals::TICK);
+        outbox.raise(Signals::CLOSE);
+        let signals = task.await.expect("joined").expect("no overflow");
+        assert!(signals.contains(Signals::CLOSE));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut out = Vec::new();
+        let again = outbox.poll_drain(&mut cx, &mut out);
+        assert!(again.is_pending() || again == Poll::Ready(Ok(Signals::TICK)));
+        assert!(outbox.poll_drain(&mut cx, &mut out).is_pending());
+        outbox.push(&message(1));
+        outbox.raise(Signals::TICK);
+        assert_eq!(
+            outbox.poll_drain(&mut cx, &mut out),
+            Poll::Ready(Ok(Signals::TICK))
+        );
+        assert_eq!(out.len(), 1);
     }
 
     #[tokio::test]

@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use herald_core::{Engine, HistoryLimits};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::registry::Registry;
 
 /// Shared server state.
 pub struct App {
@@ -22,7 +22,8 @@ pub struct App {
     /// Tasks that outlive their HTTP connection (upgraded WebSockets); shutdown waits on them.
     pub tasks: TaskTracker,
     connections: AtomicUsize,
-    ping_ticks: watch::Sender<()>,
+    /// Live subscriber connections, for ticks and shutdown.
+    pub registry: Arc<Registry>,
 }
 
 impl App {
@@ -39,19 +40,8 @@ impl App {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connections: AtomicUsize::new(0),
-            ping_ticks: watch::Sender::new(()),
+            registry: Arc::new(Registry::default()),
         })
-    }
-
-    /// A receiver of the shared WebSocket ping ticker: one timer for all connections instead
-    /// of one per connection.
-    pub fn ping_ticks(&self) -> watch::Receiver<()> {
-        self.ping_ticks.subscribe()
-    }
-
-    /// Advances the ping ticker (called by the server's ticker task).
-    pub fn tick_pings(&self) {
-        self.ping_ticks.send_replace(());
     }
 
     /// Open client connections (HTTP and WebSocket).

@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod publish;
 pub mod query;
+pub mod registry;
 pub mod router;
 pub mod server;
 pub mod transport;

@@ -18,8 +18,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use herald_core::Signals;
+
 use crate::app::App;
 use crate::config::Config;
+use crate::registry::Kind;
 use crate::router;
 
 /// How long a client may take to send a request's headers.
@@ -44,7 +47,7 @@ impl RunningServer {
         let app = App::new(config);
         tracing::info!(%addr, "herald listening");
         spawn_sweeper(Arc::clone(&app));
-        spawn_ping_ticker(Arc::clone(&app));
+        spawn_tickers(&app);
         let task = tokio::spawn(serve(listener, Arc::clone(&app)));
         Ok(Self { addr, app, task })
     }
@@ -81,17 +84,25 @@ fn spawn_sweeper(app: Arc<App>) {
     });
 }
 
-fn spawn_ping_ticker(app: Arc<App>) {
-    let period = app.config.ws_ping_interval;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => app.tick_pings(),
-                () = app.shutdown.cancelled() => break,
+/// One task per periodic signal: WebSocket pings and stream keep-alives reach every connection
+/// of the kind through its outbox (see `registry`).
+fn spawn_tickers(app: &Arc<App>) {
+    for (kind, period) in [
+        (Kind::WebSocket, app.config.ws_ping_interval),
+        (Kind::Stream, app.config.keepalive),
+    ] {
+        let app = Arc::clone(app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => app.registry.raise(Some(kind), Signals::TICK),
+                    () = app.shutdown.cancelled() => break,
+                }
             }
-        }
-    });
+        });
+    }
 }
 
 async fn serve(listener: TcpListener, app: Arc<App>) {
@@ -113,6 +124,8 @@ async fn serve(listener: TcpListener, app: Arc<App>) {
     }
     drop(listener);
     tracing::info!("shutting down: no longer accepting connections");
+    // Every stream and WebSocket ends itself with a reconnect hint; long polls answer 503.
+    app.registry.raise(None, Signals::CLOSE);
     app.tasks.close();
     let grace = app.config.shutdown_timeout;
     match tokio::time::timeout(grace, app.tasks.wait()).await {

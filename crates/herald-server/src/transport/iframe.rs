@@ -15,6 +15,7 @@ use herald_core::{Gap, Message, Subscriptions};
 use crate::app::App;
 use crate::http::{boxed, ApiError, Body};
 use crate::query::SubscribeQuery;
+use crate::registry::Kind;
 
 use super::session::Session;
 use super::stream::{EventStream, StreamFormat};
@@ -95,7 +96,7 @@ pub async fn handle(app: &Arc<App>, query: &SubscribeQuery) -> Result<Response<B
         )));
     }
     let cursors = query.cursors(None)?;
-    let (session, backlog) = Session::open(app, &query.cids, &cursors).await?;
+    let (session, backlog) = Session::open(app, Kind::Stream, &query.cids, &cursors).await?;
     let mut prelude = String::from(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>herald</title></head><body>\n<!--",
     );
@@ -106,8 +107,6 @@ pub async fn handle(app: &Arc<App>, query: &SubscribeQuery) -> Result<Response<B
         IframeFormat::new(callback),
         Bytes::from(prelude),
         backlog,
-        app.config.keepalive,
-        app.shutdown.clone().cancelled_owned(),
     );
     let mut response = Response::new(boxed(stream));
     *response.status_mut() = StatusCode::OK;

@@ -3,17 +3,18 @@
 //!
 //! If history already has messages after the cursor (or a gap to report), the answer is
 //! immediate. Otherwise the request waits on its session's outbox — a waiting request costs one
-//! hub entry and one parked future, no task and no buffer — until a message arrives, the
-//! timeout passes (`200 []`) or the server shuts down (`503`).
+//! hub entry and one parked future, no extra task — until a message arrives, the timeout
+//! passes (`200 []`) or the server shuts down (a `CLOSE` signal: `503`).
 
 use std::sync::Arc;
 
-use herald_core::{Accept, Gap};
+use herald_core::{Accept, Gap, Signals};
 use http::Response;
 
 use crate::app::App;
 use crate::http::{ApiError, Body};
 use crate::query::SubscribeQuery;
+use crate::registry::Kind;
 
 use super::poll::array_response;
 use super::session::{Event, Session};
@@ -21,7 +22,7 @@ use super::session::{Event, Session};
 /// Handles one long-poll request.
 pub async fn handle(app: &Arc<App>, query: &SubscribeQuery) -> Result<Response<Body>, ApiError> {
     let cursors = query.cursors(None)?;
-    let (mut session, backlog) = Session::open(app, &query.cids, &cursors).await?;
+    let (mut session, backlog) = Session::open(app, Kind::LongPoll, &query.cids, &cursors).await?;
     let mut messages = Vec::new();
     let mut gaps: Vec<Gap> = Vec::new();
     for event in backlog {
@@ -36,18 +37,18 @@ pub async fn handle(app: &Arc<App>, query: &SubscribeQuery) -> Result<Response<B
     while messages.is_empty() && gaps.is_empty() {
         tokio::select! {
             drained = session.outbox().drain(&mut batch) => {
-                if drained.is_err() {
+                let Ok(signals) = drained else {
                     // Cannot happen with one waiting request per outbox, but never loop on it.
                     break;
+                };
+                if signals.contains(Signals::CLOSE) {
+                    return Err(ApiError::Unavailable("server is shutting down; retry".into()));
                 }
                 for m in batch.drain(..) {
                     accept(&mut session, m, &mut messages, &mut gaps);
                 }
             }
             () = &mut deadline => break,
-            () = app.shutdown.cancelled() => {
-                return Err(ApiError::Unavailable("server is shutting down; retry".into()));
-            }
         }
     }
     Ok(array_response(&messages, &session.cursor(), &gaps))

@@ -8,11 +8,13 @@
 use std::sync::Arc;
 
 use herald_core::{
-    Accept, ChannelCursor, ChannelId, Engine, Gap, Message, Outbox, Position, Subscriptions,
+    Accept, ChannelCursor, ChannelId, Engine, Gap, Message, Outbox, Position, Signals,
+    Subscriptions,
 };
 
 use crate::app::App;
 use crate::http::ApiError;
+use crate::registry::{Kind, Registration};
 
 /// Something to send to the client, in order.
 #[derive(Debug)]
@@ -29,16 +31,25 @@ pub struct Session {
     outbox: Arc<Outbox>,
     subscriptions: Subscriptions,
     max_channels: usize,
+    _registration: Registration,
 }
 
 impl Session {
-    /// A session with no subscriptions yet.
-    pub fn new(app: &App) -> Self {
+    /// A session of a `kind` connection with no subscriptions yet, registered for the
+    /// server's ticks and shutdown signal.
+    pub fn new(app: &App, kind: Kind) -> Self {
+        let outbox = Outbox::new(app.config.outbox_capacity);
+        let registration = app.registry.register(kind, &outbox);
+        if app.shutdown.is_cancelled() {
+            // Registered after the shutdown signal went out: raise it here.
+            outbox.raise(Signals::CLOSE);
+        }
         Self {
             engine: app.engine.clone(),
-            outbox: Outbox::new(app.config.outbox_capacity),
+            outbox,
             subscriptions: Subscriptions::new(),
             max_channels: app.config.max_channels_per_connection,
+            _registration: registration,
         }
     }
 
@@ -46,10 +57,11 @@ impl Session {
     /// them in channel order.
     pub async fn open(
         app: &App,
+        kind: Kind,
         cids: &[ChannelId],
         cursors: &[ChannelCursor],
     ) -> Result<(Self, Vec<Event>), ApiError> {
-        let mut session = Self::new(app);
+        let mut session = Self::new(app, kind);
         let mut gaps = Vec::new();
         let mut per_channel = Vec::with_capacity(cids.len());
         for (cid, cursor) in cids.iter().zip(cursors) {

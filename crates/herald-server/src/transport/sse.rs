@@ -16,6 +16,7 @@ use herald_core::{Gap, Message, Subscriptions};
 use crate::app::App;
 use crate::http::{boxed, ApiError, Body};
 use crate::query::SubscribeQuery;
+use crate::registry::Kind;
 
 use super::session::Session;
 use super::stream::{EventStream, StreamFormat};
@@ -71,20 +72,13 @@ pub async fn handle(
         })
         .transpose()?;
     let cursors = query.cursors(last_event_id)?;
-    let (session, backlog) = Session::open(app, &query.cids, &cursors).await?;
+    let (session, backlog) = Session::open(app, Kind::Stream, &query.cids, &cursors).await?;
     let prelude = format!(
         "retry: {}\nid: {}\n\n",
         app.config.sse_retry.as_millis(),
         session.cursor()
     );
-    let stream = EventStream::new(
-        session,
-        SseFormat,
-        Bytes::from(prelude),
-        backlog,
-        app.config.keepalive,
-        app.shutdown.clone().cancelled_owned(),
-    );
+    let stream = EventStream::new(session, SseFormat, Bytes::from(prelude), backlog);
     let mut response = Response::new(boxed(stream));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();

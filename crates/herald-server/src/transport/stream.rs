@@ -3,22 +3,20 @@
 //! [`EventStream`] is polled directly by the connection's hyper task: there is no extra task
 //! and no channel per stream. Each poll drains everything waiting in the session's outbox and
 //! returns it as one chunk (one write). A lone message on a single-channel stream is returned
-//! as the shared bytes encoded at publish time, without a copy. Keep-alives go out only when
-//! the stream has been quiet for a whole interval. The [`StreamFormat`] decides the bytes.
+//! as the shared bytes encoded at publish time, without a copy. The server's keep-alive ticker
+//! and shutdown arrive as outbox signals: a keep-alive goes out on a tick only if nothing was
+//! written since the previous one, and `CLOSE` ends the stream with a disconnect notice. The
+//! [`StreamFormat`] decides the bytes.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use herald_core::{Accept, Gap, Message, Subscriptions};
+use herald_core::{Accept, Gap, Message, Signals, Subscriptions};
 
 use super::session::{Event, Session};
 
@@ -41,22 +39,14 @@ pub struct EventStream<F> {
     session: Session,
     format: F,
     first: Option<Bytes>,
-    keepalive: Interval,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     batch: Vec<Arc<Message>>,
+    wrote_since_tick: bool,
     finished: bool,
 }
 
 impl<F: StreamFormat> EventStream<F> {
     /// A stream that starts with `prelude` then the `backlog`, then live messages.
-    pub fn new(
-        mut session: Session,
-        format: F,
-        prelude: Bytes,
-        backlog: Vec<Event>,
-        keepalive: Duration,
-        shutdown: WaitForCancellationFutureOwned,
-    ) -> Self {
+    pub fn new(mut session: Session, format: F, prelude: Bytes, backlog: Vec<Event>) -> Self {
         let mut first = BytesMut::from(&prelude[..]);
         for event in backlog {
             match event {
@@ -64,15 +54,12 @@ impl<F: StreamFormat> EventStream<F> {
                 Event::Message(m) => encode(&mut session, &format, &m, &mut first),
             }
         }
-        let mut keepalive = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
-        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             session,
             format,
             first: Some(first.freeze()),
-            keepalive,
-            shutdown: Box::pin(shutdown),
             batch: Vec::new(),
+            wrote_since_tick: true,
             finished: false,
         }
     }
@@ -149,17 +136,23 @@ impl<F: StreamFormat> http_body::Body for EventStream<F> {
                 return data(first);
             }
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            this.finished = true;
-            return data(this.format.disconnect("server shutting down", true));
-        }
         loop {
-            let outbox = Arc::clone(this.session.outbox());
-            match outbox.poll_drain(cx, &mut this.batch) {
-                Poll::Ready(Ok(())) => {
+            let polled = this.session.outbox().poll_drain(cx, &mut this.batch);
+            match polled {
+                Poll::Ready(Ok(signals)) => {
+                    if signals.contains(Signals::CLOSE) {
+                        this.finished = true;
+                        return data(this.format.disconnect("server shutting down", true));
+                    }
                     if let Some(chunk) = this.encode_batch() {
-                        this.keepalive.reset();
+                        this.wrote_since_tick = true;
                         return data(chunk);
+                    }
+                    if signals.contains(Signals::TICK) {
+                        if !this.wrote_since_tick {
+                            return data(this.format.keepalive());
+                        }
+                        this.wrote_since_tick = false;
                     }
                 }
                 Poll::Ready(Err(overflow)) => {
@@ -167,12 +160,8 @@ impl<F: StreamFormat> http_body::Body for EventStream<F> {
                     this.finished = true;
                     return data(this.format.disconnect("slow consumer", true));
                 }
-                Poll::Pending => break,
+                Poll::Pending => return Poll::Pending,
             }
         }
-        if this.keepalive.poll_tick(cx).is_ready() {
-            return data(this.format.keepalive());
-        }
-        Poll::Pending
     }
 }

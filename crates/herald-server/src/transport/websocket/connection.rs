@@ -1,7 +1,8 @@
 //! One WebSocket connection after the handshake.
 //!
-//! A single task multiplexes the socket's read side, the session's outbox, the server's shared
-//! ping ticker and the shutdown signal. While idle it holds no buffer: reads go to a stack
+//! A single task waits on two things of its own: the socket's read side and the session's
+//! outbox, which also carries the server's ping ticks and shutdown as signals (see
+//! `registry`), so no shared notifier is touched per message. While idle it holds no buffer: reads go to a stack
 //! buffer and only a partial frame is kept on the heap; outgoing frames are the shared bytes
 //! built at publish time, and a batch of them is written with one `write` call. A write that
 //! cannot complete within the ping interval (a peer that stopped reading) ends the connection.
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use herald_core::Signals;
 
 use crate::app::App;
 use crate::transport::session::Session;
@@ -70,9 +73,7 @@ struct Connection<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn serve(&mut self) -> End {
-        let mut ticks = self.app.ping_ticks();
         let mut heard_from_peer = true;
-        let shutdown = self.app.shutdown.clone();
         loop {
             // Everything already received first (the handshake may have carried frames).
             loop {
@@ -95,32 +96,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.inbox = Vec::new();
             }
 
+            // Two things to wait on, both this connection's own: its socket and its outbox
+            // (messages, and the server's ping ticks and shutdown as signals).
             let frames = tokio::select! {
-                () = shutdown.cancelled() => return End::Close(close_code::GOING_AWAY, "server shutting down"),
                 read = read_some(&mut self.io, &mut self.inbox) => match read {
                     Ok(0) | Err(_) => return End::Gone,
                     Ok(_) => continue,
                 },
                 drained = self.session.outbox().drain(&mut self.batch) => {
-                    if drained.is_err() {
+                    let Ok(signals) = drained else {
                         tracing::info!("closing a slow WebSocket consumer");
                         return End::Close(close_code::SLOW_CONSUMER, "slow consumer");
+                    };
+                    if signals.contains(Signals::CLOSE) {
+                        return End::Close(close_code::GOING_AWAY, "server shutting down");
                     }
-                    let mut frames = Vec::with_capacity(self.batch.len());
+                    let mut frames = Vec::with_capacity(self.batch.len() + 1);
                     for message in self.batch.drain(..) {
                         commands::encode_message(&mut self.session, &message, &mut frames);
                     }
+                    if signals.contains(Signals::TICK) {
+                        if !heard_from_peer {
+                            return End::Close(close_code::POLICY, "ping timeout");
+                        }
+                        heard_from_peer = false;
+                        frames.push(frame::ping());
+                    }
                     frames
-                }
-                tick = ticks.changed() => {
-                    if tick.is_err() {
-                        return End::Close(close_code::GOING_AWAY, "server shutting down");
-                    }
-                    if !heard_from_peer {
-                        return End::Close(close_code::POLICY, "ping timeout");
-                    }
-                    heard_from_peer = false;
-                    vec![frame::ping()]
                 }
             };
             if let Err(end) = self.write(frames).await {
@@ -232,7 +234,8 @@ mod tests {
     async fn idle_connection_state_stays_small() {
         let app = crate::app::App::new(crate::config::Config::default());
         let (io, _peer) = tokio::io::duplex(64);
-        let session = crate::transport::session::Session::new(&app);
+        let session =
+            crate::transport::session::Session::new(&app, crate::registry::Kind::WebSocket);
         let future = super::run(app.clone(), io, Vec::new(), session, Vec::new());
         let size = std::mem::size_of_val(&future);
         assert!(size <= 1024, "connection future is {size} bytes");

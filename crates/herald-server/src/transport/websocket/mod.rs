@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use crate::app::App;
 use crate::http::{boxed, ApiError, Body};
 use crate::query::SubscribeQuery;
+use crate::registry::Kind;
 
 use super::session::Session;
 
@@ -81,7 +82,7 @@ pub async fn upgrade(
         }
     };
     let cursors = query.cursors(None)?;
-    let mut session = Session::new(app);
+    let mut session = Session::new(app, Kind::WebSocket);
     let mut opening = Vec::new();
     for (cid, cursor) in query.cids.iter().zip(cursors) {
         let (start, backlog) = session.subscribe(cid, cursor).await?;
