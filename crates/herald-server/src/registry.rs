@@ -15,6 +15,8 @@ use slab::Slab;
 
 const SHARDS: usize = 16;
 
+type Shard = Mutex<Slab<(Kind, Arc<Outbox>)>>;
+
 /// What a registered connection is, for kind-specific ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -28,7 +30,7 @@ pub enum Kind {
 
 /// The registry. See the module documentation.
 pub struct Registry {
-    shards: Box<[Mutex<Slab<(Kind, Arc<Outbox>)>>]>,
+    shards: Box<[Shard]>,
     next_shard: AtomicUsize,
 }
 
