@@ -40,6 +40,23 @@ impl Proc {
     }
 }
 
+/// Several processes sampled as one server (such as nginx's workers): their CPU times and
+/// resident sizes are summed. A sample fails if any of them cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group(pub Vec<Proc>);
+
+impl Group {
+    /// The summed user plus system CPU time, in seconds.
+    pub fn cpu_seconds(&self) -> io::Result<f64> {
+        self.0.iter().map(|p| p.cpu_seconds()).sum()
+    }
+
+    /// The summed resident set size, in bytes.
+    pub fn rss_bytes(&self) -> io::Result<u64> {
+        self.0.iter().map(|p| p.rss_bytes()).sum()
+    }
+}
+
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
@@ -102,5 +119,22 @@ mod tests {
         assert!(Proc::Myself.cpu_seconds().unwrap() >= 0.0);
         assert!(Proc::Myself.rss_bytes().unwrap() > 0);
         assert!(Proc::Pid(u32::MAX).rss_bytes().is_err());
+    }
+
+    #[test]
+    fn sums_a_group() {
+        let one = Group(vec![Proc::Myself]).rss_bytes().unwrap();
+        let two = Group(vec![Proc::Myself, Proc::Myself]).rss_bytes().unwrap();
+        // Two reads of the same process, a moment apart: about twice one read.
+        assert!(two > one * 3 / 2 && two < one * 5 / 2, "{one} {two}");
+        assert!(
+            Group(vec![Proc::Myself, Proc::Myself])
+                .cpu_seconds()
+                .unwrap()
+                >= 0.0
+        );
+        let broken = Group(vec![Proc::Myself, Proc::Pid(u32::MAX)]);
+        assert!(broken.rss_bytes().is_err());
+        assert!(broken.cpu_seconds().is_err());
     }
 }

@@ -129,8 +129,10 @@ pub struct Deliveries {
 /// Server cost figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Server {
-    /// The sampled process.
+    /// The sampled process (the first of `pids`).
     pub pid: u32,
+    /// Every sampled process; the figures below are their sums.
+    pub pids: Vec<u32>,
     /// User + system CPU seconds during the publish phase.
     pub cpu_seconds: Option<f64>,
     /// That CPU time per delivery received during the publish phase, µs.
@@ -237,7 +239,12 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "server       pid {}: CPU {} s in the publish phase = {} µs per delivery",
-                server.pid,
+                server
+                    .pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join("+"),
                 opt(server.cpu_seconds.map(|v| format!("{v:.2}"))),
                 opt(server.cpu_us_per_delivery.map(|v| format!("{v:.2}")))
             )?;

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::latency::Percentiles;
 use crate::limits;
 use crate::net::Connector;
-use crate::procstat::Proc;
+use crate::procstat::{Group, Proc};
 use crate::publish::{PublishConfig, Publishers};
 use crate::report::{self, Phases, Publish, Report, Server, Subscribers};
 use crate::scenario::{Scenario, Transport};
@@ -55,8 +55,9 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
 
     let state = Arc::new(RunState::new(scenario.channels, scenario.threads * 4));
     let cancel = CancellationToken::new();
-    let server = scenario.server_pid.map(Proc::Pid);
-    let rss_before = server.and_then(|p| p.rss_bytes().ok());
+    let pids = scenario.server_pid.iter().copied();
+    let server = (!scenario.server_pid.is_empty()).then(|| Group(pids.map(Proc::Pid).collect()));
+    let rss_before = server.as_ref().and_then(|p| p.rss_bytes().ok());
     let progress =
         (!scenario.quiet).then(|| spawn_progress(Arc::clone(&state), scenario.subscribers));
 
@@ -91,7 +92,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
     if server.is_some() {
         tokio::time::sleep(SETTLE).await;
     }
-    let rss_connected = server.and_then(|p| p.rss_bytes().ok());
+    let rss_connected = server.as_ref().and_then(|p| p.rss_bytes().ok());
 
     state.set_phase(Phase::Warmup);
     let warmup_start = Instant::now();
@@ -101,7 +102,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
     let warmup_time = warmup_start.elapsed();
 
     state.set_phase(Phase::Publish);
-    let cpu_start = server.and_then(|p| p.cpu_seconds().ok());
+    let cpu_start = server.as_ref().and_then(|p| p.cpu_seconds().ok());
     let bench_cpu_start = Proc::Myself.cpu_seconds().ok();
     let publish_start = Instant::now();
     publishers
@@ -109,7 +110,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
         .await?;
     let publish_time = publish_start.elapsed();
     let received_in_phase = RunState::get(&state.received_in_publish_phase);
-    let cpu_end = server.and_then(|p| p.cpu_seconds().ok());
+    let cpu_end = server.as_ref().and_then(|p| p.cpu_seconds().ok());
     let bench_cpu_end = Proc::Myself.cpu_seconds().ok();
 
     state.set_phase(Phase::Drain);
@@ -122,7 +123,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
         tokio::time::sleep(CHECK_EVERY).await;
     }
     let drain_time = drain_start.elapsed();
-    let rss_end = server.and_then(|p| p.rss_bytes().ok());
+    let rss_end = server.as_ref().and_then(|p| p.rss_bytes().ok());
 
     state.set_phase(Phase::Done);
     cancel.cancel();
@@ -180,8 +181,9 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
         },
         deliveries,
         latency_us: Percentiles::of(&state.latency.merged()),
-        server: scenario.server_pid.map(|pid| Server {
+        server: scenario.server_pid.first().map(|&pid| Server {
             pid,
+            pids: scenario.server_pid.clone(),
             cpu_seconds: server_cpu,
             cpu_us_per_delivery: server_cpu
                 .filter(|_| received_in_phase > 0)

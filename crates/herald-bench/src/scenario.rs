@@ -72,8 +72,10 @@ pub struct Scenario {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
     /// Server process to sample: CPU time over the publish phase, RSS before/after connecting.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Repeat it (or separate pids with commas) for a server of several processes, such as
+    /// nginx's workers: their CPU times and RSS are summed.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Source addresses for client sockets, used in turn (when ephemeral ports run short).
     #[arg(long, value_delimiter = ',')]
     pub source_ips: Vec<IpAddr>,
@@ -156,6 +158,20 @@ mod tests {
         assert_eq!(s.source_ips.len(), 2);
         assert_eq!(s.duration, Duration::from_millis(250));
         assert_eq!(s.transport, Transport::Longpoll);
+        assert!(s.server_pid.is_empty());
+    }
+
+    #[test]
+    fn several_server_pids() {
+        let s = Scenario::try_parse_from([
+            "herald-bench",
+            "--server-pid",
+            "10",
+            "--server-pid",
+            "11,12",
+        ])
+        .unwrap();
+        assert_eq!(s.server_pid, [10, 11, 12]);
     }
 
     #[test]
