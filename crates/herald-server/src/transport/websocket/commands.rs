@@ -23,8 +23,10 @@ use super::frame;
 struct Command<'a> {
     #[serde(rename = "type")]
     kind: String,
-    cid: Option<String>,
-    since: Option<String>,
+    // Loosely typed so that a command which does not use a field (`ping`) never fails on it;
+    // the commands that do use them check their type.
+    cid: Option<serde_json::Value>,
+    since: Option<serde_json::Value>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow)]
@@ -115,14 +117,25 @@ async fn run(
     let cid = || -> Result<ChannelId, ApiError> {
         let raw = command
             .cid
-            .as_deref()
-            .ok_or_else(|| ApiError::BadRequest(format!("{} needs a cid", command.kind)))?;
+            .as_ref()
+            .ok_or_else(|| ApiError::BadRequest(format!("{} needs a cid", command.kind)))?
+            .as_str()
+            .ok_or_else(|| ApiError::BadRequest("cid must be a string".into()))?;
         ChannelId::parse(raw).map_err(|e| ApiError::BadRequest(format!("invalid cid: {e}")))
     };
     match command.kind.as_str() {
         "subscribe" => {
             let cid = cid()?;
-            let cursor = match command.since.as_deref() {
+            let since = match &command.since {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.as_str()),
+                Some(_) => {
+                    return Err(ApiError::BadRequest(
+                        "since must be a string such as \"k3f9:17\"".into(),
+                    ))
+                }
+            };
+            let cursor = match since {
                 Some(s) => parse_entry(s)
                     .map_err(|e| ApiError::BadRequest(format!("invalid since: {e}")))?,
                 None => ChannelCursor::Latest,
