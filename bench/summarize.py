@@ -6,12 +6,18 @@
 Reads machine.txt, every <scenario>.<server>.<n>.json written by herald-bench and the
 <scenario>.<server>.<n>.ctx.json beside it. Each table cell is the median over the repeats,
 with the range [min–max] when there were several; loss and error counts are totals over all
-repeats. The ratio is Herald's median over nchan's. Nothing is rounded before the ratio is taken.
+repeats. The ratio is Herald's median over nchan's, taken before any rounding.
+
+Rounding never favours Herald: for a metric where higher is better (+) or lower is better (-),
+Herald's figures are rounded towards worse, nchan's towards better and the ratio towards worse
+for Herald; bare's figures are rounded to the nearest.
 """
 
 import glob
 import json
+import math
 import os
+import re
 import statistics
 import sys
 
@@ -47,45 +53,66 @@ def cpu_per_publish(report):
     return cpu * 1e6 / published
 
 
+# (label, extractor, format, direction: +1 higher is better, -1 lower is better)
 def delivery_metrics():
     return [
-        ("deliveries/s", lambda r: get(r, "deliveries", "per_second"), "{:,.0f}"),
-        ("latency p50 (ms)", lambda r: ms(get(r, "latency_us", "p50")), "{:.2f}"),
-        ("latency p99 (ms)", lambda r: ms(get(r, "latency_us", "p99")), "{:.2f}"),
-        ("latency max (ms)", lambda r: ms(get(r, "latency_us", "max")), "{:.2f}"),
-        ("server CPU per delivery (µs)", lambda r: get(r, "server", "cpu_us_per_delivery"), "{:.2f}"),
-        ("publishes/s achieved", lambda r: get(r, "publish", "achieved_rate"), "{:,.1f}"),
+        ("deliveries/s", lambda r: get(r, "deliveries", "per_second"), "{:,.0f}", +1),
+        ("latency p50 (ms)", lambda r: ms(get(r, "latency_us", "p50")), "{:.2f}", -1),
+        ("latency p99 (ms)", lambda r: ms(get(r, "latency_us", "p99")), "{:.2f}", -1),
+        ("latency max (ms)", lambda r: ms(get(r, "latency_us", "max")), "{:.2f}", -1),
+        ("server CPU per delivery (µs)", lambda r: get(r, "server", "cpu_us_per_delivery"), "{:.2f}", -1),
+        ("publishes/s achieved", lambda r: get(r, "publish", "achieved_rate"), "{:,.1f}", +1),
     ]
 
 
 METRICS = {
     "idle": [
-        ("RSS per idle connection (bytes)", lambda r: get(r, "server", "bytes_per_idle_connection"), "{:,.0f}"),
-        ("subscribers connected", lambda r: get(r, "subscribers", "connected"), "{:,.0f}"),
+        ("RSS per idle connection (bytes)", lambda r: get(r, "server", "bytes_per_idle_connection"), "{:,.0f}", -1),
+        ("subscribers connected", lambda r: get(r, "subscribers", "connected"), "{:,.0f}", +1),
     ],
     "publish": [
-        ("publishes/s", lambda r: get(r, "publish", "achieved_rate"), "{:,.0f}"),
-        ("server CPU per publish (µs)", cpu_per_publish, "{:.2f}"),
-        ("publish request latency p50 (ms)", lambda r: ms(get(r, "publish", "latency_us", "p50")), "{:.2f}"),
-        ("publish request latency p99 (ms)", lambda r: ms(get(r, "publish", "latency_us", "p99")), "{:.2f}"),
+        ("publishes/s", lambda r: get(r, "publish", "achieved_rate"), "{:,.0f}", +1),
+        ("server CPU per publish (µs)", cpu_per_publish, "{:.2f}", -1),
+        ("publish request latency p50 (ms)", lambda r: ms(get(r, "publish", "latency_us", "p50")), "{:.2f}", -1),
+        ("publish request latency p99 (ms)", lambda r: ms(get(r, "publish", "latency_us", "p99")), "{:.2f}", -1),
     ],
 }
 for name in ("fanout50", "fanout100", "many", "sse", "longpoll"):
     METRICS[name] = delivery_metrics()
 
 
-def fmt(value, pattern):
-    return "—" if value is None else pattern.format(value)
+def fmt(value, pattern, toward=0):
+    """Formats value; toward=+1 rounds up, -1 rounds down, 0 to the nearest."""
+    if value is None:
+        return "—"
+    if toward:
+        found = re.search(r"\.(\d+)f", pattern)
+        factor = 10 ** (int(found.group(1)) if found else 0)
+        scaled = value * factor
+        # A value already exact at this precision (up to float noise) stays as it is.
+        if abs(scaled - round(scaled)) < 1e-6:
+            scaled = round(scaled)
+        value = (math.ceil(scaled) if toward > 0 else math.floor(scaled)) / factor
+    return pattern.format(value)
 
 
-def cell(values, pattern):
+def toward(server, direction):
+    """Rounding direction so that rounding never favours Herald."""
+    if server == "herald":
+        return -direction
+    if server == "nchan":
+        return direction
+    return 0
+
+
+def cell(values, pattern, rounding=0):
     values = [v for v in values if v is not None]
     if not values:
         return "—", None
     median = statistics.median(values)
-    text = fmt(median, pattern)
+    text = fmt(median, pattern, rounding)
     if len(values) > 1:
-        text += " [{}–{}]".format(fmt(min(values), pattern), fmt(max(values), pattern))
+        text += " [{}–{}]".format(fmt(min(values), pattern, rounding), fmt(max(values), pattern, rounding))
     return text, median
 
 
@@ -156,8 +183,10 @@ def main():
         w("- **skipped for the time limit:** {}".format(info["skipped"]))
     w("")
     w("Cells: median [min–max] over the runs. Loss and error rows: totals over all runs. "
-      "ratio = Herald median / nchan median. bare = `herald-bench bare`, the minimal WebSocket "
-      "fan-out floor (no history, no envelopes; WebSocket scenarios only).")
+      "ratio = Herald median / nchan median, taken before rounding. Rounding never favours "
+      "Herald: its figures are rounded towards worse, nchan's towards better, the ratio towards "
+      "worse for Herald. bare = `herald-bench bare`, the minimal WebSocket fan-out floor (no "
+      "history, no envelopes; WebSocket scenarios only).")
     w("")
     w("| scenario | metric | Herald | nchan | ratio (Herald/nchan) | bare |")
     w("|---|---|---|---|---|---|")
@@ -166,7 +195,7 @@ def main():
             continue
         first = True
         rows = []
-        for label, extract, pattern in METRICS[scenario]:
+        for label, extract, pattern, direction in METRICS[scenario]:
             cells = {}
             medians = {}
             for server in SERVERS:
@@ -174,9 +203,10 @@ def main():
                 if (scenario, server) not in runs:
                     cells[server] = "—"
                     continue
-                cells[server], medians[server] = cell([extract(r) for r in reports], pattern)
+                cells[server], medians[server] = cell(
+                    [extract(r) for r in reports], pattern, toward(server, direction))
             h, n = medians.get("herald"), medians.get("nchan")
-            ratio = "—" if h is None or not n else "{:.2f}".format(h / n)
+            ratio = "—" if h is None or not n else fmt(h / n, "{:.3f}", -direction)
             rows.append((label, cells["herald"], cells["nchan"], ratio, cells["bare"]))
         # Loss and errors, totals.
         loss = {}
