@@ -30,7 +30,7 @@ pub use engine::Engine;
 pub use hub::Hub;
 pub use memory::{HistoryLimits, MemoryBroker};
 pub use message::{script_safe_json, websocket_frame, Message, Payload, PayloadError, OPCODE_TEXT};
-pub use outbox::{Outbox, Overflow, Signals};
+pub use outbox::{DirectDelivery, DirectOutcome, Drained, Outbox, Overflow, Signals};
 pub use position::{
     format_cursor, parse_cursor, parse_entry, ChannelCursor, CursorError, Epoch, Position,
 };

@@ -8,6 +8,12 @@
 //! reason and the client resumes from history with its cursor. A slow reader therefore never
 //! grows memory without bound, and never slows the publisher or other subscribers.
 //!
+//! A connection that can write without blocking (a WebSocket over TCP) may also install a
+//! [`DirectDelivery`]: when nothing is queued and the connection is not writing, the publisher
+//! hands the message straight to it — one non-blocking write from the publishing thread, with
+//! no task wake-up, no scheduling and no queue. Whatever it cannot finish (a full socket, a
+//! message that needs the connection's judgement) goes back through the queue, in order.
+//!
 //! The outbox also carries [`Signals`] — a timer tick, a request to close — so that a
 //! connection waits on exactly one thing of its own besides its socket. Server-wide timers and
 //! shutdown raise signals on every outbox instead of every connection registering with shared
@@ -18,6 +24,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
@@ -65,6 +72,38 @@ impl std::ops::BitOr for Signals {
 struct State {
     items: VecDeque<Arc<Message>>,
     overflowed: bool,
+    /// The consumer is writing (or about to): no direct delivery may interleave.
+    busy: bool,
+    /// The unwritten rest of a direct delivery; the consumer writes it before anything else.
+    pending: Option<Bytes>,
+    direct: Option<Arc<dyn DirectDelivery>>,
+}
+
+/// Immediate delivery from the publisher's thread; see the module documentation.
+pub trait DirectDelivery: Send + Sync {
+    /// Delivers `message` now if possible, without blocking. Called with the outbox locked, and
+    /// only when nothing is queued, nothing is pending and the consumer is not writing.
+    fn deliver(&self, message: &Arc<Message>) -> DirectOutcome;
+}
+
+/// What became of a direct delivery.
+#[derive(Debug)]
+pub enum DirectOutcome {
+    /// Handled completely.
+    Done,
+    /// Not handled: queue the message for the consumer.
+    Queue,
+    /// Partly written: the consumer must write these bytes before anything else.
+    Partial(Bytes),
+}
+
+/// What [`Outbox::poll_drain`] hands the consumer besides the messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Signals raised since the last drain.
+    pub signals: Signals,
+    /// Bytes of a partial direct delivery, to write first.
+    pub pending: Option<Bytes>,
 }
 
 /// The consumer fell too far behind and its queue was dropped.
@@ -79,6 +118,9 @@ impl Outbox {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 overflowed: false,
+                busy: false,
+                pending: None,
+                direct: None,
             }),
             waker: AtomicWaker::new(),
             signals: AtomicU8::new(0),
@@ -86,12 +128,32 @@ impl Outbox {
         })
     }
 
-    /// Queues `message`; returns false if it was not queued because the outbox overflowed.
+    /// Installs (or removes) the direct delivery path.
+    pub fn set_direct(&self, direct: Option<Arc<dyn DirectDelivery>>) {
+        self.state.lock().direct = direct;
+    }
+
+    /// Hands `message` to the connection: directly when possible, else through the queue.
+    /// Returns false if the outbox overflowed and the message was not taken.
     pub fn push(&self, message: &Arc<Message>) -> bool {
         let accepted = {
             let mut state = self.state.lock();
             if state.overflowed {
                 return false;
+            }
+            if state.items.is_empty() && !state.busy && state.pending.is_none() {
+                if let Some(direct) = &state.direct {
+                    match direct.deliver(message) {
+                        DirectOutcome::Done => return true,
+                        DirectOutcome::Partial(rest) => {
+                            state.pending = Some(rest);
+                            drop(state);
+                            self.waker.wake();
+                            return true;
+                        }
+                        DirectOutcome::Queue => {}
+                    }
+                }
             }
             if state.items.len() >= self.capacity {
                 state.overflowed = true;
@@ -106,19 +168,34 @@ impl Outbox {
         accepted
     }
 
+    /// Marks the consumer as writing, so no direct delivery interleaves with its bytes, and
+    /// returns the pending bytes it must write first.
+    pub fn begin_write(&self) -> Option<Bytes> {
+        let mut state = self.state.lock();
+        state.busy = true;
+        state.pending.take()
+    }
+
+    /// Marks the consumer as done writing: direct delivery may resume.
+    pub fn end_write(&self) {
+        self.state.lock().busy = false;
+    }
+
     /// Raises `signals` and wakes the consumer.
     pub fn raise(&self, signals: Signals) {
         self.signals.fetch_or(signals.0, Ordering::AcqRel);
         self.waker.wake();
     }
 
-    /// Moves every queued message into `out` and returns the signals raised since the last
-    /// call; pending while there is neither a message nor a signal.
+    /// Moves every queued message into `out` and returns the signals raised and the pending
+    /// bytes; pending while there is nothing of either. With a direct path installed, a
+    /// successful drain also marks the consumer as writing (see [`Outbox::end_write`]), in the
+    /// same step, so no direct delivery can overtake what was just drained.
     pub fn poll_drain(
         &self,
         cx: &mut Context<'_>,
         out: &mut Vec<Arc<Message>>,
-    ) -> Poll<Result<Signals, Overflow>> {
+    ) -> Poll<Result<Drained, Overflow>> {
         if let Some(result) = self.try_drain(out) {
             return Poll::Ready(result);
         }
@@ -129,27 +206,32 @@ impl Outbox {
         }
     }
 
-    /// Waits for messages or signals; moves every queued message into `out` and returns the
-    /// signals.
-    pub async fn drain(&self, out: &mut Vec<Arc<Message>>) -> Result<Signals, Overflow> {
+    /// Waits for messages, signals or pending bytes; see [`Outbox::poll_drain`].
+    pub async fn drain(&self, out: &mut Vec<Arc<Message>>) -> Result<Drained, Overflow> {
         std::future::poll_fn(|cx| self.poll_drain(cx, out)).await
     }
 
-    fn try_drain(&self, out: &mut Vec<Arc<Message>>) -> Option<Result<Signals, Overflow>> {
+    fn try_drain(&self, out: &mut Vec<Arc<Message>>) -> Option<Result<Drained, Overflow>> {
         let signals = Signals(self.signals.swap(0, Ordering::AcqRel));
         let mut state = self.state.lock();
         if state.overflowed {
             return Some(Err(Overflow(self.capacity)));
         }
-        if state.items.is_empty() {
-            return (!signals.is_empty()).then_some(Ok(signals));
+        if state.items.is_empty() && state.pending.is_none() && signals.is_empty() {
+            return None;
         }
         out.extend(state.items.drain(..));
         if state.items.capacity() > 64 {
             // A burst is over; give its memory back rather than keep it while idle.
             state.items = VecDeque::new();
         }
-        Some(Ok(signals))
+        if state.direct.is_some() {
+            state.busy = true;
+        }
+        Some(Ok(Drained {
+            signals,
+            pending: state.pending.take(),
+        }))
     }
 
     /// Number of messages waiting.
@@ -195,8 +277,8 @@ mod tests {
             assert!(outbox.push(&message(i)));
         }
         let mut out = Vec::new();
-        let signals = outbox.drain(&mut out).await.expect("no overflow");
-        assert!(signals.is_empty());
+        let drained = outbox.drain(&mut out).await.expect("no overflow");
+        assert!(drained.signals.is_empty());
         let offsets: Vec<u64> = out.iter().map(|m| m.offset()).collect();
         assert_eq!(offsets, [1, 2, 3]);
         assert!(outbox.is_empty());
@@ -226,21 +308,99 @@ mod tests {
         tokio::task::yield_now().await;
         outbox.raise(Signals::TICK);
         outbox.raise(Signals::CLOSE);
-        let signals = task.await.expect("joined").expect("no overflow");
+        let signals = task.await.expect("joined").expect("no overflow").signals;
         assert!(signals.contains(Signals::CLOSE));
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut out = Vec::new();
         let again = outbox.poll_drain(&mut cx, &mut out);
-        assert!(again.is_pending() || again == Poll::Ready(Ok(Signals::TICK)));
+        // Both signals were taken by the first drain.
+        assert!(again.is_pending());
         assert!(outbox.poll_drain(&mut cx, &mut out).is_pending());
         outbox.push(&message(1));
         outbox.raise(Signals::TICK);
-        assert_eq!(
-            outbox.poll_drain(&mut cx, &mut out),
-            Poll::Ready(Ok(Signals::TICK))
-        );
+        let drained = outbox.poll_drain(&mut cx, &mut out);
+        let expected = Drained {
+            signals: Signals::TICK,
+            pending: None,
+        };
+        assert_eq!(drained, Poll::Ready(Ok(expected)));
         assert_eq!(out.len(), 1);
+    }
+
+    /// A direct path that records what it was given and answers as told.
+    struct Recorder {
+        answer: Mutex<Vec<DirectOutcome>>,
+        seen: Mutex<Vec<u64>>,
+    }
+
+    impl DirectDelivery for Recorder {
+        fn deliver(&self, message: &Arc<Message>) -> DirectOutcome {
+            self.seen.lock().push(message.offset());
+            self.answer.lock().pop().unwrap_or(DirectOutcome::Done)
+        }
+    }
+
+    #[test]
+    fn direct_delivery_only_when_idle_and_in_order() {
+        let outbox = Outbox::new(10);
+        let recorder = Arc::new(Recorder {
+            answer: Mutex::new(vec![DirectOutcome::Queue, DirectOutcome::Done]),
+            seen: Mutex::new(Vec::new()),
+        });
+        outbox.set_direct(Some(recorder.clone()));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+
+        assert!(outbox.push(&message(1)), "delivered directly");
+        assert!(outbox.is_empty());
+        assert!(outbox.push(&message(2)), "direct path declines: queued");
+        assert_eq!(outbox.len(), 1);
+        assert!(
+            outbox.push(&message(3)),
+            "queue not empty: queued, not direct"
+        );
+        assert_eq!(*recorder.seen.lock(), [1, 2]);
+
+        // Draining marks the consumer busy: nothing may overtake 2 and 3.
+        assert!(outbox.poll_drain(&mut cx, &mut out).is_ready());
+        assert!(outbox.push(&message(4)));
+        assert_eq!(*recorder.seen.lock(), [1, 2]);
+        assert_eq!(outbox.len(), 1);
+        outbox.end_write();
+        assert!(
+            outbox.push(&message(5)),
+            "4 still queued: 5 queues behind it"
+        );
+        assert_eq!(outbox.len(), 2);
+        out.clear();
+        assert!(outbox.poll_drain(&mut cx, &mut out).is_ready());
+        let offsets: Vec<u64> = out.iter().map(|m| m.offset()).collect();
+        assert_eq!(offsets, [4, 5]);
+        outbox.end_write();
+        assert!(outbox.push(&message(6)));
+        assert_eq!(*recorder.seen.lock(), [1, 2, 6]);
+    }
+
+    #[test]
+    fn partial_direct_writes_are_finished_by_the_consumer_first() {
+        let outbox = Outbox::new(10);
+        let recorder = Arc::new(Recorder {
+            answer: Mutex::new(vec![DirectOutcome::Partial(Bytes::from_static(b"rest"))]),
+            seen: Mutex::new(Vec::new()),
+        });
+        outbox.set_direct(Some(recorder.clone()));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        assert!(outbox.push(&message(1)));
+        assert!(outbox.push(&message(2)), "pending bytes: queue");
+        let Poll::Ready(Ok(drained)) = outbox.poll_drain(&mut cx, &mut out) else {
+            panic!("drain ready");
+        };
+        assert_eq!(drained.pending.as_deref(), Some(&b"rest"[..]));
+        assert_eq!(out.len(), 1);
+        outbox.end_write();
+        assert_eq!(outbox.begin_write(), None);
     }
 
     #[tokio::test]

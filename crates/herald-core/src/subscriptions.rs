@@ -73,6 +73,16 @@ impl Subscriptions {
         self.entries.iter().map(|(c, _)| c)
     }
 
+    /// True if `message` is exactly the next one of a followed channel (same epoch, next
+    /// offset): the one case that needs no decision.
+    pub fn is_next(&self, message: &Message) -> bool {
+        self.entries.iter().any(|(c, p)| {
+            c == message.cid()
+                && p.epoch == message.epoch()
+                && p.offset.checked_add(1) == Some(message.offset())
+        })
+    }
+
     /// Decides what to do with `message` and, unless it is dropped, advances the channel's
     /// position to it.
     pub fn accept(&mut self, message: &Message) -> Accept {
@@ -139,6 +149,10 @@ mod tests {
     fn delivers_in_order_and_drops_duplicates() {
         let mut subs = Subscriptions::new();
         subs.insert(ChannelId::parse("a").expect("cid"), at(1, 5));
+        assert!(subs.is_next(&message("a", 1, 6)));
+        assert!(!subs.is_next(&message("a", 1, 7)));
+        assert!(!subs.is_next(&message("a", 2, 6)));
+        assert!(!subs.is_next(&message("b", 1, 6)));
         assert_eq!(subs.accept(&message("a", 1, 4)), Accept::Duplicate);
         assert_eq!(subs.accept(&message("a", 1, 5)), Accept::Duplicate);
         assert_eq!(subs.accept(&message("a", 1, 6)), Accept::Deliver);

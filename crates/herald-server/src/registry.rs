@@ -93,6 +93,7 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_core::Drained;
     use std::task::{Context, Poll};
 
     #[test]
@@ -107,13 +108,19 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(
             ws.poll_drain(&mut cx, &mut out),
-            Poll::Ready(Ok(Signals::TICK))
+            Poll::Ready(Ok(Drained {
+                signals: Signals::TICK,
+                pending: None
+            }))
         );
         assert!(stream.poll_drain(&mut cx, &mut out).is_pending());
         registry.raise(None, Signals::CLOSE);
         assert_eq!(
             stream.poll_drain(&mut cx, &mut out),
-            Poll::Ready(Ok(Signals::CLOSE))
+            Poll::Ready(Ok(Drained {
+                signals: Signals::CLOSE,
+                pending: None
+            }))
         );
         drop(a);
         assert_eq!(registry.len(), 1);

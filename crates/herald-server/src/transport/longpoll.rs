@@ -37,11 +37,11 @@ pub async fn handle(app: &Arc<App>, query: &SubscribeQuery) -> Result<Response<B
     while messages.is_empty() && gaps.is_empty() {
         tokio::select! {
             drained = session.outbox().drain(&mut batch) => {
-                let Ok(signals) = drained else {
+                let Ok(drained) = drained else {
                     // Cannot happen with one waiting request per outbox, but never loop on it.
                     break;
                 };
-                if signals.contains(Signals::CLOSE) {
+                if drained.signals.contains(Signals::CLOSE) {
                     return Err(ApiError::Unavailable("server is shutting down; retry".into()));
                 }
                 for m in batch.drain(..) {

@@ -12,6 +12,8 @@ use herald_core::{
     Subscriptions,
 };
 
+use parking_lot::{Mutex, MutexGuard};
+
 use crate::app::App;
 use crate::http::ApiError;
 use crate::registry::{Kind, Registration};
@@ -29,7 +31,8 @@ pub enum Event {
 pub struct Session {
     engine: Engine,
     outbox: Arc<Outbox>,
-    subscriptions: Subscriptions,
+    // Shared with a WebSocket's direct delivery path, which advances positions itself.
+    subscriptions: Arc<Mutex<Subscriptions>>,
     max_channels: usize,
     _registration: Registration,
 }
@@ -47,7 +50,7 @@ impl Session {
         Self {
             engine: app.engine.clone(),
             outbox,
-            subscriptions: Subscriptions::new(),
+            subscriptions: Arc::new(Mutex::new(Subscriptions::new())),
             max_channels: app.config.max_channels_per_connection,
             _registration: registration,
         }
@@ -87,7 +90,8 @@ impl Session {
         cid: &ChannelId,
         cursor: ChannelCursor,
     ) -> Result<(Position, Vec<Event>), ApiError> {
-        if !self.subscriptions.contains(cid) && self.subscriptions.len() >= self.max_channels {
+        let followed = self.subscriptions.lock().len();
+        if !self.subscriptions.lock().contains(cid) && followed >= self.max_channels {
             return Err(ApiError::BadRequest(format!(
                 "too many channels: at most {} per connection",
                 self.max_channels
@@ -98,7 +102,7 @@ impl Session {
             epoch: m.epoch(),
             offset: m.offset() - 1,
         });
-        self.subscriptions.insert(cid.clone(), start);
+        self.subscriptions.lock().insert(cid.clone(), start);
         let events = read
             .gap
             .into_iter()
@@ -111,12 +115,12 @@ impl Session {
     /// Stops following `cid`; returns true if it was followed.
     pub fn unsubscribe(&mut self, cid: &ChannelId) -> bool {
         self.engine.unsubscribe(&self.outbox, cid);
-        self.subscriptions.remove(cid)
+        self.subscriptions.lock().remove(cid)
     }
 
     /// Decides what to do with a message and advances the channel's position.
     pub fn accept(&mut self, message: &Message) -> Accept {
-        self.subscriptions.accept(message)
+        self.subscriptions.lock().accept(message)
     }
 
     /// The connection's queue.
@@ -124,14 +128,19 @@ impl Session {
         &self.outbox
     }
 
-    /// Per-channel positions.
-    pub fn subscriptions(&self) -> &Subscriptions {
-        &self.subscriptions
+    /// Per-channel positions (locked while the guard lives).
+    pub fn subscriptions(&self) -> MutexGuard<'_, Subscriptions> {
+        self.subscriptions.lock()
+    }
+
+    /// The positions, for a direct delivery path that advances them itself.
+    pub fn shared_subscriptions(&self) -> Arc<Mutex<Subscriptions>> {
+        Arc::clone(&self.subscriptions)
     }
 
     /// The composite cursor to resume every channel from.
     pub fn cursor(&self) -> String {
-        self.subscriptions.cursor()
+        self.subscriptions.lock().cursor()
     }
 }
 
@@ -164,7 +173,7 @@ pub fn merge_oldest_first(per_channel: Vec<Vec<Arc<Message>>>, limit: usize) -> 
 
 impl Drop for Session {
     fn drop(&mut self) {
-        for cid in self.subscriptions.channels() {
+        for cid in self.subscriptions.lock().channels() {
             self.engine.unsubscribe(&self.outbox, cid);
         }
     }

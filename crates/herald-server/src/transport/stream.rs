@@ -68,21 +68,19 @@ impl<F: StreamFormat> EventStream<F> {
         if let [only] = &self.batch[..] {
             let only = Arc::clone(only);
             self.batch.clear();
-            return match self.session.accept(&only) {
-                Accept::Deliver => self
-                    .format
-                    .shared(&only, self.session.subscriptions())
-                    .or_else(|| {
-                        let mut out = BytesMut::new();
-                        self.format
-                            .message(&only, self.session.subscriptions(), &mut out);
-                        Some(out.freeze())
-                    }),
+            let accepted = self.session.accept(&only);
+            // One lock for the whole encoding (the guard is not re-entrant).
+            let subscriptions = self.session.subscriptions();
+            return match accepted {
+                Accept::Deliver => self.format.shared(&only, &subscriptions).or_else(|| {
+                    let mut out = BytesMut::new();
+                    self.format.message(&only, &subscriptions, &mut out);
+                    Some(out.freeze())
+                }),
                 Accept::GapThenDeliver(gap) => {
                     let mut out = BytesMut::new();
                     self.format.gap(&gap, &mut out);
-                    self.format
-                        .message(&only, self.session.subscriptions(), &mut out);
+                    self.format.message(&only, &subscriptions, &mut out);
                     Some(out.freeze())
                 }
                 Accept::Duplicate | Accept::NotSubscribed => None,
@@ -106,10 +104,10 @@ fn encode<F: StreamFormat>(
     out: &mut BytesMut,
 ) {
     match session.accept(message) {
-        Accept::Deliver => format.message(message, session.subscriptions(), out),
+        Accept::Deliver => format.message(message, &session.subscriptions(), out),
         Accept::GapThenDeliver(gap) => {
             format.gap(&gap, out);
-            format.message(message, session.subscriptions(), out);
+            format.message(message, &session.subscriptions(), out);
         }
         Accept::Duplicate | Accept::NotSubscribed => {}
     }
@@ -139,7 +137,8 @@ impl<F: StreamFormat> http_body::Body for EventStream<F> {
         loop {
             let polled = this.session.outbox().poll_drain(cx, &mut this.batch);
             match polled {
-                Poll::Ready(Ok(signals)) => {
+                Poll::Ready(Ok(drained)) => {
+                    let signals = drained.signals;
                     if signals.contains(Signals::CLOSE) {
                         this.finished = true;
                         return data(this.format.disconnect("server shutting down", true));

@@ -110,16 +110,9 @@ pub async fn upgrade(
                 drop(read_buf);
                 connection::run(task_app, io.into_inner(), leftover, session, opening).await;
             }
-            Err(upgraded) => {
-                connection::run(
-                    task_app,
-                    TokioIo::new(upgraded),
-                    Vec::new(),
-                    session,
-                    opening,
-                )
-                .await;
-            }
+            // Connections are plain TCP today; a transport layer that wraps the socket (TLS)
+            // must give the WebSocket path a socket it can write to without blocking.
+            Err(_) => tracing::error!("WebSocket upgrade on a connection that is not plain TCP"),
         }
     });
 
