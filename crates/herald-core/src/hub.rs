@@ -23,6 +23,7 @@ type Shard = RwLock<HashMap<ChannelId, Vec<Arc<Outbox>>>>;
 pub struct Hub {
     shards: Box<[Shard]>,
     hasher: RandomState,
+    direct_share: usize,
 }
 
 impl Default for Hub {
@@ -32,11 +33,21 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub whose publishers deliver directly to every idle subscriber.
     pub fn new() -> Self {
+        Self::with_direct_share(1)
+    }
+
+    /// An empty hub whose publishers deliver directly to at most `1 / share` of a channel's
+    /// subscribers and queue the rest for their connections' tasks. With `share` set to the
+    /// number of worker threads, a large fan-out is spread over all of them instead of being
+    /// written by the publishing thread alone (which would cap one channel's publish rate at
+    /// one core's write speed).
+    pub fn with_direct_share(share: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            direct_share: share.max(1),
         }
     }
 
@@ -76,7 +87,10 @@ impl Hub {
     pub fn deliver(&self, message: &Arc<Message>) -> usize {
         let shard = self.shard(message.cid()).read();
         shard.get(message.cid()).map_or(0, |subscribers| {
-            subscribers.iter().filter(|o| o.push(message)).count()
+            let direct = subscribers.len().div_ceil(self.direct_share);
+            let (now, later) = subscribers.split_at(direct);
+            now.iter().filter(|o| o.push(message)).count()
+                + later.iter().filter(|o| o.push_queued(message)).count()
         })
     }
 
@@ -94,7 +108,46 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Epoch, Payload, Position};
+    use crate::{DirectDelivery, DirectOutcome, Epoch, Payload, Position};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counter(AtomicUsize);
+
+    impl DirectDelivery for Counter {
+        fn deliver(&self, _: &Arc<Message>) -> DirectOutcome {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            DirectOutcome::Done
+        }
+    }
+
+    #[test]
+    fn publishers_write_directly_to_their_share_and_queue_the_rest() {
+        let hub = Hub::with_direct_share(2);
+        let cid = ChannelId::parse("big").expect("cid");
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let outboxes: Vec<_> = (0..5).map(|_| Outbox::new(8)).collect();
+        for outbox in &outboxes {
+            outbox.set_direct(Some(counter.clone()));
+            hub.subscribe(&cid, outbox);
+        }
+        let m = Message::new(
+            cid,
+            Position {
+                epoch: Epoch::from_u64(1),
+                offset: 1,
+            },
+            0,
+            &Payload::from_text(b"x").expect("payload"),
+        );
+        assert_eq!(hub.deliver(&m), 5);
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            3,
+            "ceil(5 / 2) written directly"
+        );
+        let queued: usize = outboxes.iter().map(|o| o.len()).sum();
+        assert_eq!(queued, 2, "the rest left to the connections' tasks");
+    }
 
     #[test]
     fn delivers_to_subscribers_of_the_channel_only() {

@@ -136,12 +136,23 @@ impl Outbox {
     /// Hands `message` to the connection: directly when possible, else through the queue.
     /// Returns false if the outbox overflowed and the message was not taken.
     pub fn push(&self, message: &Arc<Message>) -> bool {
+        self.hand_over(message, true)
+    }
+
+    /// Hands `message` to the connection through the queue only, for the consumer's own task
+    /// to write (fan-out work the publisher leaves to other threads).
+    pub fn push_queued(&self, message: &Arc<Message>) -> bool {
+        self.hand_over(message, false)
+    }
+
+    fn hand_over(&self, message: &Arc<Message>, direct_allowed: bool) -> bool {
         let accepted = {
             let mut state = self.state.lock();
             if state.overflowed {
                 return false;
             }
-            if state.items.is_empty() && !state.busy && state.pending.is_none() {
+            let idle = state.items.is_empty() && !state.busy && state.pending.is_none();
+            if direct_allowed && idle {
                 if let Some(direct) = &state.direct {
                     match direct.deliver(message) {
                         DirectOutcome::Done => return true,

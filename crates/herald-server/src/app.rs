@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use herald_core::{Engine, HistoryLimits};
+use herald_core::{Engine, HistoryLimits, Hub};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,11 +29,15 @@ pub struct App {
 impl App {
     /// State for a server with these settings and the embedded in-memory engine.
     pub fn new(config: Config) -> Arc<Self> {
-        let engine = Engine::in_memory(HistoryLimits {
+        let limits = HistoryLimits {
             size: config.history_size,
             ttl: config.history_ttl,
             max_channels: config.max_channels,
-        });
+        };
+        // Publishers write directly to their share of a channel's idle subscribers; the rest
+        // is written by the connections' tasks on the other worker threads.
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        let engine = Engine::in_memory_with_hub(limits, Arc::new(Hub::with_direct_share(workers)));
         Arc::new(Self {
             engine,
             config,
