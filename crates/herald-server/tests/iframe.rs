@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::publish_n;
+
 use std::time::{Duration, Instant};
 
 use common::{expect_error, TestServer};
@@ -127,17 +129,6 @@ async fn open(server: &TestServer, query: &str) -> IframeReader {
     let mut reader = IframeReader::new(response);
     reader.read_at_least(2048).await;
     reader
-}
-
-async fn publish_n(server: &TestServer, cid: &str, n: usize) -> String {
-    let mut epoch = String::new();
-    for i in 1..=n {
-        epoch = server.publish(cid, &format!("m{i}")).await["epoch"]
-            .as_str()
-            .unwrap()
-            .to_string();
-    }
-    epoch
 }
 
 #[tokio::test]

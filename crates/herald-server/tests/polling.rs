@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{now_ms, other_epoch, publish_n};
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -73,37 +75,6 @@ async fn poll(server: &TestServer, path_and_query: &str) -> Answer {
     let answer = Answer::read(get(server, path_and_query).await).await;
     assert_eq!(answer.status, 200, "{path_and_query}: {answer:?}");
     answer
-}
-
-/// Publishes `n` text messages `m1`… to `cid`; returns the channel's epoch.
-async fn publish_n(server: &TestServer, cid: &str, n: usize) -> String {
-    let mut epoch = String::new();
-    for i in 1..=n {
-        epoch = server.publish(cid, &format!("m{i}")).await["epoch"]
-            .as_str()
-            .unwrap()
-            .to_string();
-    }
-    epoch
-}
-
-/// An epoch that is valid text but not `epoch`.
-fn other_epoch(epoch: &str) -> &'static str {
-    if epoch == "zz" {
-        "yy"
-    } else {
-        "zz"
-    }
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 /// Waits until the hub counts `n` local subscribers on `cid`.

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::now_ms;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -193,16 +195,6 @@ async fn answer_has_the_documented_shape() {
     assert_eq!(messages[0]["epoch"], entry["epoch"]);
     assert_eq!(messages[0]["time"], entry["time"]);
     assert_eq!(messages[0]["id"], 1);
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 #[tokio::test]

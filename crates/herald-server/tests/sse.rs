@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{other_epoch, publish_n};
+
 use std::time::{Duration, Instant};
 
 use common::{expect_error, SseEvent, SseReader, TestServer};
@@ -88,25 +90,6 @@ fn offsets(events: &[(String, String, u64)]) -> Vec<u64> {
 async fn assert_quiet(reader: &mut SseReader) {
     let quiet = tokio::time::timeout(Duration::from_millis(150), reader.next_event(T)).await;
     assert!(quiet.is_err(), "unexpected event: {quiet:?}");
-}
-
-async fn publish_n(server: &TestServer, cid: &str, n: usize) -> String {
-    let mut epoch = String::new();
-    for i in 1..=n {
-        epoch = server.publish(cid, &format!("m{i}")).await["epoch"]
-            .as_str()
-            .unwrap()
-            .to_string();
-    }
-    epoch
-}
-
-fn other_epoch(epoch: &str) -> &'static str {
-    if epoch == "zz" {
-        "yy"
-    } else {
-        "zz"
-    }
 }
 
 fn subscriber_count(server: &TestServer, cid: &str) -> usize {

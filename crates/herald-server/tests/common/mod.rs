@@ -191,3 +191,35 @@ fn parse_block(block: &str) -> SseEvent {
     event.comment_only = fields == 0;
     event
 }
+
+/// Publishes `n` text messages `m1`… to `cid`; returns the channel's epoch.
+pub async fn publish_n(server: &TestServer, cid: &str, n: usize) -> String {
+    let mut epoch = String::new();
+    for i in 1..=n {
+        epoch = server.publish(cid, &format!("m{i}")).await["epoch"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    }
+    epoch
+}
+
+/// An epoch that is valid text but not `epoch`.
+pub fn other_epoch(epoch: &str) -> &'static str {
+    if epoch == "zz" {
+        "yy"
+    } else {
+        "zz"
+    }
+}
+
+/// The wall clock in milliseconds since the Unix epoch, as envelopes carry it.
+pub fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
