@@ -25,6 +25,7 @@ SCENARIOS = {
     "idle": "idle: 15,000 WebSocket subscribers over 100 channels, no publishing",
     "fanout50": "fan-out: 1 channel × 2,000 WebSocket subscribers, 50 publishes/s, 100 B",
     "fanout100": "fan-out: 1 channel × 2,000 WebSocket subscribers, 100 publishes/s, 100 B",
+    "fanout200": "saturation: 1 channel × 2,000 WebSocket subscribers, 200 publishes/s, 100 B",
     "many": "many channels: 1,000 channels × 5 WebSocket subscribers, 2,000 publishes/s, 100 B",
     "sse": "fan-out over SSE: 1 channel × 2,000 subscribers, 50 publishes/s, 100 B",
     "longpoll": "fan-out over long polling: 1 channel × 2,000 subscribers, 50 publishes/s, 100 B",
@@ -77,7 +78,7 @@ METRICS = {
         ("publish request latency p99 (ms)", lambda r: ms(get(r, "publish", "latency_us", "p99")), "{:.2f}", -1),
     ],
 }
-for name in ("fanout50", "fanout100", "many", "sse", "longpoll"):
+for name in ("fanout50", "fanout100", "fanout200", "many", "sse", "longpoll"):
     METRICS[name] = delivery_metrics()
 
 
