@@ -94,6 +94,18 @@ impl Hub {
         })
     }
 
+    /// Hands `message` to every subscriber of its channel through their queues only (no direct
+    /// writes); returns how many accepted it.
+    pub fn deliver_queued(&self, message: &Arc<Message>) -> usize {
+        let shard = self.shard(message.cid()).read();
+        shard.get(message.cid()).map_or(0, |subscribers| {
+            subscribers
+                .iter()
+                .filter(|o| o.push_queued(message))
+                .count()
+        })
+    }
+
     /// Number of local subscribers of `cid`.
     pub fn subscriber_count(&self, cid: &ChannelId) -> usize {
         self.shard(cid).read().get(cid).map_or(0, Vec::len)
@@ -147,6 +159,11 @@ mod tests {
         );
         let queued: usize = outboxes.iter().map(|o| o.len()).sum();
         assert_eq!(queued, 2, "the rest left to the connections' tasks");
+
+        assert_eq!(hub.deliver_queued(&m), 5);
+        assert_eq!(counter.0.load(Ordering::Relaxed), 3, "no direct write for a hot channel");
+        let queued: usize = outboxes.iter().map(|o| o.len()).sum();
+        assert_eq!(queued, 7);
     }
 
     #[test]
