@@ -161,7 +161,11 @@ mod tests {
         assert_eq!(queued, 2, "the rest left to the connections' tasks");
 
         assert_eq!(hub.deliver_queued(&m), 5);
-        assert_eq!(counter.0.load(Ordering::Relaxed), 3, "no direct write for a hot channel");
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            3,
+            "no direct write for a hot channel"
+        );
         let queued: usize = outboxes.iter().map(|o| o.len()).sum();
         assert_eq!(queued, 7);
     }
