@@ -83,26 +83,21 @@ impl Hub {
         true
     }
 
-    /// Hands `message` to every subscriber of its channel; returns how many accepted it.
-    pub fn deliver(&self, message: &Arc<Message>) -> usize {
+    /// Hands `message` to every subscriber of its channel; returns how many accepted it. The
+    /// publisher writes directly to its share of the subscribers (see
+    /// [`Hub::with_direct_share`]), or to none of them when `hot` — a channel whose publishes
+    /// queue up is better served by each connection writing its backlog in one system call.
+    pub fn deliver(&self, message: &Arc<Message>, hot: bool) -> usize {
         let shard = self.shard(message.cid()).read();
         shard.get(message.cid()).map_or(0, |subscribers| {
-            let direct = subscribers.len().div_ceil(self.direct_share);
+            let direct = if hot {
+                0
+            } else {
+                subscribers.len().div_ceil(self.direct_share)
+            };
             let (now, later) = subscribers.split_at(direct);
             now.iter().filter(|o| o.push(message)).count()
                 + later.iter().filter(|o| o.push_queued(message)).count()
-        })
-    }
-
-    /// Hands `message` to every subscriber of its channel through their queues only (no direct
-    /// writes); returns how many accepted it.
-    pub fn deliver_queued(&self, message: &Arc<Message>) -> usize {
-        let shard = self.shard(message.cid()).read();
-        shard.get(message.cid()).map_or(0, |subscribers| {
-            subscribers
-                .iter()
-                .filter(|o| o.push_queued(message))
-                .count()
         })
     }
 
@@ -151,7 +146,7 @@ mod tests {
             0,
             &Payload::from_text(b"x").expect("payload"),
         );
-        assert_eq!(hub.deliver(&m), 5);
+        assert_eq!(hub.deliver(&m, false), 5);
         assert_eq!(
             counter.0.load(Ordering::Relaxed),
             3,
@@ -160,7 +155,7 @@ mod tests {
         let queued: usize = outboxes.iter().map(|o| o.len()).sum();
         assert_eq!(queued, 2, "the rest left to the connections' tasks");
 
-        assert_eq!(hub.deliver_queued(&m), 5);
+        assert_eq!(hub.deliver(&m, true), 5);
         assert_eq!(
             counter.0.load(Ordering::Relaxed),
             3,
@@ -188,11 +183,11 @@ mod tests {
             0,
             &Payload::from_text(b"hi").expect("payload"),
         );
-        assert_eq!(hub.deliver(&m), 1);
+        assert_eq!(hub.deliver(&m, false), 1);
         assert_eq!((x.len(), y.len()), (1, 0));
         assert!(hub.unsubscribe(&a, &x));
         assert!(!hub.unsubscribe(&a, &x));
-        assert_eq!(hub.deliver(&m), 0);
+        assert_eq!(hub.deliver(&m, false), 0);
         assert_eq!(hub.channel_count(), 1);
     }
 }

@@ -170,9 +170,8 @@ impl MemoryBroker {
     fn publish_now(&self, cid: &ChannelId, payload: &Payload) -> Result<Published, EngineError> {
         let now = now_ms();
         let log = self.log(cid, now)?;
-        // A publish that has to wait for the channel means the channel is hot: its fan-out
-        // then goes through the connections' queues, where each connection writes everything
-        // that piled up with one system call, instead of one direct write per message.
+        // A publish that has to wait for the channel means the channel is hot (see
+        // `Hub::deliver`).
         let (mut log, hot) = match log.try_lock() {
             Some(guard) => (guard, false),
             None => (log.lock(), true),
@@ -186,11 +185,7 @@ impl MemoryBroker {
         }
         log.expire(now, self.ttl_ms());
         // Still under the channel lock: the hub sees this channel's messages in order.
-        let subscribers = if hot {
-            self.hub.deliver_queued(&message)
-        } else {
-            self.hub.deliver(&message)
-        };
+        let subscribers = self.hub.deliver(&message, hot);
         Ok(Published {
             message,
             subscribers,

@@ -90,8 +90,11 @@ impl Session {
         cid: &ChannelId,
         cursor: ChannelCursor,
     ) -> Result<(Position, Vec<Event>), ApiError> {
-        let followed = self.subscriptions.lock().len();
-        if !self.subscriptions.lock().contains(cid) && followed >= self.max_channels {
+        let at_limit = {
+            let subscriptions = self.subscriptions.lock();
+            !subscriptions.contains(cid) && subscriptions.len() >= self.max_channels
+        };
+        if at_limit {
             return Err(ApiError::BadRequest(format!(
                 "too many channels: at most {} per connection",
                 self.max_channels

@@ -65,35 +65,29 @@ impl<F: StreamFormat> EventStream<F> {
     }
 
     fn encode_batch(&mut self) -> Option<Bytes> {
-        if let [only] = &self.batch[..] {
-            let only = Arc::clone(only);
-            self.batch.clear();
-            let accepted = self.session.accept(&only);
-            // One lock for the whole encoding (the guard is not re-entrant).
-            let subscriptions = self.session.subscriptions();
-            return match accepted {
-                Accept::Deliver => self.format.shared(&only, &subscriptions).or_else(|| {
-                    let mut out = BytesMut::new();
-                    self.format.message(&only, &subscriptions, &mut out);
-                    Some(out.freeze())
-                }),
-                Accept::GapThenDeliver(gap) => {
-                    let mut out = BytesMut::new();
-                    self.format.gap(&gap, &mut out);
-                    self.format.message(&only, &subscriptions, &mut out);
-                    Some(out.freeze())
-                }
-                Accept::Duplicate | Accept::NotSubscribed => None,
-            };
-        }
-        let mut out = BytesMut::new();
         let batch = std::mem::take(&mut self.batch);
-        for m in &batch {
-            encode(&mut self.session, &self.format, m, &mut out);
-        }
+        // A lone in-order message goes out as the bytes shared by every subscriber, if the
+        // format has them; everything else through the one encoding path below.
+        let shared = match &batch[..] {
+            [only] if self.session.subscriptions().is_next(only) => {
+                let shared = self.format.shared(only, &self.session.subscriptions());
+                if shared.is_some() {
+                    self.session.accept(only);
+                }
+                shared
+            }
+            _ => None,
+        };
+        let chunk = shared.or_else(|| {
+            let mut out = BytesMut::new();
+            for m in &batch {
+                encode(&mut self.session, &self.format, m, &mut out);
+            }
+            (!out.is_empty()).then(|| out.freeze())
+        });
         self.batch = batch;
         self.batch.clear();
-        (!out.is_empty()).then(|| out.freeze())
+        chunk
     }
 }
 
