@@ -35,8 +35,9 @@ impl App {
             max_channels: config.max_channels,
         };
         // Publishers write directly to their share of a channel's idle subscribers; the rest
-        // is written by the connections' tasks on the other worker threads.
-        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        // is written by the connections' tasks on the runtime's other worker threads.
+        let workers = tokio::runtime::Handle::try_current()
+            .map_or(1, |runtime| runtime.metrics().num_workers());
         let engine = Engine::in_memory_with_hub(limits, Arc::new(Hub::with_direct_share(workers)));
         Arc::new(Self {
             engine,
