@@ -5,11 +5,10 @@
 
 mod common;
 
-use common::publish_n;
+use common::{expect_error, publish_n, TestServer};
 
 use std::time::{Duration, Instant};
 
-use common::{expect_error, TestServer};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 

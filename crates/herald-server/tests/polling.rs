@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{now_ms, other_epoch, publish_n};
+use common::{expect_error, now_ms, other_epoch, publish_n, wait_for_subscribers, TestServer};
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{expect_error, TestServer};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
@@ -75,25 +74,6 @@ async fn poll(server: &TestServer, path_and_query: &str) -> Answer {
     let answer = Answer::read(get(server, path_and_query).await).await;
     assert_eq!(answer.status, 200, "{path_and_query}: {answer:?}");
     answer
-}
-
-/// Waits until the hub counts `n` local subscribers on `cid`.
-async fn wait_for_subscribers(server: &TestServer, cid: &str, n: usize) {
-    let hub_count = || {
-        server
-            .server
-            .app()
-            .engine
-            .hub()
-            .subscriber_count(&cid.parse().unwrap())
-    };
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while hub_count() != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{cid} never had {n} subscribers (has {})", hub_count()));
 }
 
 /// Starts a long poll in the background.

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::now_ms;
+use common::{expect_error, now_ms, wait_for_subscribers, SseReader, TestServer};
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{expect_error, SseReader, TestServer};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(5);
@@ -55,25 +54,6 @@ async fn history_text(server: &TestServer, cid: &str) -> String {
         .text()
         .await
         .unwrap()
-}
-
-/// Waits until the hub counts `n` local subscribers on `cid`.
-async fn wait_for_subscribers(server: &TestServer, cid: &str, n: usize) {
-    let hub_count = || {
-        server
-            .server
-            .app()
-            .engine
-            .hub()
-            .subscriber_count(&cid.parse().unwrap())
-    };
-    tokio::time::timeout(T, async {
-        while hub_count() != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{cid} never had {n} subscribers (has {})", hub_count()));
 }
 
 /// After a refused request the server still publishes and answers health checks.

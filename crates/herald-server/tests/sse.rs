@@ -6,11 +6,12 @@
 
 mod common;
 
-use common::{other_epoch, publish_n};
+use common::{
+    expect_error, other_epoch, publish_n, wait_for_subscribers, SseEvent, SseReader, TestServer,
+};
 
 use std::time::{Duration, Instant};
 
-use common::{expect_error, SseEvent, SseReader, TestServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -99,21 +100,6 @@ fn subscriber_count(server: &TestServer, cid: &str) -> usize {
         .engine
         .hub()
         .subscriber_count(&cid.parse().unwrap())
-}
-
-async fn wait_for_subscribers(server: &TestServer, cid: &str, n: usize) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while subscriber_count(server, cid) != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "{cid} never had {n} subscribers (has {})",
-            subscriber_count(server, cid)
-        )
-    });
 }
 
 #[tokio::test]

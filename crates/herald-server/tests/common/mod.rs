@@ -56,25 +56,21 @@ impl TestServer {
 
     /// Publishes a text body to one channel; returns the `published[0]` object.
     pub async fn publish(&self, cid: &str, body: &str) -> Value {
-        let response = self
-            .client
-            .post(self.url(&format!("/publish?cid={cid}")))
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "publish to {cid}");
-        let value: Value = response.json().await.unwrap();
-        value["published"][0].clone()
+        self.publish_as(cid, "text/plain", body.to_string()).await
     }
 
     /// Publishes a JSON body to one channel; returns the `published[0]` object.
     pub async fn publish_json(&self, cid: &str, body: &Value) -> Value {
+        self.publish_as(cid, "application/json", body.to_string())
+            .await
+    }
+
+    async fn publish_as(&self, cid: &str, content_type: &str, body: String) -> Value {
         let response = self
             .client
             .post(self.url(&format!("/publish?cid={cid}")))
-            .header("content-type", "application/json")
-            .body(body.to_string())
+            .header("content-type", content_type)
+            .body(body)
             .send()
             .await
             .unwrap();
@@ -222,4 +218,24 @@ pub fn now_ms() -> u64 {
             .as_millis(),
     )
     .unwrap()
+}
+
+/// Waits until the hub counts `n` local subscribers on `cid` (the server gives clients no
+/// signal that a long poll is parked).
+pub async fn wait_for_subscribers(server: &TestServer, cid: &str, n: usize) {
+    let hub_count = || {
+        server
+            .server
+            .app()
+            .engine
+            .hub()
+            .subscriber_count(&cid.parse().unwrap())
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while hub_count() != n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{cid} never had {n} subscribers (has {})", hub_count()));
 }
