@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// jemalloc instead of the system allocator: measured 1.92 KB per idle WebSocket instead of
-/// 2.03 KB with glibc (15,000 connections, BENCHMARKS.md), and it hands memory freed by closed
-/// connections back to the system where glibc kept it.
+/// jemalloc instead of the system allocator: less memory per idle WebSocket than glibc's
+/// malloc (see "What each optimisation bought" in BENCHMARKS.md for the figures and the
+/// command that measures them).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use herald_server::{Cli, Command, Config, RunningServer};
