@@ -93,15 +93,6 @@ async fn assert_quiet(reader: &mut SseReader) {
     assert!(quiet.is_err(), "unexpected event: {quiet:?}");
 }
 
-fn subscriber_count(server: &TestServer, cid: &str) -> usize {
-    server
-        .server
-        .app()
-        .engine
-        .hub()
-        .subscriber_count(&cid.parse().unwrap())
-}
-
 #[tokio::test]
 async fn accept_header_and_transport_parameter_select_sse() {
     let server = common::start().await;
