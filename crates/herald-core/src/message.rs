@@ -32,7 +32,7 @@ impl Payload {
     /// so the envelope stays on one line (SSE `data:` lines cannot contain newlines).
     pub fn from_json(body: &[u8]) -> Result<Self, PayloadError> {
         let text = std::str::from_utf8(body).map_err(|e| PayloadError::NotUtf8(e.valid_up_to()))?;
-        serde_json::from_str::<serde::de::IgnoredAny>(text)
+        serde_json::from_str::<StrictJson>(text)
             .map_err(|e| PayloadError::BadJson(e.to_string()))?;
         Ok(Self(compact_json(body)))
     }
@@ -64,6 +64,63 @@ impl Payload {
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Payload({})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// A JSON value read the way a strict parser reads it, keeping nothing: every string is
+/// decoded, so a lone UTF-16 surrogate escape (`"\ud800"`) is an error, and every number must
+/// fit a double. Both are valid JSON grammar that `IgnoredAny` would let through, but strict
+/// parsers (serde, many others) refuse the whole envelope that carries them, so one such
+/// publish would break every strict subscriber of the channel.
+struct StrictJson;
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictJsonVisitor)
+    }
+}
+
+struct StrictJsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictJsonVisitor {
+    type Value = StrictJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_unit<E>(self) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StrictJson, A::Error> {
+        while seq.next_element::<StrictJson>()?.is_some() {}
+        Ok(StrictJson)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrictJson, A::Error> {
+        while map.next_entry::<StrictJson, StrictJson>()?.is_some() {}
+        Ok(StrictJson)
     }
 }
 
@@ -327,6 +384,23 @@ mod tests {
             Payload::from_json(b"\"\xff\""),
             Err(PayloadError::NotUtf8(1))
         ));
+        for strictly_invalid in [
+            &br#""\ud800""#[..],
+            br#"{"k\udfff":1}"#,
+            br#"["a\ud83d"]"#,
+            b"1e400",
+            b"-1e309",
+        ] {
+            assert!(
+                matches!(
+                    Payload::from_json(strictly_invalid),
+                    Err(PayloadError::BadJson(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(strictly_invalid)
+            );
+        }
+        assert!(Payload::from_json(br#"["\ud83d\ude00",1e308,true,null]"#).is_ok());
         let deep = "[".repeat(10_000);
         assert!(
             Payload::from_json(deep.as_bytes()).is_err(),

@@ -242,3 +242,56 @@ async fn a_refused_request_on_a_keep_alive_connection_leaves_it_usable() {
     assert_eq!(exchange.responses[2].body, b"[]");
     assert!(!exchange.closed);
 }
+
+#[tokio::test]
+async fn json_that_strict_parsers_reject_is_refused_at_publish() {
+    // A lone UTF-16 surrogate escape is valid JSON grammar, but not valid Unicode text: serde
+    // (and every other strict parser) refuses the whole envelope, so one such publish would
+    // break every strict subscriber. The same for numbers beyond a double's range.
+    let server = common::start().await;
+    for body in [
+        br#""\ud800""#.as_slice(),
+        br#"{"a":"x\udc00y"}"#,
+        br#"["\ud83d"]"#,
+        br#"1e400"#,
+        br#"{"n":-1e309}"#,
+    ] {
+        let response = server
+            .client
+            .post(server.url("/publish?cid=strict"))
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let error = common::expect_error(response, 400).await;
+        assert!(error.contains("JSON"), "{error}");
+    }
+    // Well-formed pairs, escaped or not, and large but finite numbers are fine.
+    for body in [
+        br#""\ud83d\ude00""#.as_slice(),
+        "\"\u{1F600}\"".as_bytes(),
+        br#"1.7976931348623157e308"#,
+        br#"123456789012345678901234567890"#,
+    ] {
+        let response = server
+            .client
+            .post(server.url("/publish?cid=strict"))
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", String::from_utf8_lossy(body));
+    }
+    let history: serde_json::Value = server
+        .client
+        .get(server.url("/messages?cid=strict&since=0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .expect("every stored envelope parses strictly");
+    assert_eq!(history.as_array().unwrap().len(), 4);
+}
