@@ -34,6 +34,16 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
+/// A `Sec-WebSocket-Key` is the base64 encoding of 16 bytes (RFC 6455 §4.1), so exactly 24
+/// characters of which the last two are padding.
+fn is_valid_key(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16)
+}
+
 /// Validates the handshake, subscribes, answers `101` and spawns the connection task.
 pub async fn upgrade(
     app: &Arc<App>,
@@ -74,7 +84,7 @@ pub async fn upgrade(
         return Ok(response);
     }
     let accept = match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key) if key.len() == 24 => accept_key(key.as_bytes()),
+        Some(key) if is_valid_key(key.as_bytes()) => accept_key(key.as_bytes()),
         _ => {
             return Err(ApiError::BadRequest(
                 "WebSocket handshake needs a valid Sec-WebSocket-Key".into(),
@@ -135,5 +145,23 @@ mod tests {
             super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn keys_must_be_base64_of_16_bytes() {
+        assert!(super::is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in [
+            &b"!!!!!!!!!!!!!!!!!!!!!!=="[..],
+            b"dGhlIHNhbXBsZSBub25jZQ=A",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZSE=",
+            b"",
+        ] {
+            assert!(
+                !super::is_valid_key(bad),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }
