@@ -202,13 +202,17 @@ impl FrameReader {
             PONG => Ok(Some(Incoming::Pong)),
             CLOSE => parse_close(&payload).map(|c| Some(Incoming::Close(c))),
             CONTINUATION => {
-                let Some((_, data)) = self.fragments.as_mut() else {
+                let Some((kind, data)) = self.fragments.as_mut() else {
                     return Err(violation(
                         close_code::PROTOCOL,
                         "continuation frame without a message to continue",
                     ));
                 };
+                let before = data.len();
                 data.extend_from_slice(&payload);
+                if *kind == TEXT {
+                    check_utf8_so_far(data, before)?;
+                }
                 if !fin {
                     return Ok(None);
                 }
@@ -227,6 +231,9 @@ impl FrameReader {
                 if fin {
                     complete(kind, payload).map(Some)
                 } else {
+                    if kind == TEXT {
+                        check_utf8_so_far(&payload, 0)?;
+                    }
                     self.fragments = Some((kind, payload));
                     Ok(None)
                 }
@@ -248,6 +255,27 @@ fn complete(kind: u8, data: Vec<u8>) -> Result<Incoming, Violation> {
     String::from_utf8(data)
         .map(Incoming::Text)
         .map_err(|_| violation(close_code::INVALID_DATA, "text message is not valid UTF-8"))
+}
+
+/// Fails a fragmented text message as soon as its bytes so far cannot be the start of valid
+/// UTF-8 (RFC 6455 §8.1: fail fast), instead of buffering it up to its last fragment. The
+/// bytes before `checked` were checked by an earlier call, so only the new ones (and an
+/// incomplete character before them) are looked at again.
+fn check_utf8_so_far(data: &[u8], checked: usize) -> Result<(), Violation> {
+    // Back up over a possibly incomplete character (at most 3 bytes) to a character start.
+    let mut from = checked.saturating_sub(3);
+    while from < checked && data[from] & 0xC0 == 0x80 {
+        from += 1;
+    }
+    match std::str::from_utf8(&data[from..]) {
+        Ok(_) => Ok(()),
+        // Only an incomplete character at the end: the next fragment may complete it.
+        Err(e) if e.error_len().is_none() => Ok(()),
+        Err(_) => Err(violation(
+            close_code::INVALID_DATA,
+            "text message is not valid UTF-8",
+        )),
+    }
 }
 
 fn parse_close(payload: &[u8]) -> Result<Option<(u16, String)>, Violation> {
@@ -431,6 +459,47 @@ mod tests {
             FrameReader::new(100).next(&mut huge).map_err(|v| v.code),
             Err(1002)
         );
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_fragment_fails_before_the_message_ends() {
+        // Each case: fragments of a text message that is invalid by its last fragment here,
+        // none of them final.
+        let cases: [&[&[u8]]; 5] = [
+            &[b"ok\xff"],
+            &[b"ok", b"\xc0\xaf"],
+            &[b"\xe2\x82", b"\x28"],
+            &[b"\xf0", b"\x9f", b"\x98", b"x"],
+            &[
+                b"ab\xce",
+                b"\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5",
+                b"\xed\xa0\x80",
+            ],
+        ];
+        for (i, fragments) in cases.iter().enumerate() {
+            let mut r = FrameReader::new(1 << 20);
+            let mut result = Ok(None);
+            for (j, fragment) in fragments.iter().enumerate() {
+                let opcode = if j == 0 { TEXT } else { CONTINUATION };
+                result = r.next(&mut frame(false, opcode, fragment));
+                if j + 1 < fragments.len() {
+                    assert_eq!(result, Ok(None), "case {i} fragment {j} is still valid");
+                }
+            }
+            assert_eq!(result.map_err(|v| v.code), Err(1007), "case {i}");
+        }
+        // A character split over every fragment boundary is fine.
+        let text = "κόσμε \u{1F600}";
+        let mut r = FrameReader::new(1 << 20);
+        let bytes = text.as_bytes();
+        let mut got = None;
+        for (j, byte) in bytes.iter().enumerate() {
+            let opcode = if j == 0 { TEXT } else { CONTINUATION };
+            got = r
+                .next(&mut frame(j + 1 == bytes.len(), opcode, &[*byte]))
+                .expect("valid");
+        }
+        assert_eq!(got, Some(Incoming::Text(text.into())));
     }
 
     #[test]
