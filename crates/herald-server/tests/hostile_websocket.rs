@@ -39,12 +39,14 @@ fn header_only(first: u8, length: u64) -> Vec<u8> {
     bytes
 }
 
-/// The frame cases: name, bytes written after the handshake, whether the client then
+/// One frame case: name, bytes written after the handshake, whether the client then
 /// half-closes (EOF), expectation.
+type FrameCase = (String, Vec<u8>, bool, Expect);
+
 #[rustfmt::skip]
-fn frame_cases() -> Vec<(String, Vec<u8>, bool, Expect)> {
+fn frame_cases() -> Vec<FrameCase> {
     use Expect::{Close, Drop};
-    let mut cases: Vec<(String, Vec<u8>, bool, Expect)> = vec![
+    let mut cases: Vec<FrameCase> = vec![
         ("unmasked text frame".into(), vec![0x81, 2, b'h', b'i'], false, Close(1002)),
         ("unmasked close frame".into(), vec![0x88, 2, 0x03, 0xe8], false, Close(1002)),
         ("RSV1 set".into(), masked_frame(0x80 | 0x40 | OP_TEXT, b"{}"), false, Close(1002)),
