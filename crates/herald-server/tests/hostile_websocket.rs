@@ -257,7 +257,8 @@ async fn bad_handshakes_are_refused_with_a_json_error_and_subscribe_nobody() {
     let addr = server.server.local_addr();
     let baseline = health(&server).await;
     let h = |pairs: &[(&'static str, &'static str)]| pairs.to_vec();
-    let cases: Vec<(&str, Vec<(&str, &str)>, u16)> = vec![
+    type Headers = Vec<(&'static str, &'static str)>;
+    let cases: Vec<(&str, Headers, u16)> = vec![
         (
             "missing key",
             h(&[
