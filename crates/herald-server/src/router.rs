@@ -37,6 +37,12 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
             Method::GET => Ok(health(&app)),
             _ => Err(not_allowed(&method, "GET")),
         },
+        // Conformance builds only (`--features conformance`): see transport/websocket/echo.rs.
+        #[cfg(feature = "conformance")]
+        "/echo" => match method {
+            Method::GET => transport::websocket::echo::upgrade(&app, request).await,
+            _ => Err(not_allowed(&method, "GET")),
+        },
         other => Err(ApiError::NotFound(other.chars().take(200).collect())),
     };
     result.unwrap_or_else(|e| {

@@ -31,7 +31,7 @@ use super::commands;
 use super::frame::{self, close_code, FrameReader, Incoming};
 
 /// How long the closing handshake may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Size of the on-stack read buffer.
 const READ_CHUNK: usize = 4096;
 
@@ -188,7 +188,7 @@ impl Connection {
             Incoming::Text(text) => {
                 Ok(Box::pin(commands::execute(&self.app, &mut self.session, &text)).await)
             }
-            Incoming::Binary => Err(End::Close(
+            Incoming::Binary(_) => Err(End::Close(
                 close_code::UNSUPPORTED,
                 "binary frames are not supported; send JSON text commands",
             )),
@@ -265,25 +265,31 @@ impl Connection {
     }
 
     async fn await_close(&mut self) {
-        self.inbox.clear();
-        let mut reader = FrameReader::new(self.app.config.max_body);
-        loop {
-            match read_some(&self.socket, &mut self.inbox).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => loop {
-                    match reader.next(&mut self.inbox) {
-                        Ok(Some(Incoming::Close(_))) | Err(_) => return,
-                        Ok(Some(_)) => {}
-                        Ok(None) => break,
-                    }
-                },
-            }
+        await_peer_close(&self.socket, &mut self.inbox, self.app.config.max_body).await;
+    }
+}
+
+/// After sending a close frame: reads (and ignores) what the peer still sends until its close
+/// frame, a violation or the end of the stream.
+pub(super) async fn await_peer_close(socket: &TcpStream, inbox: &mut Vec<u8>, max_body: usize) {
+    inbox.clear();
+    let mut reader = FrameReader::new(max_body);
+    loop {
+        match read_some(socket, inbox).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => loop {
+                match reader.next(inbox) {
+                    Ok(Some(Incoming::Close(_))) | Err(_) => return,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                }
+            },
         }
     }
 }
 
 /// Writes all of `bytes`, waiting for the socket to become writable as needed.
-async fn write_all(socket: &TcpStream, mut bytes: Bytes) -> io::Result<()> {
+pub(super) async fn write_all(socket: &TcpStream, mut bytes: Bytes) -> io::Result<()> {
     while !bytes.is_empty() {
         socket.writable().await?;
         match socket.try_write(&bytes) {
@@ -300,7 +306,7 @@ async fn write_all(socket: &TcpStream, mut bytes: Bytes) -> io::Result<()> {
 
 /// Reads what is available into `inbox` through a stack buffer, so nothing is allocated while
 /// waiting. Resolves to the number of bytes read (0 at end of stream).
-fn read_some<'a>(
+pub(super) fn read_some<'a>(
     socket: &'a TcpStream,
     inbox: &'a mut Vec<u8>,
 ) -> impl std::future::Future<Output = io::Result<usize>> + 'a {

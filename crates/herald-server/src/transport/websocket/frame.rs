@@ -48,8 +48,8 @@ pub mod close_code {
 pub enum Incoming {
     /// A complete text message.
     Text(String),
-    /// A complete binary message (Herald does not accept them).
-    Binary,
+    /// A complete binary message (Herald's command protocol does not accept them).
+    Binary(Vec<u8>),
     /// A ping with its payload (to echo in the pong).
     Ping(Vec<u8>),
     /// A pong.
@@ -250,7 +250,7 @@ struct Header {
 
 fn complete(kind: u8, data: Vec<u8>) -> Result<Incoming, Violation> {
     if kind == BINARY {
-        return Ok(Incoming::Binary);
+        return Ok(Incoming::Binary(data));
     }
     String::from_utf8(data)
         .map(Incoming::Text)
@@ -302,6 +302,12 @@ fn parse_close(payload: &[u8]) -> Result<Option<(u16, String)>, Violation> {
 /// A text frame with `text`.
 pub fn text(text: &str) -> Bytes {
     websocket_frame(TEXT, text.as_bytes())
+}
+
+/// A binary frame with `data` (only the conformance echo endpoint sends them).
+#[cfg(feature = "conformance")]
+pub fn binary(data: &[u8]) -> Bytes {
+    websocket_frame(BINARY, data)
 }
 
 /// A ping frame (empty payload).
@@ -503,11 +509,11 @@ mod tests {
     }
 
     #[test]
-    fn binary_messages_are_reported_not_decoded() {
+    fn binary_messages_are_reported_as_they_are() {
         let mut r = FrameReader::new(100);
         assert_eq!(
             read_all(&mut r, frame(true, BINARY, &[0xff])).expect("valid"),
-            [Incoming::Binary]
+            [Incoming::Binary(vec![0xff])]
         );
     }
 

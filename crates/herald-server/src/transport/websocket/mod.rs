@@ -7,12 +7,14 @@
 
 pub mod commands;
 pub mod connection;
+#[cfg(feature = "conformance")]
+pub mod echo;
 pub mod frame;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -50,11 +52,58 @@ pub async fn upgrade(
     mut request: Request<Incoming>,
     query: SubscribeQuery,
 ) -> Result<Response<Body>, ApiError> {
-    let headers = request.headers();
+    let accept = match check_handshake(request.headers()) {
+        Ok(accept) => accept,
+        Err(refusal) => return refusal.into_result(),
+    };
+    let cursors = query.cursors(None)?;
+    let mut session = Session::new(app, Kind::WebSocket);
+    let mut opening = Vec::new();
+    for (cid, cursor) in query.cids.iter().zip(cursors) {
+        let (start, backlog) = session.subscribe(cid, cursor).await?;
+        opening.push(commands::subscribed(cid, start, None));
+        commands::encode_events(&mut session, backlog, &mut opening);
+    }
+    let task_app = Arc::clone(app);
+    spawn_upgraded(app, &mut request, move |socket, leftover| {
+        connection::run(task_app, socket, leftover, session, opening)
+    });
+    Ok(switching_protocols(&accept))
+}
+
+/// Why a handshake is refused.
+enum Refusal {
+    /// A malformed handshake: 400.
+    Bad(ApiError),
+    /// A WebSocket version other than 13: 426 naming 13 (RFC 6455 §4.4).
+    Version,
+}
+
+impl Refusal {
+    fn into_result(self) -> Result<Response<Body>, ApiError> {
+        match self {
+            Self::Bad(error) => Err(error),
+            Self::Version => {
+                let mut response =
+                    ApiError::BadRequest("unsupported WebSocket version; use 13".into())
+                        .into_response();
+                *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
+                response.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+                Ok(response)
+            }
+        }
+    }
+}
+
+/// Checks the upgrade handshake's headers (RFC 6455 §4.2.1); the `Sec-WebSocket-Accept` value.
+fn check_handshake(headers: &HeaderMap) -> Result<String, Refusal> {
     if !super::wants_websocket(headers) {
-        return Err(ApiError::BadRequest(
+        return Err(Refusal::Bad(ApiError::BadRequest(
             "the WebSocket transport needs an `Upgrade: websocket` handshake".into(),
-        ));
+        )));
     }
     let connection_upgrade = headers
         .get_all(header::CONNECTION)
@@ -65,43 +114,46 @@ pub async fn upgrade(
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         });
     if !connection_upgrade {
-        return Err(ApiError::BadRequest(
+        return Err(Refusal::Bad(ApiError::BadRequest(
             "WebSocket handshake needs `Connection: Upgrade`".into(),
-        ));
+        )));
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .map(HeaderValue::as_bytes)
         != Some(b"13")
     {
-        let mut response =
-            ApiError::BadRequest("unsupported WebSocket version; use 13".into()).into_response();
-        *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return Ok(response);
+        return Err(Refusal::Version);
     }
-    let accept = match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key) if is_valid_key(key.as_bytes()) => accept_key(key.as_bytes()),
-        _ => {
-            return Err(ApiError::BadRequest(
-                "WebSocket handshake needs a valid Sec-WebSocket-Key".into(),
-            ))
-        }
-    };
-    let cursors = query.cursors(None)?;
-    let mut session = Session::new(app, Kind::WebSocket);
-    let mut opening = Vec::new();
-    for (cid, cursor) in query.cids.iter().zip(cursors) {
-        let (start, backlog) = session.subscribe(cid, cursor).await?;
-        opening.push(commands::subscribed(cid, start, None));
-        commands::encode_events(&mut session, backlog, &mut opening);
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if is_valid_key(key.as_bytes()) => Ok(accept_key(key.as_bytes())),
+        _ => Err(Refusal::Bad(ApiError::BadRequest(
+            "WebSocket handshake needs a valid Sec-WebSocket-Key".into(),
+        ))),
     }
+}
 
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let task_app = Arc::clone(app);
+/// The `101` answering a valid handshake.
+fn switching_protocols(accept: &str) -> Response<Body> {
+    let mut response = Response::new(boxed(http_body_util::Empty::<Bytes>::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(value) = HeaderValue::from_str(accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}
+
+/// Once hyper has sent the `101`, takes the raw socket back and runs `serve` on it (with the
+/// bytes the client sent after its handshake) as a tracked task.
+fn spawn_upgraded<F, Fut>(app: &Arc<App>, request: &mut Request<Incoming>, serve: F)
+where
+    F: FnOnce(TcpStream, Vec<u8>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let on_upgrade = hyper::upgrade::on(request);
     app.tasks.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -118,23 +170,13 @@ pub async fn upgrade(
                 let hyper::upgrade::Parts { io, read_buf, .. } = parts;
                 let leftover = read_buf.to_vec();
                 drop(read_buf);
-                connection::run(task_app, io.into_inner(), leftover, session, opening).await;
+                serve(io.into_inner(), leftover).await;
             }
             // Connections are plain TCP today; a transport layer that wraps the socket (TLS)
             // must give the WebSocket path a socket it can write to without blocking.
             Err(_) => tracing::error!("WebSocket upgrade on a connection that is not plain TCP"),
         }
     });
-
-    let mut response = Response::new(boxed(http_body_util::Empty::<Bytes>::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(value) = HeaderValue::from_str(&accept) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
-    }
-    Ok(response)
 }
 
 #[cfg(test)]

@@ -1,0 +1,78 @@
+//! `GET /echo`: a WebSocket echo endpoint for conformance testing only, compiled with the
+//! `conformance` cargo feature and never in production builds.
+//!
+//! The Autobahn|Testsuite (see conformance/) drives an echo server: every text and binary
+//! message must come back unchanged. Herald's `/listen` speaks a JSON command protocol
+//! instead, so this endpoint exists to put Herald's OWN codec under the suite: the same
+//! handshake checks, the same [`FrameReader`], the same frame writers and the same closing
+//! handshake as a subscriber connection (see `connection`), with an echo in place of the
+//! command protocol. Messages are limited by `max-body` like every WebSocket message.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming as RequestBody;
+use tokio::net::TcpStream;
+
+use crate::app::App;
+use crate::http::{ApiError, Body};
+
+use super::connection::{await_peer_close, read_some, write_all, CLOSE_TIMEOUT};
+use super::frame::{self, close_code, FrameReader, Incoming};
+
+/// Validates the handshake, answers `101` and echoes on the upgraded connection.
+pub async fn upgrade(
+    app: &Arc<App>,
+    mut request: Request<RequestBody>,
+) -> Result<Response<Body>, ApiError> {
+    let accept = match super::check_handshake(request.headers()) {
+        Ok(accept) => accept,
+        Err(refusal) => return refusal.into_result(),
+    };
+    let max_body = app.config.max_body;
+    let tracked = Arc::clone(app);
+    super::spawn_upgraded(app, &mut request, move |socket, leftover| async move {
+        let _guard = tracked.track_connection();
+        echo(socket, leftover, max_body).await;
+    });
+    Ok(super::switching_protocols(&accept))
+}
+
+/// Echoes messages until the peer closes, vanishes or breaks the protocol.
+async fn echo(socket: TcpStream, mut inbox: Vec<u8>, max_body: usize) {
+    let mut reader = FrameReader::new(max_body);
+    let close = loop {
+        let incoming = match reader.next(&mut inbox) {
+            Ok(Some(incoming)) => incoming,
+            Ok(None) => match read_some(&socket, &mut inbox).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            Err(violation) => break Some((frame::close(violation.code, violation.reason), true)),
+        };
+        let reply = match incoming {
+            Incoming::Text(text) => frame::text(&text),
+            Incoming::Binary(data) => frame::binary(&data),
+            Incoming::Ping(payload) => frame::pong(&payload),
+            Incoming::Pong => continue,
+            Incoming::Close(close) => {
+                let code = close.map_or(close_code::NORMAL, |(code, _)| code);
+                break Some((frame::close(code, ""), false));
+            }
+        };
+        if write_all(&socket, reply).await.is_err() {
+            return;
+        }
+    };
+    if let Some((close, await_peer)) = close {
+        let sent = tokio::time::timeout(CLOSE_TIMEOUT, write_all(&socket, close)).await;
+        if matches!(sent, Ok(Ok(()))) && await_peer {
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                await_peer_close(&socket, &mut inbox, max_body),
+            )
+            .await;
+        }
+    }
+    let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Write);
+}
