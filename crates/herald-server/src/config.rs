@@ -262,6 +262,20 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        Self::merge(args, file)
+    }
+
+    /// The settings a TOML config file's text gives over the defaults, validated: the pure
+    /// step of [`Config::resolve`] (also the fuzzing entry point).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let file = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        Self::merge(ServeArgs::default(), file)
+    }
+
+    fn merge(args: ServeArgs, file: FileConfig) -> Result<Self, ConfigError> {
         let d = Self::default();
         let dur =
             |name: &'static str, text: Option<String>| -> Result<Option<Duration>, ConfigError> {
@@ -446,6 +460,20 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["herald", "serve", "--history-ttl", "soon"]).is_err());
+        assert_eq!(
+            Config::from_toml_str("history_size = 7\n")
+                .expect("valid")
+                .history_size,
+            7
+        );
+        for bad in [
+            "history_size = -1",
+            "history_ttl = \"soon\"",
+            "x = 1",
+            "max_body = 0",
+        ] {
+            assert!(Config::from_toml_str(bad).is_err(), "{bad}");
+        }
         let missing = ServeArgs {
             config: Some("/nonexistent/herald.toml".into()),
             ..ServeArgs::default()

@@ -88,8 +88,23 @@ pub fn encode_message(session: &mut Session, message: &Arc<Message>, out: &mut V
     }
 }
 
-/// Executes one command text and returns the frames to send.
-pub async fn execute(app: &App, session: &mut Session, text: &str) -> Vec<Bytes> {
+/// A command, parsed and validated: everything that can be checked without server state.
+#[derive(Debug)]
+pub enum Action {
+    /// `subscribe`: the channel and where to start.
+    Subscribe(ChannelId, ChannelCursor),
+    /// `unsubscribe`.
+    Unsubscribe(ChannelId),
+    /// `publish`: the channel and the data.
+    Publish(ChannelId, Payload),
+    /// `ping`.
+    Ping,
+}
+
+/// Parses one command text (a pure function: also the fuzzing entry point). On success the
+/// action and the command's `ref`; on failure the error for the reply and the `ref`, if the
+/// text had a readable one.
+pub fn parse(text: &str) -> Result<(Action, Option<&RawValue>), (ApiError, Option<&RawValue>)> {
     let command: Command<'_> = match serde_json::from_str(text) {
         Ok(c) => c,
         Err(e) => {
@@ -98,22 +113,19 @@ pub async fn execute(app: &App, session: &mut Session, text: &str) -> Vec<Bytes>
             let reference = serde_json::from_str::<LooseRef<'_>>(text)
                 .ok()
                 .and_then(|loose| loose.reference);
-            return vec![error_reply(reference, &format!("invalid command: {e}"))];
+            return Err((
+                ApiError::BadRequest(format!("invalid command: {e}")),
+                reference,
+            ));
         }
     };
     let reference = command.reference;
-    match run(app, session, &command).await {
-        Ok(frames) => frames,
-        Err(e) => vec![error_reply(reference, &e.to_string())],
-    }
+    action(&command)
+        .map(|action| (action, reference))
+        .map_err(|e| (e, reference))
 }
 
-async fn run(
-    app: &App,
-    session: &mut Session,
-    command: &Command<'_>,
-) -> Result<Vec<Bytes>, ApiError> {
-    let reference = command.reference;
+fn action(command: &Command<'_>) -> Result<Action, ApiError> {
     let cid = || -> Result<ChannelId, ApiError> {
         let raw = command
             .cid
@@ -140,6 +152,46 @@ async fn run(
                     .map_err(|e| ApiError::BadRequest(format!("invalid since: {e}")))?,
                 None => ChannelCursor::Latest,
             };
+            Ok(Action::Subscribe(cid, cursor))
+        }
+        "unsubscribe" => Ok(Action::Unsubscribe(cid()?)),
+        "publish" => {
+            let cid = cid()?;
+            let data = command
+                .data
+                .ok_or_else(|| ApiError::BadRequest("publish needs data".into()))?;
+            let payload = Payload::from_json(data.get().as_bytes())
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            Ok(Action::Publish(cid, payload))
+        }
+        "ping" => Ok(Action::Ping),
+        other => Err(ApiError::BadRequest(format!(
+            "unknown command type {:?}: use subscribe, unsubscribe, publish or ping",
+            other.chars().take(64).collect::<String>()
+        ))),
+    }
+}
+
+/// Executes one command text and returns the frames to send.
+pub async fn execute(app: &App, session: &mut Session, text: &str) -> Vec<Bytes> {
+    let (action, reference) = match parse(text) {
+        Ok(parsed) => parsed,
+        Err((e, reference)) => return vec![error_reply(reference, &e.to_string())],
+    };
+    match run(app, session, action, reference).await {
+        Ok(frames) => frames,
+        Err(e) => vec![error_reply(reference, &e.to_string())],
+    }
+}
+
+async fn run(
+    app: &App,
+    session: &mut Session,
+    action: Action,
+    reference: Option<&RawValue>,
+) -> Result<Vec<Bytes>, ApiError> {
+    match action {
+        Action::Subscribe(cid, cursor) => {
             if session.subscriptions().contains(&cid) {
                 return Err(ApiError::BadRequest(format!("already subscribed to {cid}")));
             }
@@ -148,8 +200,7 @@ async fn run(
             encode_events(session, backlog, &mut frames);
             Ok(frames)
         }
-        "unsubscribe" => {
-            let cid = cid()?;
+        Action::Unsubscribe(cid) => {
             if !session.unsubscribe(&cid) {
                 return Err(ApiError::BadRequest(format!("not subscribed to {cid}")));
             }
@@ -159,18 +210,12 @@ async fn run(
                 serde_json::json!({ "cid": cid.as_str() }),
             )])
         }
-        "publish" => {
+        Action::Publish(cid, payload) => {
             if !app.config.client_publish {
                 return Err(ApiError::Forbidden(
                     "publishing from clients is disabled on this server".into(),
                 ));
             }
-            let cid = cid()?;
-            let data = command
-                .data
-                .ok_or_else(|| ApiError::BadRequest("publish needs data".into()))?;
-            let payload = Payload::from_json(data.get().as_bytes())
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
             let published = app.engine.publish(&cid, &payload).await?;
             let position = published.message.position();
             Ok(vec![reply(
@@ -183,10 +228,6 @@ async fn run(
                 }),
             )])
         }
-        "ping" => Ok(vec![reply("pong", reference, serde_json::json!({}))]),
-        other => Err(ApiError::BadRequest(format!(
-            "unknown command type {:?}: use subscribe, unsubscribe, publish or ping",
-            other.chars().take(64).collect::<String>()
-        ))),
+        Action::Ping => Ok(vec![reply("pong", reference, serde_json::json!({}))]),
     }
 }
