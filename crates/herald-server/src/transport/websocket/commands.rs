@@ -101,10 +101,13 @@ pub enum Action {
     Ping,
 }
 
+/// A command's `ref`, as sent.
+pub type Reference<'a> = Option<&'a RawValue>;
+
 /// Parses one command text (a pure function: also the fuzzing entry point). On success the
 /// action and the command's `ref`; on failure the error for the reply and the `ref`, if the
 /// text had a readable one.
-pub fn parse(text: &str) -> Result<(Action, Option<&RawValue>), (ApiError, Option<&RawValue>)> {
+pub fn parse(text: &str) -> Result<(Action, Reference<'_>), (ApiError, Reference<'_>)> {
     let command: Command<'_> = match serde_json::from_str(text) {
         Ok(c) => c,
         Err(e) => {
