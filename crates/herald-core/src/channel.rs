@@ -93,6 +93,35 @@ mod tests {
         assert!(ChannelId::parse(&"x".repeat(255)).is_ok());
     }
 
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn ids_of_the_alphabet_are_valid_and_kept(id in "[A-Za-z0-9_.:@=-]{1,255}") {
+                let parsed = ChannelId::parse(&id).expect("valid");
+                prop_assert_eq!(parsed.as_str(), id.as_str());
+                prop_assert_eq!(parsed.to_string(), id);
+            }
+
+            #[test]
+            fn any_other_character_is_refused_where_it_is(
+                prefix in "[a-z]{0,100}",
+                bad in any::<char>().prop_filter("outside the alphabet", |c| !is_channel_char(*c)),
+                suffix in "[a-z]{0,100}",
+            ) {
+                let id = format!("{prefix}{bad}{suffix}");
+                prop_assert_eq!(ChannelId::parse(&id), Err(ChannelIdError::BadChar(bad, prefix.len())));
+            }
+
+            #[test]
+            fn longer_ids_are_refused(id in "[a-z]{256,400}") {
+                prop_assert_eq!(ChannelId::parse(&id), Err(ChannelIdError::TooLong(id.len())));
+            }
+        }
+    }
+
     #[test]
     fn rejects_bad_ids_with_a_reason() {
         assert_eq!(ChannelId::parse(""), Err(ChannelIdError::Empty));

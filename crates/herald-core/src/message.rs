@@ -352,6 +352,91 @@ mod tests {
         )
     }
 
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        /// Arbitrary JSON values, nested a few levels.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map(any::<String>(), inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn envelopes_carry_json_bodies_exactly(
+                value in json_value(),
+                pretty in any::<bool>(),
+                cid in "[a-z0-9_.@=-]{1,40}",
+                epoch in 1u64..(1 << 40),
+                offset in any::<u64>(),
+                time in any::<u64>(),
+            ) {
+                let body = if pretty {
+                    serde_json::to_vec_pretty(&value).expect("json")
+                } else {
+                    serde_json::to_vec(&value).expect("json")
+                };
+                let payload = Payload::from_json(&body).expect("valid JSON is accepted");
+                let position = Position { epoch: Epoch::from_u64(epoch), offset };
+                let cid = ChannelId::parse(&cid).expect("cid");
+                let message = Message::new(cid.clone(), position, time, &payload);
+                prop_assert!(!message.envelope().contains(&b'\n'));
+                // The data is the body's JSON text, compacted: byte for byte what a compact
+                // serializer writes (comparing parsed floats would test serde's float parser).
+                let compact = serde_json::to_vec(&value).expect("json");
+                prop_assert_eq!(message.data(), compact.as_slice());
+                let mut envelope: Value =
+                    serde_json::from_slice(message.envelope()).expect("envelope");
+                envelope["data"] = Value::Null;
+                prop_assert_eq!(
+                    envelope,
+                    json!({
+                        "cid": cid.as_str(),
+                        "id": offset,
+                        "epoch": Epoch::from_u64(epoch).to_string(),
+                        "data": null,
+                        "time": time,
+                    })
+                );
+            }
+
+            #[test]
+            fn text_bodies_become_the_same_string(text in any::<String>()) {
+                let payload = Payload::from_text(text.as_bytes()).expect("UTF-8");
+                let back: Value = serde_json::from_slice(payload.as_bytes()).expect("JSON");
+                prop_assert_eq!(back, Value::String(text));
+            }
+
+            #[test]
+            fn script_safe_envelopes_mean_the_same(text in any::<String>()) {
+                let payload = Payload::from_text(text.as_bytes()).expect("UTF-8");
+                let position = Position { epoch: Epoch::from_u64(7), offset: 1 };
+                let message = Message::new(ChannelId::parse("c").expect("cid"), position, 0, &payload);
+                let safe = message.script_safe_envelope();
+                prop_assert!(!safe.iter().any(|b| matches!(b, b'<' | b'>' | b'&')));
+                let a: Value = serde_json::from_slice(&safe).expect("JSON");
+                let b: Value = serde_json::from_slice(message.envelope()).expect("JSON");
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+
     #[test]
     fn envelope_has_the_documented_shape() {
         let m = msg(&Payload::from_json(br#" { "text" : "hi there" } "#).expect("json"));

@@ -286,6 +286,61 @@ mod tests {
         );
     }
 
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn position() -> impl Strategy<Value = Position> {
+            (any::<u64>(), any::<u64>()).prop_map(|(epoch, offset)| Position {
+                epoch: Epoch::from_u64(epoch),
+                offset,
+            })
+        }
+
+        fn cursor() -> impl Strategy<Value = ChannelCursor> {
+            prop_oneof![
+                Just(ChannelCursor::Latest),
+                any::<u64>().prop_map(ChannelCursor::Offset),
+                position().prop_map(ChannelCursor::Exact),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn epochs_round_trip_through_base36(value in any::<u64>()) {
+                let epoch = Epoch::from_u64(value);
+                let text = epoch.to_string();
+                prop_assert!(text.len() <= 13);
+                prop_assert!(text.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
+                prop_assert_eq!(Epoch::parse(&text), Ok(epoch));
+            }
+
+            #[test]
+            fn formatted_positions_parse_back(positions in prop::collection::vec(position(), 1..70)) {
+                let text = format_cursor(&positions);
+                let parsed = parse_cursor(&text, positions.len()).expect("parses");
+                let expected: Vec<_> = positions.iter().copied().map(ChannelCursor::Exact).collect();
+                prop_assert_eq!(parsed, expected);
+            }
+
+            #[test]
+            fn cursor_entries_round_trip(cursors in prop::collection::vec(cursor(), 1..70)) {
+                let text: Vec<String> = cursors.iter().map(ToString::to_string).collect();
+                prop_assert_eq!(parse_cursor(&text.join(","), cursors.len()), Ok(cursors.clone()));
+                for cursor in &cursors {
+                    prop_assert_eq!(parse_entry(&cursor.to_string()), Ok(*cursor));
+                }
+            }
+
+            #[test]
+            fn cursor_parsing_never_panics(text in ".{0,200}", channels in 0usize..70) {
+                if let Ok(parsed) = parse_cursor(&text, channels) {
+                    prop_assert_eq!(parsed.len(), channels);
+                }
+            }
+        }
+    }
+
     #[test]
     fn format_is_the_inverse_of_parse() {
         let positions = [

@@ -508,6 +508,90 @@ mod tests {
         assert_eq!(got, Some(Incoming::Text(text.into())));
     }
 
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// A server frame (unmasked, as Herald encodes it) turned into the client frame a
+        /// browser would send for it: mask bit set, `mask` inserted, payload masked.
+        fn as_client_frame(server_frame: &[u8], mask: [u8; 4]) -> Vec<u8> {
+            let header_len = match server_frame[1] {
+                126 => 4,
+                127 => 10,
+                _ => 2,
+            };
+            let mut out = server_frame[..header_len].to_vec();
+            out[1] |= 0x80;
+            out.extend_from_slice(&mask);
+            out.extend(
+                server_frame[header_len..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ mask[i % 4]),
+            );
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn encoded_frames_decode_to_what_was_encoded(
+                texts in prop::collection::vec(
+                    prop_oneof![
+                        6 => ".{0,40}",
+                        3 => ".{100,130}",
+                        // Around the 16-bit/64-bit length boundary (65535).
+                        1 => (65530usize..65545).prop_map(|n| "x".repeat(n)),
+                    ],
+                    1..4,
+                ),
+                ping in prop::collection::vec(any::<u8>(), 0..=125),
+                mask in any::<[u8; 4]>(),
+                chunk in 1usize..5000,
+            ) {
+                let mut stream = Vec::new();
+                for text in &texts {
+                    stream.extend(as_client_frame(&super::super::text(text), mask));
+                }
+                stream.extend(as_client_frame(&websocket_frame(PING, &ping), mask));
+                stream.extend(as_client_frame(&close(1000, "bye"), mask));
+                let mut reader = FrameReader::new(1 << 20);
+                let mut buf = Vec::new();
+                let mut got = Vec::new();
+                for piece in stream.chunks(chunk) {
+                    buf.extend_from_slice(piece);
+                    while let Some(incoming) = reader.next(&mut buf).expect("valid frames") {
+                        got.push(incoming);
+                    }
+                }
+                prop_assert!(buf.is_empty());
+                let mut expected: Vec<Incoming> =
+                    texts.iter().map(|t| Incoming::Text(t.clone())).collect();
+                expected.push(Incoming::Ping(ping));
+                expected.push(Incoming::Close(Some((1000, "bye".into()))));
+                prop_assert_eq!(got, expected);
+            }
+
+            #[test]
+            fn the_reader_never_panics_on_any_bytes(
+                bytes in prop::collection::vec(any::<u8>(), 0..300),
+                chunk in 1usize..20,
+            ) {
+                let mut reader = FrameReader::new(100);
+                let mut buf = Vec::new();
+                'outer: for piece in bytes.chunks(chunk) {
+                    buf.extend_from_slice(piece);
+                    loop {
+                        match reader.next(&mut buf) {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(_) => break 'outer,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn binary_messages_are_reported_as_they_are() {
         let mut r = FrameReader::new(100);
