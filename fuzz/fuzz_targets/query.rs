@@ -1,5 +1,6 @@
-//! The query string of /listen, /messages and /publish: SubscribeQuery::parse and the cursor
-//! step after it never panic, and what they accept respects the documented limits.
+//! The query string of /listen, /messages and /publish: SubscribeQuery::parse, the cursor
+//! step after it and the iframe callback check never panic, and what they accept respects the
+//! documented limits.
 #![no_main]
 
 use herald_server::query::SubscribeQuery;
@@ -16,5 +17,11 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = query.cursors(Some(raw));
         let _ = query.require_cids();
+        if let Some(callback) = &query.callback {
+            if herald_server::transport::iframe::is_valid_callback(callback) {
+                assert!(callback.len() <= 128);
+                assert!(!callback.contains(['<', '>', '(', ')', '"', '\'', '/']));
+            }
+        }
     }
 });
