@@ -231,6 +231,28 @@ async fn control_frames_between_fragments_are_answered_and_the_message_still_arr
 }
 
 #[tokio::test]
+async fn a_message_in_one_byte_fragments_is_reassembled_in_linear_time() {
+    // 60 000 fragments of one byte each (a multi-byte character split across them too): the
+    // per-fragment UTF-8 check looks only at the new bytes, so this is as cheap as one frame.
+    let server = common::start().await;
+    let mut ws = RawWs::subscribe(&server, "tiny").await;
+    let padding = "\u{e9}".repeat(30_000);
+    let command = format!(r#"{{"type":"ping","ref":"{padding}"}}"#);
+    let bytes = command.as_bytes();
+    let mut stream = Vec::with_capacity(bytes.len() * 7);
+    for (i, byte) in bytes.iter().enumerate() {
+        let opcode = if i == 0 { OP_TEXT } else { OP_CONT };
+        stream.extend(frame(i + 1 == bytes.len(), opcode, &[*byte]));
+    }
+    let started = std::time::Instant::now();
+    ws.send(&stream).await;
+    let reply = ws.next_json().await;
+    assert_eq!(reply["type"], "pong");
+    assert_eq!(reply["ref"], padding);
+    assert!(started.elapsed() < raw::STEP);
+}
+
+#[tokio::test]
 async fn a_client_publish_strict_parsers_reject_is_an_error_frame() {
     let server = common::start_with(|c| c.client_publish = true).await;
     let mut ws = RawWs::subscribe(&server, "strictws").await;
