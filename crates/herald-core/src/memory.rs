@@ -37,6 +37,19 @@ pub struct HistoryLimits {
     pub max_channels: usize,
 }
 
+/// The history limits of one channel, fixed when the channel is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLimits {
+    /// Messages kept.
+    pub size: usize,
+    /// How long a message is kept.
+    pub ttl: Duration,
+}
+
+/// Decides a new channel's [`ChannelLimits`] from its id (for example from its namespace).
+/// Called once per channel creation, never on the publish path.
+pub type ChannelLimitsResolver = Arc<dyn Fn(&ChannelId) -> ChannelLimits + Send + Sync>;
+
 impl Default for HistoryLimits {
     fn default() -> Self {
         Self {
@@ -52,19 +65,26 @@ struct ChannelLog {
     last: u64,
     messages: VecDeque<Arc<Message>>,
     touched_ms: u64,
+    /// This channel's history bound, resolved when it was created.
+    size: usize,
+    /// This channel's message age limit in milliseconds, resolved when it was created.
+    ttl_ms: u64,
 }
 
 impl ChannelLog {
-    fn new(now: u64) -> Self {
+    fn new(now: u64, limits: ChannelLimits) -> Self {
         Self {
             epoch: Epoch::random(),
             last: 0,
             messages: VecDeque::new(),
             touched_ms: now,
+            size: limits.size.max(1),
+            ttl_ms: u64::try_from(limits.ttl.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
-    fn expire(&mut self, now: u64, ttl_ms: u64) {
+    fn expire(&mut self, now: u64) {
+        let ttl_ms = self.ttl_ms;
         while self
             .messages
             .front()
@@ -125,6 +145,7 @@ impl ChannelLog {
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     limits: HistoryLimits,
+    resolver: Option<ChannelLimitsResolver>,
     shards: Box<[Shard]>,
     hasher: RandomState,
     channels: AtomicUsize,
@@ -133,20 +154,45 @@ pub struct MemoryBroker {
 impl MemoryBroker {
     /// A broker that delivers into `hub`.
     pub fn new(hub: Arc<Hub>, limits: HistoryLimits) -> Self {
+        Self::build(hub, limits, None)
+    }
+
+    /// A broker that delivers into `hub` and gives each new channel the history limits
+    /// `resolver` returns for it (`limits.max_channels` still bounds the channel count).
+    pub fn with_resolver(
+        hub: Arc<Hub>,
+        limits: HistoryLimits,
+        resolver: ChannelLimitsResolver,
+    ) -> Self {
+        Self::build(hub, limits, Some(resolver))
+    }
+
+    fn build(
+        hub: Arc<Hub>,
+        limits: HistoryLimits,
+        resolver: Option<ChannelLimitsResolver>,
+    ) -> Self {
         Self {
             hub,
             limits: HistoryLimits {
                 size: limits.size.max(1),
                 ..limits
             },
+            resolver,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             channels: AtomicUsize::new(0),
         }
     }
 
-    fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.limits.ttl.as_millis()).unwrap_or(u64::MAX)
+    fn channel_limits(&self, cid: &ChannelId) -> ChannelLimits {
+        match &self.resolver {
+            Some(resolve) => resolve(cid),
+            None => ChannelLimits {
+                size: self.limits.size,
+                ttl: self.limits.ttl,
+            },
+        }
     }
 
     fn log(&self, cid: &ChannelId, now: u64) -> Result<Arc<Mutex<ChannelLog>>, EngineError> {
@@ -161,7 +207,7 @@ impl MemoryBroker {
                 self.limits.max_channels
             )));
         }
-        let log = Arc::new(Mutex::new(ChannelLog::new(now)));
+        let log = Arc::new(Mutex::new(ChannelLog::new(now, self.channel_limits(cid))));
         shard.insert(cid.clone(), Arc::clone(&log));
         self.channels.fetch_add(1, Ordering::Relaxed);
         Ok(log)
@@ -180,10 +226,10 @@ impl MemoryBroker {
         log.touched_ms = now;
         let message = Message::new(cid.clone(), log.position(), now, payload);
         log.messages.push_back(Arc::clone(&message));
-        if log.messages.len() > self.limits.size {
+        if log.messages.len() > log.size {
             log.messages.pop_front();
         }
-        log.expire(now, self.ttl_ms());
+        log.expire(now);
         // Still under the channel lock: the hub sees this channel's messages in order.
         let subscribers = self.hub.deliver(&message, hot);
         Ok(Published {
@@ -202,7 +248,7 @@ impl MemoryBroker {
         let log = self.log(cid, now)?;
         let mut log = log.lock();
         log.touched_ms = now;
-        log.expire(now, self.ttl_ms());
+        log.expire(now);
         Ok(log.read(cid, cursor, limit.max(1)))
     }
 }
@@ -229,16 +275,15 @@ impl Broker for MemoryBroker {
 
     fn sweep(&self) {
         let now = now_ms();
-        let ttl = self.ttl_ms();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let before = shard.len();
             shard.retain(|cid, log| {
                 let mut log = log.lock();
-                log.expire(now, ttl);
+                log.expire(now);
                 !log.messages.is_empty()
                     || self.hub.subscriber_count(cid) > 0
-                    || log.touched_ms.saturating_add(ttl) > now
+                    || log.touched_ms.saturating_add(log.ttl_ms) > now
             });
             self.channels
                 .fetch_sub(before - shard.len(), Ordering::Relaxed);
@@ -383,6 +428,27 @@ mod tests {
             b.publish_now(&third, &p),
             Err(EngineError::Limit(_))
         ));
+    }
+
+    #[test]
+    fn each_channel_keeps_the_limits_resolved_at_its_creation() {
+        let resolver: ChannelLimitsResolver = Arc::new(|cid: &ChannelId| ChannelLimits {
+            size: if cid.as_str().starts_with("short:") { 2 } else { 5 },
+            ttl: Duration::from_secs(600),
+        });
+        let b = MemoryBroker::with_resolver(
+            Arc::new(Hub::new()),
+            HistoryLimits::default(),
+            resolver,
+        );
+        let short = ChannelId::parse("short:1").expect("cid");
+        let long = ChannelId::parse("long").expect("cid");
+        publish(&b, &short, 4);
+        publish(&b, &long, 4);
+        let r = b.read_now(&short, ChannelCursor::Offset(0), 100).expect("read");
+        assert_eq!(offsets(&r), [3, 4]);
+        let r = b.read_now(&long, ChannelCursor::Offset(0), 100).expect("read");
+        assert_eq!(offsets(&r), [1, 2, 3, 4]);
     }
 
     #[test]
