@@ -4,11 +4,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use herald_core::{Engine, HistoryLimits, Hub};
+use herald_core::{ChannelLimitsResolver, Engine, HistoryLimits, Hub};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::access::Access;
+use crate::config::{Config, ConfigError};
 use crate::registry::Registry;
 
 /// Shared server state.
@@ -24,11 +25,29 @@ pub struct App {
     connections: AtomicUsize,
     /// Live subscriber connections, for ticks and shutdown.
     pub registry: Arc<Registry>,
+    /// Who may publish and subscribe (keys, tokens, namespaces).
+    pub access: Arc<Access>,
 }
 
 impl App {
-    /// State for a server with these settings and the embedded in-memory engine.
+    /// State for a server with these settings and the embedded in-memory engine. If a token
+    /// key file cannot be loaded, no token is accepted (fail closed); [`App::try_new`] reports
+    /// the error instead.
     pub fn new(config: Config) -> Arc<Self> {
+        let access = Access::from_config(&config).unwrap_or_else(|error| {
+            tracing::error!(%error, "token keys unusable; every token will be refused");
+            Access::without_token_keys(&config)
+        });
+        Self::with_access(config, access)
+    }
+
+    /// State for a server with these settings; fails if a token key file cannot be loaded.
+    pub fn try_new(config: Config) -> Result<Arc<Self>, ConfigError> {
+        let access = Access::from_config(&config)?;
+        Ok(Self::with_access(config, access))
+    }
+
+    fn with_access(config: Config, access: Access) -> Arc<Self> {
         let limits = HistoryLimits {
             size: config.history_size,
             ttl: config.history_ttl,
@@ -38,7 +57,14 @@ impl App {
         // is written by the connections' tasks on the runtime's other worker threads.
         let workers = tokio::runtime::Handle::try_current()
             .map_or(1, |runtime| runtime.metrics().num_workers());
-        let engine = Engine::in_memory_with_hub(limits, Arc::new(Hub::with_direct_share(workers)));
+        // Each channel's history limits come from its namespace, once, when it is created.
+        let namespaces = Arc::clone(&access.namespaces);
+        let resolver: ChannelLimitsResolver = Arc::new(move |cid| namespaces.limits(cid));
+        let engine = Engine::in_memory_with_resolver(
+            limits,
+            Arc::new(Hub::with_direct_share(workers)),
+            resolver,
+        );
         Arc::new(Self {
             engine,
             config,
@@ -46,6 +72,7 @@ impl App {
             tasks: TaskTracker::new(),
             connections: AtomicUsize::new(0),
             registry: Arc::new(Registry::default()),
+            access: Arc::new(access),
         })
     }
 

@@ -5,6 +5,7 @@
 //! whatever neither set; [`Config`] is the single resolved, validated result the server runs
 //! with. Every option is documented once, on its flag, and shows up in `herald serve --help`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -111,6 +112,46 @@ pub struct ServeArgs {
     /// [default: info]
     #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+
+    // --- Access control: publisher keys, subscriber tokens, namespace defaults ---
+    /// Let loopback clients publish without a key; `false`: loopback needs a key too.
+    /// [default: true]
+    #[arg(long, env = "HERALD_PUBLISH_FROM_LOOPBACK", value_name = "BOOL")]
+    pub publish_from_loopback: Option<bool>,
+
+    /// Secret that verifies HS256 subscriber tokens (JWT).
+    #[arg(
+        long,
+        env = "HERALD_JWT_HMAC_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_hmac_secret: Option<String>,
+
+    /// PEM file with the RSA public key that verifies RS256 subscriber tokens.
+    #[arg(long, env = "HERALD_JWT_RSA_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_rsa_public_key: Option<PathBuf>,
+
+    /// PEM file with the P-256 public key that verifies ES256 subscriber tokens.
+    #[arg(long, env = "HERALD_JWT_EC_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_ec_public_key: Option<PathBuf>,
+
+    /// Required `aud` claim of subscriber tokens (not checked when unset).
+    #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim of subscriber tokens (not checked when unset).
+    #[arg(long, env = "HERALD_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+
+    /// Channels without a namespace need a token to be subscribed to. Namespaces
+    /// (`[namespaces.NAME]` in the config file) set their own. [default: false]
+    #[arg(long, env = "HERALD_PRIVATE", value_name = "BOOL")]
+    pub private: Option<bool>,
+
+    /// Most subscribers of one channel without a namespace; 0 = unlimited. [default: 0]
+    #[arg(long, env = "HERALD_MAX_SUBSCRIBERS", value_name = "N")]
+    pub max_subscribers: Option<usize>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -137,6 +178,43 @@ struct FileConfig {
     outbox_capacity: Option<usize>,
     shutdown_timeout: Option<String>,
     log: Option<String>,
+    // Access control.
+    publish_from_loopback: Option<bool>,
+    jwt_hmac_secret: Option<String>,
+    jwt_rsa_public_key: Option<PathBuf>,
+    jwt_ec_public_key: Option<PathBuf>,
+    jwt_audience: Option<String>,
+    jwt_issuer: Option<String>,
+    private: Option<bool>,
+    max_subscribers: Option<usize>,
+    namespaces: Option<BTreeMap<String, NamespaceFile>>,
+}
+
+/// One `[namespaces.NAME]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceFile {
+    history_size: Option<usize>,
+    history_ttl: Option<String>,
+    private: Option<bool>,
+    client_publish: Option<bool>,
+    max_subscribers: Option<usize>,
+}
+
+/// The options of one namespace (channels `NAME:…`); unset options take the top-level
+/// (default namespace) value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceOptions {
+    /// Messages kept per channel.
+    pub history_size: Option<usize>,
+    /// Age limit of history.
+    pub history_ttl: Option<Duration>,
+    /// Subscribing needs a token that covers the channel.
+    pub private: Option<bool>,
+    /// Clients that may subscribe may also publish from a WebSocket.
+    pub client_publish: Option<bool>,
+    /// Most subscribers per channel; 0 = unlimited.
+    pub max_subscribers: Option<usize>,
 }
 
 /// The resolved settings the server runs with.
@@ -172,6 +250,25 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log filter.
     pub log: String,
+    // Access control.
+    /// Whether loopback clients may publish without a key.
+    pub publish_from_loopback: bool,
+    /// HS256 token secret.
+    pub jwt_hmac_secret: Option<String>,
+    /// RS256 public key file (PEM).
+    pub jwt_rsa_public_key: Option<PathBuf>,
+    /// ES256 public key file (PEM).
+    pub jwt_ec_public_key: Option<PathBuf>,
+    /// Required token audience.
+    pub jwt_audience: Option<String>,
+    /// Required token issuer.
+    pub jwt_issuer: Option<String>,
+    /// Whether channels without a namespace need a token.
+    pub private: bool,
+    /// Most subscribers per channel without a namespace; 0 = unlimited.
+    pub max_subscribers: usize,
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
 }
 
 impl Default for Config {
@@ -192,6 +289,15 @@ impl Default for Config {
             outbox_capacity: 1024,
             shutdown_timeout: Duration::from_secs(10),
             log: "info".into(),
+            publish_from_loopback: true,
+            jwt_hmac_secret: None,
+            jwt_rsa_public_key: None,
+            jwt_ec_public_key: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            private: false,
+            max_subscribers: 0,
+            namespaces: BTreeMap::new(),
         }
     }
 }
@@ -221,6 +327,18 @@ impl std::fmt::Debug for Config {
             .field("outbox_capacity", &self.outbox_capacity)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("log", &self.log)
+            .field("publish_from_loopback", &self.publish_from_loopback)
+            .field(
+                "jwt_hmac_secret",
+                &self.jwt_hmac_secret.as_ref().map(|_| "<secret>"),
+            )
+            .field("jwt_rsa_public_key", &self.jwt_rsa_public_key)
+            .field("jwt_ec_public_key", &self.jwt_ec_public_key)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("private", &self.private)
+            .field("max_subscribers", &self.max_subscribers)
+            .field("namespaces", &self.namespaces)
             .finish()
     }
 }
@@ -323,6 +441,35 @@ impl Config {
                 .or(dur("shutdown_timeout", file.shutdown_timeout)?)
                 .unwrap_or(d.shutdown_timeout),
             log: args.log.or(file.log).unwrap_or(d.log),
+            publish_from_loopback: args
+                .publish_from_loopback
+                .or(file.publish_from_loopback)
+                .unwrap_or(d.publish_from_loopback),
+            jwt_hmac_secret: args.jwt_hmac_secret.or(file.jwt_hmac_secret),
+            jwt_rsa_public_key: args.jwt_rsa_public_key.or(file.jwt_rsa_public_key),
+            jwt_ec_public_key: args.jwt_ec_public_key.or(file.jwt_ec_public_key),
+            jwt_audience: args.jwt_audience.or(file.jwt_audience),
+            jwt_issuer: args.jwt_issuer.or(file.jwt_issuer),
+            private: args.private.or(file.private).unwrap_or(d.private),
+            max_subscribers: args
+                .max_subscribers
+                .or(file.max_subscribers)
+                .unwrap_or(d.max_subscribers),
+            namespaces: file
+                .namespaces
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, ns)| {
+                    let options = NamespaceOptions {
+                        history_size: ns.history_size,
+                        history_ttl: dur("namespaces.*.history_ttl", ns.history_ttl)?,
+                        private: ns.private,
+                        client_publish: ns.client_publish,
+                        max_subscribers: ns.max_subscribers,
+                    };
+                    Ok((name, options))
+                })
+                .collect::<Result<_, ConfigError>>()?,
         };
         config.validate()?;
         Ok(config)
@@ -367,6 +514,36 @@ impl Config {
                 name: "publish_keys",
                 message: "keys must not be empty".into(),
             });
+        }
+        self.validate_access()
+    }
+
+    /// Checks the access-control settings: token keys load, namespaces are well formed.
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        if self.jwt_hmac_secret.as_ref().is_some_and(String::is_empty) {
+            return Err(ConfigError::Invalid {
+                name: "jwt_hmac_secret",
+                message: "must not be empty".into(),
+            });
+        }
+        crate::access::TokenVerifier::from_config(self)?;
+        for (name, ns) in &self.namespaces {
+            let invalid = |message: String| ConfigError::Invalid {
+                name: "namespaces",
+                message,
+            };
+            crate::access::validate_namespace_name(name)
+                .map_err(|e| invalid(format!("invalid namespace name {name:?}: {e}")))?;
+            if ns.history_size == Some(0) {
+                return Err(invalid(format!(
+                    "namespace {name:?}: history_size must be at least 1"
+                )));
+            }
+            if ns.history_ttl.is_some_and(|t| t.is_zero()) {
+                return Err(invalid(format!(
+                    "namespace {name:?}: history_ttl must be longer than zero"
+                )));
+            }
         }
         Ok(())
     }

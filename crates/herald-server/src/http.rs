@@ -114,7 +114,11 @@ impl ApiError {
 
 impl From<herald_core::EngineError> for ApiError {
     fn from(e: herald_core::EngineError) -> Self {
-        Self::Unavailable(e.to_string())
+        match e {
+            // A namespace's subscriber bound, as nchan's max_channel_subscribers: 403.
+            herald_core::EngineError::ChannelFull { .. } => Self::Forbidden(e.to_string()),
+            _ => Self::Unavailable(e.to_string()),
+        }
     }
 }
 

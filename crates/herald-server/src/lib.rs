@@ -6,6 +6,7 @@
 //! over real sockets.
 #![doc = include_str!("../../../docs/protocol.md")]
 
+pub mod access;
 pub mod app;
 pub mod config;
 pub mod http;
@@ -16,5 +17,5 @@ pub mod router;
 pub mod server;
 pub mod transport;
 
-pub use config::{Cli, Command, Config, ConfigError, ServeArgs};
+pub use config::{Cli, Command, Config, ConfigError, NamespaceOptions, ServeArgs};
 pub use server::RunningServer;

@@ -42,11 +42,13 @@ pub struct RunningServer {
 impl RunningServer {
     /// Binds `config.listen` and starts serving in the background.
     pub async fn start(config: Config) -> io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let app = App::try_new(config)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let listener = TcpListener::bind(app.config.listen).await?;
         let addr = listener.local_addr()?;
-        let app = App::new(config);
         tracing::info!(%addr, "herald listening");
         spawn_sweeper(Arc::clone(&app));
+        tokio::spawn(Arc::clone(&app.access.expiry).run(app.shutdown.clone()));
         spawn_tickers(&app);
         let task = tokio::spawn(serve(listener, Arc::clone(&app)));
         Ok(Self { addr, app, task })

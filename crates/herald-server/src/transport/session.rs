@@ -4,6 +4,10 @@
 //! the backlog as [`Event`]s that go through the same [`Session::accept`] path as live
 //! messages, so backlog and live stream are encoded by one code path and meet without loss or
 //! duplicates. Dropping the session removes it from the hub, whatever ended the connection.
+//!
+//! Every subscription passes [`Access::may_subscribe`] with the session's identity (the
+//! verified token, if any). A streaming session with a token is on the server's expiry
+//! schedule and learns of its token's deadline through an `EXPIRE` outbox signal.
 
 use std::sync::Arc;
 
@@ -14,6 +18,7 @@ use herald_core::{
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::access::{Access, ExpiryEntry, Identity};
 use crate::app::App;
 use crate::http::ApiError;
 use crate::registry::{Kind, Registration};
@@ -30,11 +35,23 @@ pub enum Event {
 /// One subscriber connection. See the module documentation.
 pub struct Session {
     engine: Engine,
+    access: Arc<Access>,
     outbox: Arc<Outbox>,
     // Shared with a WebSocket's direct delivery path, which advances positions itself.
     subscriptions: Arc<Mutex<Subscriptions>>,
     max_channels: usize,
+    // Boxed: most connections have no token, and this keeps theirs one pointer wide.
+    auth: Option<Box<SessionAuth>>,
+    // Whether the token's deadline ends the connection (streams) or not (a long poll, which
+    // is checked on every request and ends by itself).
+    ends_at_expiry: bool,
     _registration: Registration,
+}
+
+/// The verified token of a session and its place on the expiry schedule.
+struct SessionAuth {
+    identity: Arc<Identity>,
+    _expiry: Option<ExpiryEntry>,
 }
 
 impl Session {
@@ -49,22 +66,29 @@ impl Session {
         }
         Self {
             engine: app.engine.clone(),
+            access: Arc::clone(&app.access),
             outbox,
             subscriptions: Arc::new(Mutex::new(Subscriptions::new())),
             max_channels: app.config.max_channels_per_connection,
+            auth: None,
+            ends_at_expiry: kind != Kind::LongPoll,
             _registration: registration,
         }
     }
 
-    /// A session subscribed to `cids` from `cursors` (same length), with the backlog of all of
-    /// them in channel order.
+    /// A session with `identity` (if any) subscribed to `cids` from `cursors` (same length),
+    /// with the backlog of all of them in channel order.
     pub async fn open(
         app: &App,
         kind: Kind,
+        identity: Option<Arc<Identity>>,
         cids: &[ChannelId],
         cursors: &[ChannelCursor],
     ) -> Result<(Self, Vec<Event>), ApiError> {
         let mut session = Self::new(app, kind);
+        if let Some(identity) = identity {
+            session.authenticate(identity);
+        }
         let mut gaps = Vec::new();
         let mut per_channel = Vec::with_capacity(cids.len());
         for (cid, cursor) in cids.iter().zip(cursors) {
@@ -100,7 +124,11 @@ impl Session {
                 self.max_channels
             )));
         }
-        let read = self.engine.subscribe(&self.outbox, cid, cursor).await?;
+        let policy = self.access.may_subscribe(self.identity(), cid)?;
+        let read = self
+            .engine
+            .subscribe_bounded(&self.outbox, cid, cursor, policy.max_subscribers)
+            .await?;
         let start = read.messages.first().map_or(read.position, |m| Position {
             epoch: m.epoch(),
             offset: m.offset() - 1,
@@ -113,6 +141,57 @@ impl Session {
             .chain(read.messages.into_iter().map(Event::Message))
             .collect();
         Ok((start, events))
+    }
+
+    /// The verified token the session holds, if any.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.auth.as_deref().map(|auth| &*auth.identity)
+    }
+
+    /// Gives the session `identity` (a verified token) and, for a stream, schedules its end
+    /// at the token's deadline.
+    pub fn authenticate(&mut self, identity: Arc<Identity>) {
+        let expiry = self.ends_at_expiry.then(|| {
+            self.access
+                .expiry
+                .schedule(identity.deadline_ms(), &self.outbox)
+        });
+        // Replacing the old entry drops it from the schedule.
+        self.auth = Some(Box::new(SessionAuth {
+            identity,
+            _expiry: expiry,
+        }));
+    }
+
+    /// Replaces the session's token with `identity` (a refresh): its rights replace the old
+    /// ones, and every channel they no longer allow is unsubscribed. Returns those channels.
+    pub fn replace_identity(&mut self, identity: Arc<Identity>) -> Vec<ChannelId> {
+        self.authenticate(identity);
+        let denied: Vec<ChannelId> = self
+            .subscriptions
+            .lock()
+            .channels()
+            .filter(|cid| self.access.may_subscribe(self.identity(), cid).is_err())
+            .cloned()
+            .collect();
+        for cid in &denied {
+            self.unsubscribe(cid);
+        }
+        denied
+    }
+
+    /// Called on an `EXPIRE` signal: true if the session's token has expired (the connection
+    /// must end). Otherwise (refreshed meanwhile, or the clock moved) the deadline is put back
+    /// on the schedule.
+    pub fn token_expired(&mut self) -> bool {
+        let Some(identity) = self.auth.as_ref().map(|auth| Arc::clone(&auth.identity)) else {
+            return false;
+        };
+        if identity.is_expired(herald_core::now_ms()) {
+            return true;
+        }
+        self.authenticate(identity);
+        false
     }
 
     /// Stops following `cid`; returns true if it was followed.

@@ -1,8 +1,9 @@
 //! The client command protocol over WebSocket text frames, and the server's JSON replies.
 //!
-//! Commands are JSON objects with a `type` (`subscribe`, `unsubscribe`, `publish`, `ping`) and
-//! an optional `ref` echoed in the reply. A bad command is answered with an error frame and the
-//! connection stays open; see docs/protocol.md.
+//! Commands are JSON objects with a `type` (`subscribe`, `unsubscribe`, `publish`, `ping`,
+//! `auth`, `refresh`) and an optional `ref` echoed in the reply. A bad command is answered with
+//! an error frame and the connection stays open — except an `auth` with an invalid token, which
+//! closes it (4001); see docs/protocol.md.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use herald_core::{parse_entry, Accept, ChannelCursor, ChannelId, Message, Payloa
 
 use crate::app::App;
 use crate::http::ApiError;
+use crate::transport::websocket::frame::close_code;
 use crate::transport::session::{Event, Session};
 
 use super::frame;
@@ -29,8 +31,24 @@ struct Command<'a> {
     since: Option<serde_json::Value>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
+    token: Option<serde_json::Value>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
+}
+
+/// A command that ends the connection: the close code and reason.
+pub type Closing = (u16, &'static str);
+
+/// How a command fails: an error reply (the connection stays), or the end of the connection.
+enum Failure {
+    Reply(ApiError),
+    Close(Closing),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Self::Reply(e)
+    }
 }
 
 /// Only the `ref` of a command that failed to parse as a whole.
@@ -88,8 +106,8 @@ pub fn encode_message(session: &mut Session, message: &Arc<Message>, out: &mut V
     }
 }
 
-/// Executes one command text and returns the frames to send.
-pub async fn execute(app: &App, session: &mut Session, text: &str) -> Vec<Bytes> {
+/// Executes one command text and returns the frames to send, or how to close the connection.
+pub async fn execute(app: &App, session: &mut Session, text: &str) -> Result<Vec<Bytes>, Closing> {
     let command: Command<'_> = match serde_json::from_str(text) {
         Ok(c) => c,
         Err(e) => {
@@ -98,14 +116,57 @@ pub async fn execute(app: &App, session: &mut Session, text: &str) -> Vec<Bytes>
             let reference = serde_json::from_str::<LooseRef<'_>>(text)
                 .ok()
                 .and_then(|loose| loose.reference);
-            return vec![error_reply(reference, &format!("invalid command: {e}"))];
+            return Ok(vec![error_reply(
+                reference,
+                &format!("invalid command: {e}"),
+            )]);
         }
     };
     let reference = command.reference;
-    match run(app, session, &command).await {
-        Ok(frames) => frames,
-        Err(e) => vec![error_reply(reference, &e.to_string())],
+    let result = if command.kind == "auth" {
+        auth(app, session, &command)
+    } else {
+        run(app, session, &command).await.map_err(Failure::Reply)
+    };
+    match result {
+        Ok(frames) => Ok(frames),
+        Err(Failure::Reply(e)) => Ok(vec![error_reply(reference, &e.to_string())]),
+        Err(Failure::Close(closing)) => Err(closing),
     }
+}
+
+fn token<'c>(command: &'c Command<'_>) -> Result<&'c str, ApiError> {
+    command
+        .token
+        .as_ref()
+        .ok_or_else(|| ApiError::BadRequest(format!("{} needs a token", command.kind)))?
+        .as_str()
+        .ok_or_else(|| ApiError::BadRequest("token must be a string".into()))
+}
+
+/// `auth`: gives a connection without a token its identity; an invalid token ends it.
+fn auth(app: &App, session: &mut Session, command: &Command<'_>) -> Result<Vec<Bytes>, Failure> {
+    let token = token(command)?;
+    if session.identity().is_some() {
+        return Err(ApiError::BadRequest(
+            "already authenticated: use refresh to replace the token".into(),
+        )
+        .into());
+    }
+    let identity = match app.access.tokens.verify(token) {
+        Ok(identity) => Arc::new(identity),
+        Err(e) if e.expired => {
+            return Err(Failure::Close((close_code::INVALID_TOKEN, "token expired")))
+        }
+        Err(_) => return Err(Failure::Close((close_code::INVALID_TOKEN, "invalid token"))),
+    };
+    let frame = reply(
+        "authed",
+        command.reference,
+        serde_json::json!({ "sub": identity.sub, "exp": identity.exp }),
+    );
+    session.authenticate(identity);
+    Ok(vec![frame])
 }
 
 async fn run(
@@ -160,12 +221,9 @@ async fn run(
             )])
         }
         "publish" => {
-            if !app.config.client_publish {
-                return Err(ApiError::Forbidden(
-                    "publishing from clients is disabled on this server".into(),
-                ));
-            }
             let cid = cid()?;
+            app.access
+                .may_publish_from_client(session.identity(), &cid)?;
             let data = command
                 .data
                 .ok_or_else(|| ApiError::BadRequest("publish needs data".into()))?;
@@ -184,8 +242,38 @@ async fn run(
             )])
         }
         "ping" => Ok(vec![reply("pong", reference, serde_json::json!({}))]),
+        "refresh" => {
+            let token = token(command)?;
+            let Some(current) = session.identity() else {
+                return Err(ApiError::BadRequest(
+                    "refresh needs a token to replace: send auth first".into(),
+                ));
+            };
+            let identity = app.access.tokens.verify(token)?;
+            if identity.sub != current.sub {
+                return Err(ApiError::Forbidden(
+                    "a refreshed token must be for the same sub".into(),
+                ));
+            }
+            let mut frames = vec![reply(
+                "refreshed",
+                reference,
+                serde_json::json!({ "exp": identity.exp }),
+            )];
+            for cid in session.replace_identity(Arc::new(identity)) {
+                frames.push(reply(
+                    "unsubscribed",
+                    None,
+                    serde_json::json!({
+                        "cid": cid.as_str(),
+                        "reason": "not allowed by the refreshed token",
+                    }),
+                ));
+            }
+            Ok(frames)
+        }
         other => Err(ApiError::BadRequest(format!(
-            "unknown command type {:?}: use subscribe, unsubscribe, publish or ping",
+            "unknown command type {:?}: use subscribe, unsubscribe, publish, ping, auth or refresh",
             other.chars().take(64).collect::<String>()
         ))),
     }

@@ -161,6 +161,9 @@ impl Connection {
                     if drained.signals.contains(Signals::CLOSE) {
                         return End::Close(close_code::GOING_AWAY, "server shutting down");
                     }
+                    if drained.signals.contains(Signals::EXPIRE) && self.session.token_expired() {
+                        return End::Close(close_code::TOKEN_EXPIRED, "token expired");
+                    }
                     let mut frames = Vec::with_capacity(self.batch.len() + 1);
                     for message in self.batch.drain(..) {
                         commands::encode_message(&mut self.session, &message, &mut frames);
@@ -186,7 +189,9 @@ impl Connection {
             // Boxed: commands are rare, and inlining their future would enlarge every idle
             // connection's task by its size.
             Incoming::Text(text) => {
-                Ok(Box::pin(commands::execute(&self.app, &mut self.session, &text)).await)
+                Box::pin(commands::execute(&self.app, &mut self.session, &text))
+                    .await
+                    .map_err(|(code, reason)| End::Close(code, reason))
             }
             Incoming::Binary => Err(End::Close(
                 close_code::UNSUPPORTED,

@@ -1,7 +1,8 @@
 //! WebSocket (RFC 6455) on `GET /listen` with `Upgrade: websocket`: full duplex.
 //!
 //! The handshake is answered by hyper; channels named in the URL are subscribed *before* the
-//! `101`, so a bad cid or cursor is a plain HTTP error. After the upgrade the raw socket is
+//! `101`, so a bad cid, cursor or token is a plain HTTP error. A handshake may also name no
+//! channel at all: the client then sends `auth` and `subscribe` commands. After the upgrade the raw socket is
 //! taken back from hyper and one task per connection runs [`connection`]: pre-built frames out,
 //! the JSON command protocol (docs/protocol.md) in, pings on the server's shared ticker.
 
@@ -17,6 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::access::Identity;
 use crate::app::App;
 use crate::http::{boxed, ApiError, Body};
 use crate::query::SubscribeQuery;
@@ -39,6 +41,7 @@ pub async fn upgrade(
     app: &Arc<App>,
     mut request: Request<Incoming>,
     query: SubscribeQuery,
+    identity: Option<Arc<Identity>>,
 ) -> Result<Response<Body>, ApiError> {
     let headers = request.headers();
     if !super::wants_websocket(headers) {
@@ -83,6 +86,9 @@ pub async fn upgrade(
     };
     let cursors = query.cursors(None)?;
     let mut session = Session::new(app, Kind::WebSocket);
+    if let Some(identity) = identity {
+        session.authenticate(identity);
+    }
     let mut opening = Vec::new();
     for (cid, cursor) in query.cids.iter().zip(cursors) {
         let (start, backlog) = session.subscribe(cid, cursor).await?;
