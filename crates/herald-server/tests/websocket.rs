@@ -561,7 +561,11 @@ fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
 
 #[tokio::test]
 async fn first_frame_is_subscribed_then_each_message_is_one_exact_envelope() {
-    let server = common::start().await;
+    // `chat:5` is in namespace `chat`, which must be configured.
+    let server = common::start_with(|c| {
+        c.namespaces.insert("chat".into(), Default::default());
+    })
+    .await;
     let mut ws = connect(&server, "/listen?cid=chat:5").await;
     let epoch = assert_subscribed(&next_json(&mut ws).await, "chat:5", 0);
 
@@ -839,9 +843,9 @@ async fn bad_cid_or_cursor_is_400_before_upgrading() {
     let server = common::start_with(|c| c.max_channels_per_connection = 2).await;
     server.publish("a", "one").await;
     for target in [
-        "/listen",
         "/listen?since=0",
         "/listen?cid=",
+        "/listen?cid=nope:1",
         "/listen?cid=a%20b",
         "/listen?cid=a/b",
         &format!("/listen?cid={}", "x".repeat(256)),

@@ -170,14 +170,23 @@ impl TokenVerifier {
                 _ => invalid(&e.to_string()),
             })?
             .claims;
-        Ok(Identity {
+        let identity = Identity {
             sub: claims.sub,
             exp: claims.exp,
             subscribe: ChannelPatterns::parse(&claims.channels)
                 .map_err(|e| invalid(&format!("channels: {e}")))?,
             publish: ChannelPatterns::parse(&claims.publish)
                 .map_err(|e| invalid(&format!("publish: {e}")))?,
-        })
+        };
+        // The library allows up to a second more (whole seconds); a stream ends exactly at
+        // the deadline, so a request is held to the same one.
+        if identity.is_expired(herald_core::now_ms()) {
+            return Err(TokenError {
+                expired: true,
+                message: "token expired".into(),
+            });
+        }
+        Ok(identity)
     }
 }
 
