@@ -191,12 +191,20 @@ mod tests {
         let (x, y, z) = (Outbox::new(1), Outbox::new(1), Outbox::new(1));
         assert_eq!(hub.subscribe_bounded(&cid, &x, 2), Some(true));
         assert_eq!(hub.subscribe_bounded(&cid, &y, 2), Some(true));
-        assert_eq!(hub.subscribe_bounded(&cid, &x, 2), Some(false), "already in");
+        assert_eq!(
+            hub.subscribe_bounded(&cid, &x, 2),
+            Some(false),
+            "already in"
+        );
         assert_eq!(hub.subscribe_bounded(&cid, &z, 2), None, "full");
         assert_eq!(hub.subscriber_count(&cid), 2);
         hub.unsubscribe(&cid, &y);
         assert_eq!(hub.subscribe_bounded(&cid, &z, 2), Some(true));
-        assert_eq!(hub.subscribe_bounded(&cid, &y, 0), Some(true), "0: unbounded");
+        assert_eq!(
+            hub.subscribe_bounded(&cid, &y, 0),
+            Some(true),
+            "0: unbounded"
+        );
     }
 
     #[test]

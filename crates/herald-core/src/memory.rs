@@ -433,21 +433,26 @@ mod tests {
     #[test]
     fn each_channel_keeps_the_limits_resolved_at_its_creation() {
         let resolver: ChannelLimitsResolver = Arc::new(|cid: &ChannelId| ChannelLimits {
-            size: if cid.as_str().starts_with("short:") { 2 } else { 5 },
+            size: if cid.as_str().starts_with("short:") {
+                2
+            } else {
+                5
+            },
             ttl: Duration::from_secs(600),
         });
-        let b = MemoryBroker::with_resolver(
-            Arc::new(Hub::new()),
-            HistoryLimits::default(),
-            resolver,
-        );
+        let b =
+            MemoryBroker::with_resolver(Arc::new(Hub::new()), HistoryLimits::default(), resolver);
         let short = ChannelId::parse("short:1").expect("cid");
         let long = ChannelId::parse("long").expect("cid");
         publish(&b, &short, 4);
         publish(&b, &long, 4);
-        let r = b.read_now(&short, ChannelCursor::Offset(0), 100).expect("read");
+        let r = b
+            .read_now(&short, ChannelCursor::Offset(0), 100)
+            .expect("read");
         assert_eq!(offsets(&r), [3, 4]);
-        let r = b.read_now(&long, ChannelCursor::Offset(0), 100).expect("read");
+        let r = b
+            .read_now(&long, ChannelCursor::Offset(0), 100)
+            .expect("read");
         assert_eq!(offsets(&r), [1, 2, 3, 4]);
     }
 

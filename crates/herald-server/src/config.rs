@@ -602,6 +602,84 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_and_token_settings_come_from_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "private = true\njwt_hmac_secret = \"s3cr3t-value\"\npublish_from_loopback = false\n\
+             [namespaces.chat]\nhistory_size = 5\nhistory_ttl = \"30s\"\n\
+             [namespaces.public]\nprivate = false\nmax_subscribers = 3\nclient_publish = true\n",
+        )
+        .expect("write");
+        let config_path = path.to_str().expect("utf8 path");
+        let config = Config::resolve(parse(&["--config", config_path, "--max-subscribers", "9"]))
+            .expect("valid");
+        assert!(config.private && !config.publish_from_loopback);
+        assert_eq!(config.max_subscribers, 9);
+        assert_eq!(
+            config.namespaces["chat"],
+            NamespaceOptions {
+                history_size: Some(5),
+                history_ttl: Some(Duration::from_secs(30)),
+                ..NamespaceOptions::default()
+            }
+        );
+        assert_eq!(config.namespaces["public"].max_subscribers, Some(3));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cr3t-value"), "{debug}");
+        assert!(
+            debug.contains("jwt_hmac_secret: Some(\"<secret>\")"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn bad_namespaces_and_key_files_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            ServeArgs {
+                config: Some(path),
+                ..ServeArgs::default()
+            }
+        };
+        let unknown_key = file("a.toml", "[namespaces.chat]\nhistroy_size = 3\n");
+        assert!(matches!(
+            Config::resolve(unknown_key),
+            Err(ConfigError::Parse { .. })
+        ));
+        for (name, text) in [
+            ("b.toml", "[namespaces.\"a:b\"]\nprivate = true\n"),
+            ("c.toml", "[namespaces.\"a b\"]\nprivate = true\n"),
+            ("d.toml", "[namespaces.chat]\nhistory_size = 0\n"),
+            ("e.toml", "[namespaces.chat]\nhistory_ttl = \"0s\"\n"),
+        ] {
+            let result = Config::resolve(file(name, text));
+            assert!(
+                matches!(
+                    result,
+                    Err(ConfigError::Invalid {
+                        name: "namespaces",
+                        ..
+                    })
+                ),
+                "{text}: {result:?}"
+            );
+        }
+        let not_a_key = dir.path().join("not-a-key.pem");
+        std::fs::write(&not_a_key, "hello").expect("write");
+        for flag in ["--jwt-rsa-public-key", "--jwt-ec-public-key"] {
+            for path in [not_a_key.clone(), dir.path().join("missing.pem")] {
+                let path_text = path.to_str().expect("utf8 path");
+                let error = Config::resolve(parse(&[flag, path_text])).expect_err("refused");
+                assert!(error.to_string().contains(path_text), "{error}");
+            }
+        }
+    }
+
+    #[test]
     fn bad_files_and_values_are_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");

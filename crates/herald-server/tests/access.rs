@@ -87,7 +87,8 @@ async fn start_adjusted(adjust: impl FnOnce(&mut Config)) -> TestServer {
                 ..NamespaceOptions::default()
             },
         );
-        c.namespaces.insert("pub".into(), NamespaceOptions::default());
+        c.namespaces
+            .insert("pub".into(), NamespaceOptions::default());
         adjust(c);
     })
     .await
@@ -133,7 +134,8 @@ async fn bad_tokens_are_refused_with_401() {
     })
     .await;
     let exp = now_secs() + 60;
-    let good = json!({"sub": "u", "exp": exp, "channels": ["*"], "aud": "herald", "iss": "backend"});
+    let good =
+        json!({"sub": "u", "exp": exp, "channels": ["*"], "aud": "herald", "iss": "backend"});
     let t = sign(Algorithm::HS256, &good);
     let response = get(&server, &format!("/messages?cid=priv:a&token={t}")).await;
     assert_eq!(response.status(), 200, "the valid token passes");
@@ -198,7 +200,11 @@ async fn an_algorithm_without_a_configured_key_is_refused() {
     let server = common::start_with(|c| c.jwt_hmac_secret = Some(SECRET.into())).await;
     let claims = json!({"sub": "u", "exp": now_secs() + 60});
     let t = sign(Algorithm::RS256, &claims);
-    let error = expect_error(get(&server, &format!("/messages?cid=a&token={t}")).await, 401).await;
+    let error = expect_error(
+        get(&server, &format!("/messages?cid=a&token={t}")).await,
+        401,
+    )
+    .await;
     assert!(error.contains("no RS256 key"), "{error}");
     let t = sign(Algorithm::HS256, &claims);
     assert_eq!(
@@ -392,9 +398,17 @@ async fn history_size_and_ttl_are_per_namespace() {
             .map(|m| m["id"].as_u64().unwrap())
             .collect()
     };
-    let short: Value = get(&server, "/messages?cid=short:1").await.json().await.unwrap();
+    let short: Value = get(&server, "/messages?cid=short:1")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(short), [3, 4], "namespace history_size 2");
-    let plain: Value = get(&server, "/messages?cid=plain").await.json().await.unwrap();
+    let plain: Value = get(&server, "/messages?cid=plain")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(plain), [1, 2, 3, 4], "default history_size 10");
 
     server.publish("brief:1", "soon gone").await;
@@ -414,7 +428,11 @@ async fn history_size_and_ttl_are_per_namespace() {
     })
     .await
     .expect("namespace history_ttl expires the message");
-    let plain2: Value = get(&server, "/messages?cid=plain2").await.json().await.unwrap();
+    let plain2: Value = get(&server, "/messages?cid=plain2")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(plain2), [1], "default ttl (10 min) keeps it");
 }
 
@@ -439,7 +457,10 @@ async fn max_subscribers_is_enforced_per_channel() {
     };
     let first = sse("duo:1").await.unwrap();
     let second = sse("duo:1").await.unwrap();
-    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
     common::wait_for_subscribers(&server, "duo:1", 2).await;
     let error = expect_error(sse("duo:1").await.unwrap(), 403).await;
     assert!(error.contains("maximum of 2 subscribers"), "{error}");
@@ -448,7 +469,11 @@ async fn max_subscribers_is_enforced_per_channel() {
     assert_eq!(sse("duo:2").await.unwrap().status(), 200);
     // A WebSocket subscribe command gets an error reply and stays open.
     let mut ws = connect(&server, "/listen").await;
-    send(&mut ws, json!({"type": "subscribe", "cid": "duo:1", "ref": 1})).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "cid": "duo:1", "ref": 1}),
+    )
+    .await;
     let reply = next_json(&mut ws).await;
     assert_eq!(reply["type"], "error", "{reply}");
     assert_eq!(reply["ref"], 1);
@@ -483,7 +508,10 @@ async fn sse_and_iframe_streams_end_when_their_token_expires() {
     };
     let sse = open("").await.unwrap();
     let iframe = open("&transport=iframe&callback=cb").await.unwrap();
-    assert_eq!((sse.status().as_u16(), iframe.status().as_u16()), (200, 200));
+    assert_eq!(
+        (sse.status().as_u16(), iframe.status().as_u16()),
+        (200, 200)
+    );
     let mut reader = SseReader::new(sse);
     // Still delivering before the deadline.
     common::wait_for_subscribers(&server, "priv:e", 2).await;
@@ -503,7 +531,9 @@ async fn sse_and_iframe_streams_end_when_their_token_expires() {
         .unwrap()
         .unwrap();
     assert!(
-        page.contains(r#"parent.cb({"reason":"token expired","reconnect":true,"type":"disconnect"})"#),
+        page.contains(
+            r#"parent.cb({"reason":"token expired","reconnect":true,"type":"disconnect"})"#
+        ),
         "{page}"
     );
     common::wait_for_subscribers(&server, "priv:e", 0).await;
@@ -586,10 +616,20 @@ async fn websocket_auth_command_then_subscribe() {
     let server = start().await;
     // No channel in the URL: allowed for WebSocket only.
     let mut ws = connect(&server, "/listen").await;
-    send(&mut ws, json!({"type": "subscribe", "cid": "priv:c", "ref": "a"})).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "cid": "priv:c", "ref": "a"}),
+    )
+    .await;
     let reply = next_json(&mut ws).await;
-    assert_eq!((reply["type"].as_str(), reply["ref"].as_str()), (Some("error"), Some("a")));
-    assert!(reply["error"].as_str().unwrap().contains("private"), "{reply}");
+    assert_eq!(
+        (reply["type"].as_str(), reply["ref"].as_str()),
+        (Some("error"), Some("a"))
+    );
+    assert!(
+        reply["error"].as_str().unwrap().contains("private"),
+        "{reply}"
+    );
     let t = sign(
         Algorithm::ES256,
         &json!({"sub": "user-7", "exp": now_secs() + 600, "channels": ["priv:c"], "extra": 1}),
@@ -604,7 +644,10 @@ async fn websocket_auth_command_then_subscribe() {
     assert_eq!(next_json(&mut ws).await["type"], "error", "auth twice");
     send(&mut ws, json!({"type": "subscribe", "cid": "priv:d"})).await;
     let reply = next_json(&mut ws).await;
-    assert!(reply["error"].as_str().unwrap().contains("does not allow"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("does not allow"),
+        "{reply}"
+    );
     send(&mut ws, json!({"type": "subscribe", "cid": "priv:c"})).await;
     assert_eq!(next_json(&mut ws).await["type"], "subscribed");
     send(&mut ws, json!({"type": "subscribe", "cid": "y:1"})).await;
@@ -631,7 +674,10 @@ async fn websocket_auth_with_a_bad_token_closes_4001() {
         Algorithm::HS256,
         &json!({"sub": "u", "exp": now_secs() - 3600}),
     );
-    for (t, reason) in [("garbage", "invalid token"), (expired.as_str(), "token expired")] {
+    for (t, reason) in [
+        ("garbage", "invalid token"),
+        (expired.as_str(), "token expired"),
+    ] {
         let mut ws = connect(&server, "/listen?cid=plain").await;
         assert_eq!(next_json(&mut ws).await["type"], "subscribed");
         send(&mut ws, json!({"type": "auth", "token": t})).await;
@@ -648,7 +694,10 @@ async fn websocket_ends_with_4002_when_its_token_expires() {
     assert_eq!(next_json(&mut ws).await["type"], "subscribed");
     server.publish("priv:x", "before").await;
     assert_eq!(next_json(&mut ws).await["data"], "before");
-    assert_eq!(next_close(&mut ws).await, (4002, "token expired".to_string()));
+    assert_eq!(
+        next_close(&mut ws).await,
+        (4002, "token expired".to_string())
+    );
     common::wait_for_subscribers(&server, "priv:x", 0).await;
 }
 
@@ -656,20 +705,35 @@ async fn websocket_ends_with_4002_when_its_token_expires() {
 async fn websocket_refresh_extends_and_replaces_rights() {
     let server = start().await;
     let t = expiring_token("u", &["priv:a", "priv:b"], 2);
-    let mut ws = connect(&server, &format!("/listen?cid=priv:a&cid=priv:b&cid=pub:c&token={t}")).await;
+    let mut ws = connect(
+        &server,
+        &format!("/listen?cid=priv:a&cid=priv:b&cid=pub:c&token={t}"),
+    )
+    .await;
     for _ in 0..3 {
         assert_eq!(next_json(&mut ws).await["type"], "subscribed");
     }
     // Refresh errors leave the connection and its rights as they were.
     let stranger = token("someone-else", &["*"]);
-    send(&mut ws, json!({"type": "refresh", "token": stranger, "ref": 1})).await;
+    send(
+        &mut ws,
+        json!({"type": "refresh", "token": stranger, "ref": 1}),
+    )
+    .await;
     let reply = next_json(&mut ws).await;
-    assert_eq!((reply["type"].as_str(), reply["ref"].as_i64()), (Some("error"), Some(1)));
+    assert_eq!(
+        (reply["type"].as_str(), reply["ref"].as_i64()),
+        (Some("error"), Some(1))
+    );
     send(&mut ws, json!({"type": "refresh", "token": "bad"})).await;
     assert_eq!(next_json(&mut ws).await["type"], "error");
     // A newer token that no longer covers priv:b.
     let newer = token("u", &["priv:a"]);
-    send(&mut ws, json!({"type": "refresh", "token": newer, "ref": 2})).await;
+    send(
+        &mut ws,
+        json!({"type": "refresh", "token": newer, "ref": 2}),
+    )
+    .await;
     let refreshed = next_json(&mut ws).await;
     assert_eq!(
         refreshed,
@@ -695,9 +759,16 @@ async fn websocket_refresh_extends_and_replaces_rights() {
 async fn refresh_needs_a_token_to_replace() {
     let server = start().await;
     let mut ws = connect(&server, "/listen").await;
-    send(&mut ws, json!({"type": "refresh", "token": token("u", &[])})).await;
+    send(
+        &mut ws,
+        json!({"type": "refresh", "token": token("u", &[])}),
+    )
+    .await;
     let reply = next_json(&mut ws).await;
-    assert!(reply["error"].as_str().unwrap().contains("auth first"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("auth first"),
+        "{reply}"
+    );
 }
 
 #[tokio::test]
@@ -718,13 +789,17 @@ async fn client_publish_follows_namespace_and_token_rights() {
     );
     let mut ws = connect(&server, &format!("/listen?token={t}")).await;
     for (cid, allowed) in [
-        ("talk:1", true),     // the namespace allows client publishing
-        ("plain", false),     // the default namespace does not
-        ("priv:out", true),   // the token's publish claim allows it
+        ("talk:1", true),   // the namespace allows client publishing
+        ("plain", false),   // the default namespace does not
+        ("priv:out", true), // the token's publish claim allows it
         ("priv:other", false),
-        ("zz:1", false),      // unknown namespace
+        ("zz:1", false), // unknown namespace
     ] {
-        send(&mut ws, json!({"type": "publish", "cid": cid, "data": {"n": 1}})).await;
+        send(
+            &mut ws,
+            json!({"type": "publish", "cid": cid, "data": {"n": 1}}),
+        )
+        .await;
         let reply = next_json(&mut ws).await;
         let expected = if allowed { "published" } else { "error" };
         assert_eq!(reply["type"], expected, "{cid}: {reply}");
@@ -757,12 +832,19 @@ async fn publisher_keys_header_alternative_and_loopback_switch() {
         vec![("authorization", "Bearer new-key")],
         vec![("x-herald-key", "new-key")],
     ] {
-        assert_eq!(publish_with(&server, &headers).await.status(), 200, "{headers:?}");
+        assert_eq!(
+            publish_with(&server, &headers).await.status(),
+            200,
+            "{headers:?}"
+        );
     }
     for headers in [
         vec![("authorization", "Bearer wrong")],
         vec![("x-herald-key", "wrong")],
-        vec![("x-herald-key", "new-key"), ("authorization", "Bearer wrong")],
+        vec![
+            ("x-herald-key", "new-key"),
+            ("authorization", "Bearer wrong"),
+        ],
         vec![("authorization", "Basic b2xkLWtleQ==")],
     ] {
         let error = expect_error(publish_with(&server, &headers).await, 401).await;
@@ -805,7 +887,11 @@ async fn secrets_never_reach_the_logs() {
     get(&server, &format!("/messages?cid=priv:l&token={t}")).await;
     get(&server, "/messages?cid=priv:l&token=BAD-TOKEN-SECRET").await;
     let mut ws = connect(&server, "/listen").await;
-    send(&mut ws, json!({"type": "auth", "token": "BAD-TOKEN-SECRET"})).await;
+    send(
+        &mut ws,
+        json!({"type": "auth", "token": "BAD-TOKEN-SECRET"}),
+    )
+    .await;
     next_close(&mut ws).await;
     let logged = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logged.contains("configuration"), "logs were captured");
@@ -818,4 +904,19 @@ async fn secrets_never_reach_the_logs() {
     ] {
         assert!(!logged.contains(secret), "{secret} in the logs:\n{logged}");
     }
+}
+
+#[tokio::test]
+async fn a_bad_key_file_stops_the_server_from_starting() {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        // An RSA key where an EC key belongs.
+        jwt_ec_public_key: Some(fixture("jwt_rsa_public.pem")),
+        ..Config::default()
+    };
+    let error = herald_server::RunningServer::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("jwt_rsa_public.pem"), "{error}");
 }

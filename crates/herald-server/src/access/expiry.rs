@@ -97,6 +97,13 @@ impl ExpirySchedule {
     }
 }
 
+impl ExpiryEntry {
+    /// The schedule the entry is on.
+    pub fn schedule(&self) -> &Arc<ExpirySchedule> {
+        &self.schedule
+    }
+}
+
 impl Drop for ExpiryEntry {
     fn drop(&mut self) {
         self.schedule.entries.lock().remove(&self.key);

@@ -73,8 +73,7 @@ impl PublishKeys {
                     .into(),
             )),
             _ => Err(ApiError::Forbidden(
-                "publishing needs a key: `Authorization: Bearer KEY` or `X-Herald-Key: KEY`"
-                    .into(),
+                "publishing needs a key: `Authorization: Bearer KEY` or `X-Herald-Key: KEY`".into(),
             )),
         }
     }

@@ -201,6 +201,9 @@ fn load(
     })?;
     parse(&pem).map_err(|e| ConfigError::Invalid {
         name,
-        message: format!("{} is not a PEM public key of that kind: {e}", path.display()),
+        message: format!(
+            "{} is not a PEM public key of that kind: {e}",
+            path.display()
+        ),
     })
 }

@@ -39,7 +39,9 @@ pub async fn handle(
     )?;
     let cids = query.require_cids()?;
     // No session: the token is checked on every poll.
-    let identity = app.access.identify(query.token.as_deref(), request.headers())?;
+    let identity = app
+        .access
+        .identify(query.token.as_deref(), request.headers())?;
     for cid in cids {
         app.access.may_subscribe(identity.as_deref(), cid)?;
     }

@@ -18,7 +18,7 @@ use herald_core::{
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::access::{Access, ExpiryEntry, Identity};
+use crate::access::{ExpiryEntry, ExpirySchedule, Identity};
 use crate::app::App;
 use crate::http::ApiError;
 use crate::registry::{Kind, Registration};
@@ -35,23 +35,20 @@ pub enum Event {
 /// One subscriber connection. See the module documentation.
 pub struct Session {
     engine: Engine,
-    access: Arc<Access>,
     outbox: Arc<Outbox>,
     // Shared with a WebSocket's direct delivery path, which advances positions itself.
     subscriptions: Arc<Mutex<Subscriptions>>,
-    max_channels: usize,
-    // Boxed: most connections have no token, and this keeps theirs one pointer wide.
+    // Boxed: most connections have no token, and this keeps theirs one pointer wide. (The
+    // access rules and limits come from the `App` passed to each call, not stored here: every
+    // idle WebSocket holds a session.)
     auth: Option<Box<SessionAuth>>,
-    // Whether the token's deadline ends the connection (streams) or not (a long poll, which
-    // is checked on every request and ends by itself).
-    ends_at_expiry: bool,
     _registration: Registration,
 }
 
 /// The verified token of a session and its place on the expiry schedule.
 struct SessionAuth {
     identity: Arc<Identity>,
-    _expiry: Option<ExpiryEntry>,
+    expiry: Option<ExpiryEntry>,
 }
 
 impl Session {
@@ -66,12 +63,9 @@ impl Session {
         }
         Self {
             engine: app.engine.clone(),
-            access: Arc::clone(&app.access),
             outbox,
             subscriptions: Arc::new(Mutex::new(Subscriptions::new())),
-            max_channels: app.config.max_channels_per_connection,
             auth: None,
-            ends_at_expiry: kind != Kind::LongPoll,
             _registration: registration,
         }
     }
@@ -87,12 +81,14 @@ impl Session {
     ) -> Result<(Self, Vec<Event>), ApiError> {
         let mut session = Self::new(app, kind);
         if let Some(identity) = identity {
-            session.authenticate(identity);
+            // A long poll is checked on every request and ends by itself: not scheduled.
+            let expiry = (kind != Kind::LongPoll).then_some(&app.access.expiry);
+            session.authenticate(identity, expiry);
         }
         let mut gaps = Vec::new();
         let mut per_channel = Vec::with_capacity(cids.len());
         for (cid, cursor) in cids.iter().zip(cursors) {
-            let (_, backlog) = session.subscribe(cid, *cursor).await?;
+            let (_, backlog) = session.subscribe(app, cid, *cursor).await?;
             let mut messages = Vec::with_capacity(backlog.len());
             for event in backlog {
                 match event {
@@ -111,20 +107,21 @@ impl Session {
     /// backlog (a gap first, if any).
     pub async fn subscribe(
         &mut self,
+        app: &App,
         cid: &ChannelId,
         cursor: ChannelCursor,
     ) -> Result<(Position, Vec<Event>), ApiError> {
+        let max_channels = app.config.max_channels_per_connection;
         let at_limit = {
             let subscriptions = self.subscriptions.lock();
-            !subscriptions.contains(cid) && subscriptions.len() >= self.max_channels
+            !subscriptions.contains(cid) && subscriptions.len() >= max_channels
         };
         if at_limit {
             return Err(ApiError::BadRequest(format!(
-                "too many channels: at most {} per connection",
-                self.max_channels
+                "too many channels: at most {max_channels} per connection"
             )));
         }
-        let policy = self.access.may_subscribe(self.identity(), cid)?;
+        let policy = app.access.may_subscribe(self.identity(), cid)?;
         let read = self
             .engine
             .subscribe_bounded(&self.outbox, cid, cursor, policy.max_subscribers)
@@ -148,30 +145,23 @@ impl Session {
         self.auth.as_deref().map(|auth| &*auth.identity)
     }
 
-    /// Gives the session `identity` (a verified token) and, for a stream, schedules its end
-    /// at the token's deadline.
-    pub fn authenticate(&mut self, identity: Arc<Identity>) {
-        let expiry = self.ends_at_expiry.then(|| {
-            self.access
-                .expiry
-                .schedule(identity.deadline_ms(), &self.outbox)
-        });
+    /// Gives the session `identity` (a verified token) and, with `expiry`, schedules the end
+    /// of the connection at the token's deadline.
+    pub fn authenticate(&mut self, identity: Arc<Identity>, expiry: Option<&Arc<ExpirySchedule>>) {
+        let expiry = expiry.map(|schedule| schedule.schedule(identity.deadline_ms(), &self.outbox));
         // Replacing the old entry drops it from the schedule.
-        self.auth = Some(Box::new(SessionAuth {
-            identity,
-            _expiry: expiry,
-        }));
+        self.auth = Some(Box::new(SessionAuth { identity, expiry }));
     }
 
     /// Replaces the session's token with `identity` (a refresh): its rights replace the old
     /// ones, and every channel they no longer allow is unsubscribed. Returns those channels.
-    pub fn replace_identity(&mut self, identity: Arc<Identity>) -> Vec<ChannelId> {
-        self.authenticate(identity);
+    pub fn replace_identity(&mut self, app: &App, identity: Arc<Identity>) -> Vec<ChannelId> {
+        self.authenticate(identity, Some(&app.access.expiry));
         let denied: Vec<ChannelId> = self
             .subscriptions
             .lock()
             .channels()
-            .filter(|cid| self.access.may_subscribe(self.identity(), cid).is_err())
+            .filter(|cid| app.access.may_subscribe(self.identity(), cid).is_err())
             .cloned()
             .collect();
         for cid in &denied {
@@ -184,13 +174,15 @@ impl Session {
     /// must end). Otherwise (refreshed meanwhile, or the clock moved) the deadline is put back
     /// on the schedule.
     pub fn token_expired(&mut self) -> bool {
-        let Some(identity) = self.auth.as_ref().map(|auth| Arc::clone(&auth.identity)) else {
+        let Some(auth) = self.auth.as_deref() else {
             return false;
         };
-        if identity.is_expired(herald_core::now_ms()) {
+        if auth.identity.is_expired(herald_core::now_ms()) {
             return true;
         }
-        self.authenticate(identity);
+        let identity = Arc::clone(&auth.identity);
+        let schedule = auth.expiry.as_ref().map(|e| Arc::clone(e.schedule()));
+        self.authenticate(identity, schedule.as_ref());
         false
     }
 

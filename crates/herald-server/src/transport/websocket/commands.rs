@@ -15,8 +15,8 @@ use herald_core::{parse_entry, Accept, ChannelCursor, ChannelId, Message, Payloa
 
 use crate::app::App;
 use crate::http::ApiError;
-use crate::transport::websocket::frame::close_code;
 use crate::transport::session::{Event, Session};
+use crate::transport::websocket::frame::close_code;
 
 use super::frame;
 
@@ -165,7 +165,7 @@ fn auth(app: &App, session: &mut Session, command: &Command<'_>) -> Result<Vec<B
         command.reference,
         serde_json::json!({ "sub": identity.sub, "exp": identity.exp }),
     );
-    session.authenticate(identity);
+    session.authenticate(identity, Some(&app.access.expiry));
     Ok(vec![frame])
 }
 
@@ -204,7 +204,7 @@ async fn run(
             if session.subscriptions().contains(&cid) {
                 return Err(ApiError::BadRequest(format!("already subscribed to {cid}")));
             }
-            let (start, backlog) = session.subscribe(&cid, cursor).await?;
+            let (start, backlog) = session.subscribe(app, &cid, cursor).await?;
             let mut frames = vec![subscribed(&cid, start, reference)];
             encode_events(session, backlog, &mut frames);
             Ok(frames)
@@ -260,7 +260,7 @@ async fn run(
                 reference,
                 serde_json::json!({ "exp": identity.exp }),
             )];
-            for cid in session.replace_identity(Arc::new(identity)) {
+            for cid in session.replace_identity(app, Arc::new(identity)) {
                 frames.push(reply(
                     "unsubscribed",
                     None,

@@ -84,14 +84,20 @@ pub async fn upgrade(
             ))
         }
     };
+    if query.cids.is_empty() && (query.since.is_some() || query.last_event_id.is_some()) {
+        return Err(ApiError::BadRequest(
+            "a cursor without cid: name the channels, or send it with each subscribe command"
+                .into(),
+        ));
+    }
     let cursors = query.cursors(None)?;
     let mut session = Session::new(app, Kind::WebSocket);
     if let Some(identity) = identity {
-        session.authenticate(identity);
+        session.authenticate(identity, Some(&app.access.expiry));
     }
     let mut opening = Vec::new();
     for (cid, cursor) in query.cids.iter().zip(cursors) {
-        let (start, backlog) = session.subscribe(cid, cursor).await?;
+        let (start, backlog) = session.subscribe(app, cid, cursor).await?;
         opening.push(commands::subscribed(cid, start, None));
         commands::encode_events(&mut session, backlog, &mut opening);
     }
