@@ -119,7 +119,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_PUBLISH_FROM_LOOPBACK", value_name = "BOOL")]
     pub publish_from_loopback: Option<bool>,
 
-    /// Secret that verifies HS256 subscriber tokens (JWT).
+    /// Secret that verifies HS256 subscriber tokens (JWT). Prefer the variable or the file: a
+    /// flag's value is visible to other local users in the process list.
     #[arg(
         long,
         env = "HERALD_JWT_HMAC_SECRET",

@@ -920,3 +920,45 @@ async fn a_bad_key_file_stops_the_server_from_starting() {
         .expect("refused");
     assert!(error.to_string().contains("jwt_rsa_public.pem"), "{error}");
 }
+
+#[tokio::test]
+async fn streams_leave_the_expiry_schedule_when_they_end_and_tokenless_ones_never_join() {
+    let server = start().await;
+    let schedule = &server.server.app().access.expiry;
+    let t = token("u", &["priv:*"]);
+    let open = |query: String| {
+        server
+            .client
+            .get(server.url(&format!("/listen?{query}")))
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let plain = open("cid=plain".into()).await.unwrap();
+    let with_token = open(format!("cid=priv:q&token={t}")).await.unwrap();
+    let mut ws = connect(&server, &format!("/listen?cid=pub:q&token={t}")).await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    // A long poll with a token is checked per request, not scheduled.
+    let longpoll = tokio::spawn({
+        let request = server
+            .client
+            .get(server.url(&format!("/listen?cid=priv:lp&token={t}")));
+        async move { request.send().await }
+    });
+    common::wait_for_subscribers(&server, "priv:lp", 1).await;
+    assert_eq!(
+        schedule.len(),
+        2,
+        "the SSE stream and the WebSocket with a token"
+    );
+    drop((plain, with_token));
+    ws.close(None).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !schedule.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("entries removed when their connections end");
+    server.publish("priv:lp", "done").await;
+    assert_eq!(longpoll.await.unwrap().unwrap().status(), 200);
+}

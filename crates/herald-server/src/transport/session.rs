@@ -5,7 +5,7 @@
 //! messages, so backlog and live stream are encoded by one code path and meet without loss or
 //! duplicates. Dropping the session removes it from the hub, whatever ended the connection.
 //!
-//! Every subscription passes [`Access::may_subscribe`] with the session's identity (the
+//! Every subscription passes [`crate::access::Access::may_subscribe`] with the session's identity (the
 //! verified token, if any). A streaming session with a token is on the server's expiry
 //! schedule and learns of its token's deadline through an `EXPIRE` outbox signal.
 
