@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use crate::broker::{BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
 use crate::channel::ChannelId;
 use crate::clock::now_ms;
+use crate::contention::Contention;
 use crate::hub::Hub;
 use crate::message::{Message, Payload};
 use crate::position::{ChannelCursor, Epoch, Position};
@@ -52,6 +53,7 @@ struct ChannelLog {
     last: u64,
     messages: VecDeque<Arc<Message>>,
     touched_ms: u64,
+    contention: Contention,
 }
 
 impl ChannelLog {
@@ -61,6 +63,7 @@ impl ChannelLog {
             last: 0,
             messages: VecDeque::new(),
             touched_ms: now,
+            contention: Contention::default(),
         }
     }
 
@@ -170,12 +173,12 @@ impl MemoryBroker {
     fn publish_now(&self, cid: &ChannelId, payload: &Payload) -> Result<Published, EngineError> {
         let now = now_ms();
         let log = self.log(cid, now)?;
-        // A publish that has to wait for the channel means the channel is hot (see
-        // `Hub::deliver`).
-        let (mut log, hot) = match log.try_lock() {
+        // Publishes that keep having to wait for the channel make it hot (see `contention`).
+        let (mut log, contended) = match log.try_lock() {
             Some(guard) => (guard, false),
             None => (log.lock(), true),
         };
+        let hot = log.contention.record(contended);
         log.last += 1;
         log.touched_ms = now;
         let message = Message::new(cid.clone(), log.position(), now, payload);
