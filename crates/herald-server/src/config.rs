@@ -480,6 +480,48 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_come_as_a_pair_from_flags_environment_or_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_handshake_timeout = \"3s\"\n",
+        )
+        .expect("write");
+        let config_path = path.to_str().expect("utf8 path");
+        let config = Config::resolve(parse(&["--config", config_path, "--tls-key", "other.pem"]))
+            .expect("valid");
+        assert_eq!(config.tls_cert.as_deref(), Some(Path::new("c.pem")));
+        assert_eq!(
+            config.tls_key.as_deref(),
+            Some(Path::new("other.pem")),
+            "flag wins"
+        );
+        assert_eq!(config.tls_handshake_timeout, Duration::from_secs(3));
+        assert_eq!(
+            Config::default().tls_handshake_timeout,
+            Duration::from_secs(10)
+        );
+
+        for (args, missing) in [
+            (&["--tls-cert", "c.pem"][..], "tls_key"),
+            (&["--tls-key", "k.pem"][..], "tls_cert"),
+        ] {
+            match Config::resolve(parse(args)) {
+                Err(ConfigError::Invalid { name, .. }) => assert_eq!(name, missing),
+                other => panic!("{args:?} alone: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            Config::resolve(parse(&["--tls-handshake-timeout", "0s"])),
+            Err(ConfigError::Invalid {
+                name: "tls_handshake_timeout",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn bad_files_and_values_are_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");
