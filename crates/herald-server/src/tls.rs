@@ -140,7 +140,8 @@ pub async fn handshake(
 async fn refuse_plain_http(mut stream: TcpStream) {
     const BODY: &str = r#"{"error":"this port speaks TLS: use https:// or wss://"}"#;
     let response = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
         BODY.len()
     );
     if stream.write_all(response.as_bytes()).await.is_err() || stream.shutdown().await.is_err() {

@@ -474,8 +474,7 @@ async fn wss_gets_backlog_live_messages_and_command_replies() {
     send_json(&mut ws, &json!({"type": "nonsense"})).await;
     assert_eq!(next_json(&mut ws).await["type"], "error");
 
-    // A plain-TCP-style direct delivery never happens here, but a second subscriber on the
-    // same channel still gets everything.
+    // A second subscriber on the same channel: both get the message.
     let mut second = server.wss("/listen?cid=room").await;
     assert_eq!(next_json(&mut second).await["type"], "subscribed");
     server.publish("room", "both").await;

@@ -6,11 +6,11 @@
 //! reads go to a stack buffer and only a partial frame is kept on the heap.
 //!
 //! Outgoing messages mostly do not pass through this task at all. The connection installs a
-//! `DirectWriter` (see `socket`) on its outbox: when nothing is queued and the task is not writing, the
-//! publisher writes the message's shared frame to the socket itself with one non-blocking
-//! `write` — no wake-up, no scheduling. Whatever that cannot finish (a full socket buffer, a
-//! message that is not simply the next one of its channel) goes through the outbox to this
-//! task, which writes it in order. The outbox's busy flag keeps the two writers from ever
+//! `DirectWriter` (see `socket`) on its outbox: when nothing is queued and the task is not
+//! writing, the publisher writes the message's shared frame to the socket itself with one
+//! non-blocking `write` — no wake-up, no scheduling. Whatever that cannot finish (a full
+//! socket buffer, a message that is not simply the next one of its channel) goes through the
+//! outbox to this task, which writes it in order. The outbox's busy flag keeps the two writers from ever
 //! interleaving bytes.
 //!
 //! The connection is written against [`WsSocket`] and runs on plain TCP ([`run`]) or TLS
