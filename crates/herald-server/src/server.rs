@@ -3,10 +3,11 @@
 //! One task per TCP connection drives hyper's HTTP/1 state machine and, for SSE and iframe,
 //! the streaming body too. Upgraded WebSockets get their own task, tracked so shutdown can wait
 //! for them. Accept errors (such as running out of file descriptors) are logged and retried
-//! after a pause, never in a tight loop. With TLS configured, the connection's task first
-//! completes the handshake (see `tls`), then serves HTTP over the encrypted stream the same
-//! way. Shutdown: stop accepting, tell every stream to end
+//! after a pause, never in a tight loop. Shutdown: stop accepting, tell every stream to end
 //! with a reconnect hint, let in-flight requests finish, and give up after the grace period.
+//!
+//! With TLS configured, each connection's task first completes the handshake (see `tls`),
+//! bounded in time, then serves HTTP over the encrypted stream in the same way.
 
 use std::convert::Infallible;
 use std::io;

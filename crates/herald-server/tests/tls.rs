@@ -377,6 +377,45 @@ async fn sse_over_https_receives_a_published_message() {
     assert!(event.lines().any(|line| line == id), "{event}");
 }
 
+#[tokio::test]
+async fn iframe_over_https_receives_a_published_message() {
+    let server = start_tls(|_| {}).await;
+    let response = server
+        .get("/listen?cid=frame&transport=iframe&callback=cb", &[])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let mut body = response.into_body();
+    wait_for_subscribers(&server.inner, "frame", 1).await;
+    server.publish("frame", "framed").await;
+    let mut page = String::new();
+    let script = tokio::time::timeout(STEP, async {
+        loop {
+            if let Some(start) = page.find("<script>parent.cb(") {
+                if let Some(end) = page[start..].find("</script>") {
+                    return page[start..start + end].to_string();
+                }
+            }
+            let frame = body.frame().await.expect("the page goes on").unwrap();
+            if let Ok(data) = frame.into_data() {
+                page.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    })
+    .await
+    .expect("a script in time");
+    let json = script
+        .strip_prefix("<script>parent.cb(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap();
+    let envelope: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(envelope["data"], "framed");
+    assert!(page.len() >= 2048, "padding came first");
+}
+
 /// The next blank-line-terminated SSE block from `body` (`text` keeps what follows it).
 async fn next_sse_block(body: &mut Incoming, text: &mut String) -> String {
     tokio::time::timeout(STEP, async {

@@ -10,8 +10,8 @@
 //! writing, the publisher writes the message's shared frame to the socket itself with one
 //! non-blocking `write` — no wake-up, no scheduling. Whatever that cannot finish (a full
 //! socket buffer, a message that is not simply the next one of its channel) goes through the
-//! outbox to this task, which writes it in order. The outbox's busy flag keeps the two writers from ever
-//! interleaving bytes.
+//! outbox to this task, which writes it in order. The outbox's busy flag keeps the two writers
+//! from ever interleaving bytes.
 //!
 //! The connection is written against [`WsSocket`] and runs on plain TCP ([`run`]) or TLS
 //! ([`run_tls`]); only TCP has the direct writer (see `socket`).
