@@ -164,17 +164,16 @@ fn serve_connection(
         tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
     }
     let guard = app.track_connection();
-    let app = Arc::clone(app);
+    let task_app = Arc::clone(app);
     match tls {
         None => {
             app.tasks
-                .clone()
-                .spawn(serve_http(app, TokioIo::new(stream), peer, guard));
+                .spawn(serve_http(task_app, TokioIo::new(stream), peer, guard));
         }
         Some(acceptor) => {
             let acceptor = acceptor.clone();
-            app.tasks.clone().spawn(async move {
-                let limit = app.config.tls_handshake_timeout;
+            app.tasks.spawn(async move {
+                let limit = task_app.config.tls_handshake_timeout;
                 let handshake = tls::handshake(&acceptor, stream, limit);
                 let stream = tokio::select! {
                     result = handshake => match result {
@@ -185,9 +184,9 @@ fn serve_connection(
                             return;
                         }
                     },
-                    () = app.shutdown.cancelled() => return,
+                    () = task_app.shutdown.cancelled() => return,
                 };
-                serve_http(app, TokioIo::new(stream), peer, guard).await;
+                serve_http(task_app, TokioIo::new(stream), peer, guard).await;
             });
         }
     }

