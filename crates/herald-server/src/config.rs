@@ -111,6 +111,21 @@ pub struct ServeArgs {
     /// [default: info]
     #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+
+    // TLS: both files or neither.
+    /// PEM certificate chain (leaf first): the listener speaks HTTPS and WSS instead of plain
+    /// HTTP and WS. Needs `--tls-key`.
+    #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// How long a client may take to complete the TLS handshake before it is dropped.
+    /// [default: 10s]
+    #[arg(long, env = "HERALD_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Option<Duration>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -137,6 +152,10 @@ struct FileConfig {
     outbox_capacity: Option<usize>,
     shutdown_timeout: Option<String>,
     log: Option<String>,
+    // TLS
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_handshake_timeout: Option<String>,
 }
 
 /// The resolved settings the server runs with.
@@ -172,6 +191,14 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log filter.
     pub log: String,
+
+    // TLS
+    /// PEM certificate chain; with `tls_key`, the listener speaks TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Time limit of a TLS handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -192,6 +219,9 @@ impl Default for Config {
             outbox_capacity: 1024,
             shutdown_timeout: Duration::from_secs(10),
             log: "info".into(),
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -221,6 +251,9 @@ impl std::fmt::Debug for Config {
             .field("outbox_capacity", &self.outbox_capacity)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("log", &self.log)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_handshake_timeout", &self.tls_handshake_timeout)
             .finish()
     }
 }
@@ -323,6 +356,12 @@ impl Config {
                 .or(dur("shutdown_timeout", file.shutdown_timeout)?)
                 .unwrap_or(d.shutdown_timeout),
             log: args.log.or(file.log).unwrap_or(d.log),
+            tls_cert: args.tls_cert.or(file.tls_cert),
+            tls_key: args.tls_key.or(file.tls_key),
+            tls_handshake_timeout: args
+                .tls_handshake_timeout
+                .or(dur("tls_handshake_timeout", file.tls_handshake_timeout)?)
+                .unwrap_or(d.tls_handshake_timeout),
         };
         config.validate()?;
         Ok(config)
@@ -353,6 +392,7 @@ impl Config {
             ("longpoll_timeout", self.longpoll_timeout),
             ("keepalive", self.keepalive),
             ("ws_ping_interval", self.ws_ping_interval),
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
         ];
         for (name, value) in nonzero {
             if value.is_zero() {
@@ -367,6 +407,21 @@ impl Config {
                 name: "publish_keys",
                 message: "keys must not be empty".into(),
             });
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    name: "tls_key",
+                    message: "tls_cert is set: give its key too (both or neither)".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    name: "tls_cert",
+                    message: "tls_key is set: give its certificate too (both or neither)".into(),
+                })
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -422,6 +477,48 @@ mod tests {
             !format!("{config:?}").contains("\"a\""),
             "keys are not printed"
         );
+    }
+
+    #[test]
+    fn tls_files_come_as_a_pair_from_flags_environment_or_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_handshake_timeout = \"3s\"\n",
+        )
+        .expect("write");
+        let config_path = path.to_str().expect("utf8 path");
+        let config = Config::resolve(parse(&["--config", config_path, "--tls-key", "other.pem"]))
+            .expect("valid");
+        assert_eq!(config.tls_cert.as_deref(), Some(Path::new("c.pem")));
+        assert_eq!(
+            config.tls_key.as_deref(),
+            Some(Path::new("other.pem")),
+            "flag wins"
+        );
+        assert_eq!(config.tls_handshake_timeout, Duration::from_secs(3));
+        assert_eq!(
+            Config::default().tls_handshake_timeout,
+            Duration::from_secs(10)
+        );
+
+        for (args, missing) in [
+            (&["--tls-cert", "c.pem"][..], "tls_key"),
+            (&["--tls-key", "k.pem"][..], "tls_cert"),
+        ] {
+            match Config::resolve(parse(args)) {
+                Err(ConfigError::Invalid { name, .. }) => assert_eq!(name, missing),
+                other => panic!("{args:?} alone: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            Config::resolve(parse(&["--tls-handshake-timeout", "0s"])),
+            Err(ConfigError::Invalid {
+                name: "tls_handshake_timeout",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod query;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod transport;
 
 pub use config::{Cli, Command, Config, ConfigError, ServeArgs};
