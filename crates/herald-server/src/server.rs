@@ -14,19 +14,25 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use herald_core::Signals;
 
+use crate::admission::ConnectionSlot;
 use crate::app::App;
 use crate::config::Config;
 use crate::registry::Kind;
 use crate::router;
+use crate::timeouts::HeadTimer;
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's own read buffer limit (it must be at least 8 KiB); a larger `max-header-size`
+/// raises it.
+const MAX_BUF_SIZE: usize = 64 * 1024;
+/// hyper's default header count; another value makes hyper allocate the header array per
+/// request, so it is only set when configured.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// How long data we sent may stay unacknowledged (including a zero receive window) before the
 /// kernel drops the connection. A subscriber that stops reading cannot hold a socket, its
 /// buffers and its subscriptions forever: its outbox overflows, and this ends the socket.
@@ -42,10 +48,13 @@ pub struct RunningServer {
 impl RunningServer {
     /// Binds `config.listen` and starts serving in the background.
     pub async fn start(config: Config) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let app = App::new(config);
-        tracing::info!(%addr, "herald listening");
+        tracing::info!(%addr, max_connections = app.admission.max_total(), "herald listening");
         spawn_sweeper(Arc::clone(&app));
         spawn_tickers(&app);
         let task = tokio::spawn(serve(listener, Arc::clone(&app)));
@@ -110,7 +119,13 @@ async fn serve(listener: TcpListener, app: Arc<App>) {
         tokio::select! {
             () = app.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(&app, stream, peer),
+                Ok((stream, peer)) => match app.admit_connection(peer.ip()) {
+                    Ok(slot) => serve_connection(&app, stream, peer, slot),
+                    Err(refusal) => {
+                        tracing::debug!(%peer, ?refusal, "connection refused");
+                        app.admission.refuse(stream, refusal);
+                    }
+                },
                 Err(error) => {
                     // EMFILE/ENFILE and friends: back off instead of spinning.
                     tracing::warn!(%error, "accept failed; pausing before the next accept");
@@ -134,7 +149,7 @@ async fn serve(listener: TcpListener, app: Arc<App>) {
     }
 }
 
-fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr) {
+fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
@@ -143,16 +158,25 @@ fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr) {
     {
         tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
     }
-    let guard = app.track_connection();
     let service_app = Arc::clone(app);
     let service = service_fn(move |request| {
         let app = Arc::clone(&service_app);
         async move { Ok::<_, Infallible>(router::handle(app, request, peer).await) }
     });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024)
+    let config = &app.config;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(HeadTimer::new(
+            config.header_read_timeout,
+            config.idle_timeout,
+        ))
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(MAX_BUF_SIZE.max(config.max_header_size))
+        .max_header_size(config.max_header_size);
+    if config.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(config.max_headers);
+    }
+    let connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let shutdown = app.shutdown.clone();
@@ -169,6 +193,6 @@ fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr) {
         if let Err(error) = result {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
-        drop(guard);
+        drop(slot);
     });
 }
