@@ -634,6 +634,54 @@ mod tests {
     }
 
     #[test]
+    fn boundary_and_limit_options_resolve_and_validate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "allowed_origins = [\"https://app.example.com\", \"https://*.example.org\"]\nmax_connections = 500\nidle_timeout = \"5s\"\nmax_history_memory = 1048576\n",
+        )
+        .expect("write");
+        let config_path = path.to_str().expect("utf8 path");
+        let config = Config::resolve(parse(&[
+            "--config",
+            config_path,
+            "--max-connections-per-ip",
+            "20",
+            "--header-read-timeout",
+            "2s",
+        ]))
+        .expect("valid");
+        assert_eq!(config.allowed_origins.len(), 2);
+        assert_eq!(config.max_connections, Some(500));
+        assert_eq!(config.max_connections_per_ip, 20);
+        assert_eq!(config.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.max_history_memory, 1 << 20);
+        assert_eq!(config.client_publish_rate, 10, "default remains");
+
+        for (args, name) in [
+            (
+                &["--allowed-origins", "app.example.com"][..],
+                "allowed_origins",
+            ),
+            (
+                &["--allowed-origins", "*", "--cors-credentials", "true"][..],
+                "cors_credentials",
+            ),
+            (&["--max-url-length", "100000"][..], "max_url_length"),
+            (&["--max-connections", "0"][..], "max_connections"),
+            (&["--client-publish-rate", "0"][..], "client_publish_rate"),
+            (&["--idle-timeout", "0s"][..], "idle_timeout"),
+        ] {
+            match Config::resolve(parse(args)) {
+                Err(ConfigError::Invalid { name: got, .. }) => assert_eq!(got, name, "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn bad_files_and_values_are_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");
