@@ -103,7 +103,7 @@ impl Admission {
         self.total.fetch_add(1, Ordering::Relaxed);
         Ok(ConnectionSlot {
             admission: Arc::clone(self),
-            ip: (self.max_per_ip > 0).then_some(ip),
+            ip: (self.max_per_ip > 0).then(|| Box::new(ip)),
         })
     }
 
@@ -117,7 +117,7 @@ impl Admission {
         self.total.fetch_add(1, Ordering::Relaxed);
         ConnectionSlot {
             admission: Arc::clone(self),
-            ip,
+            ip: ip.map(Box::new),
         }
     }
 
@@ -151,20 +151,21 @@ impl Admission {
     }
 }
 
-/// Keeps one connection counted until dropped.
+/// Keeps one connection counted until dropped. Every idle WebSocket holds one, so it is two
+/// words; the address is boxed, and only when the per-IP limit is on.
 pub struct ConnectionSlot {
     admission: Arc<Admission>,
-    ip: Option<IpAddr>,
+    ip: Option<Box<IpAddr>>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        if let Some(ip) = self.ip {
+        if let Some(ip) = self.ip.take() {
             let mut per_ip = self.admission.per_ip.lock();
-            if let Some(count) = per_ip.get_mut(&ip) {
+            if let Some(count) = per_ip.get_mut(&*ip) {
                 *count -= 1;
                 if *count == 0 {
-                    per_ip.remove(&ip);
+                    per_ip.remove(&*ip);
                 }
             }
         }
@@ -198,6 +199,14 @@ mod tests {
         assert_eq!(admission.open(), 2);
         let _again = admission.admit(a).expect("slot freed");
         assert!(admission.per_ip.lock().values().all(|&n| n <= 2));
+    }
+
+    #[test]
+    fn a_slot_is_two_words() {
+        assert_eq!(
+            std::mem::size_of::<ConnectionSlot>(),
+            2 * std::mem::size_of::<usize>()
+        );
     }
 
     #[test]
