@@ -202,43 +202,39 @@ impl OriginPolicy {
     /// non-browser client, or a navigation whose `Referer` is allowed or absent).
     pub fn check(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError> {
         if let Some(value) = headers.get(header::ORIGIN) {
+            // Browsers send a serialized origin or `null`; anything else is refused.
             let text = value.to_str().unwrap_or("");
-            return if self.allows(text, headers, false) {
+            let allowed = if text == "null" {
+                self.any || self.entries.contains(&Entry::Null)
+            } else {
+                Origin::parse(text, false).is_some_and(|origin| self.allows(&origin, headers))
+            };
+            return if allowed {
                 Ok(Some(value.clone()))
             } else {
                 Err(refused(text))
             };
         }
-        match headers.get(header::REFERER) {
-            Some(value) => {
-                let text = value.to_str().unwrap_or("");
-                if self.allows(text, headers, true) {
-                    Ok(None)
-                } else {
-                    Err(refused(
-                        &Origin::parse(text, true).map_or_else(|| text.into(), |o| o.serialize()),
-                    ))
-                }
-            }
-            None => Ok(None),
+        // Browsers always send a URL; a `Referer` that is not one (`-`, junk from some other
+        // client) tells nothing about a page and is ignored.
+        let referer = headers
+            .get(header::REFERER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| Origin::parse(text, true));
+        match referer {
+            Some(origin) if !self.allows(&origin, headers) => Err(refused(&origin.serialize())),
+            _ => Ok(None),
         }
     }
 
-    fn allows(&self, text: &str, headers: &HeaderMap, lenient: bool) -> bool {
-        if self.any {
-            return true;
-        }
-        if text == "null" {
-            return self.entries.contains(&Entry::Null);
-        }
-        let Some(origin) = Origin::parse(text, lenient) else {
-            return false;
+    fn allows(&self, origin: &Origin, headers: &HeaderMap) -> bool {
+        let same_origin = || {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(|host| origin.is_host(host))
         };
-        let same_origin = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(|host| origin.is_host(host));
-        same_origin || self.entries.iter().any(|e| e.matches(&origin))
+        self.any || same_origin() || self.entries.iter().any(|e| e.matches(origin))
     }
 
     /// Adds the CORS headers for an allowed `origin` to a response of a subscriber endpoint.
@@ -447,6 +443,7 @@ mod tests {
             &[("referer", "https://push.example.net/page"), host]
         ));
         assert!(!allowed(&p, &[("referer", "https://evil.example/x"), host]));
+        assert!(allowed(&p, &[("referer", "-"), host]), "not a URL: ignored");
     }
 
     #[test]
