@@ -5,6 +5,11 @@
 //! subscribers always see offsets in order, without gaps or duplicates, however many publishers
 //! race. History is a ring bounded by count and age. A channel with no history, no subscriber
 //! and no activity for the history TTL is forgotten, and a later use starts a new epoch.
+//!
+//! The bytes of all retained envelopes are bounded too (`max_memory`): a publish that takes
+//! the total over it drops the oldest messages of its own channel — at most what it added,
+//! amortised O(1) — down to the message itself, which is then still delivered but not kept.
+//! Readers behind the dropped messages get the usual explicit gap.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -36,6 +41,8 @@ pub struct HistoryLimits {
     /// Most channels the broker keeps state for; publishing to or subscribing to a new channel
     /// beyond this is refused.
     pub max_channels: usize,
+    /// Most bytes of envelopes retained across all channels (see the module documentation).
+    pub max_memory: usize,
 }
 
 impl Default for HistoryLimits {
@@ -44,6 +51,7 @@ impl Default for HistoryLimits {
             size: 100,
             ttl: Duration::from_secs(600),
             max_channels: 1_000_000,
+            max_memory: 256 * 1024 * 1024,
         }
     }
 }
@@ -67,14 +75,22 @@ impl ChannelLog {
         }
     }
 
-    fn expire(&mut self, now: u64, ttl_ms: u64) {
+    /// Drops messages older than the TTL; returns the bytes freed.
+    fn expire(&mut self, now: u64, ttl_ms: u64) -> usize {
+        let mut freed = 0;
         while self
             .messages
             .front()
             .is_some_and(|m| m.time_ms().saturating_add(ttl_ms) <= now)
         {
-            self.messages.pop_front();
+            freed += self.pop_oldest();
         }
+        freed
+    }
+
+    /// Drops the oldest message; returns the bytes freed.
+    fn pop_oldest(&mut self) -> usize {
+        self.messages.pop_front().map_or(0, |m| retained_size(&m))
     }
 
     fn position(&self) -> Position {
@@ -131,6 +147,12 @@ pub struct MemoryBroker {
     shards: Box<[Shard]>,
     hasher: RandomState,
     channels: AtomicUsize,
+    retained: AtomicUsize,
+}
+
+/// What a retained message counts against `max_memory`: its envelope.
+fn retained_size(message: &Message) -> usize {
+    message.envelope().len()
 }
 
 impl MemoryBroker {
@@ -145,6 +167,18 @@ impl MemoryBroker {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             channels: AtomicUsize::new(0),
+            retained: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes of envelopes held in history now.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.load(Ordering::Relaxed)
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.retained.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
@@ -183,10 +217,23 @@ impl MemoryBroker {
         log.touched_ms = now;
         let message = Message::new(cid.clone(), log.position(), now, payload);
         log.messages.push_back(Arc::clone(&message));
+        let size = retained_size(&message);
+        let mut freed = 0;
         if log.messages.len() > self.limits.size {
-            log.messages.pop_front();
+            freed += log.pop_oldest();
         }
-        log.expire(now, self.ttl_ms());
+        freed += log.expire(now, self.ttl_ms());
+        let total = (self.retained.fetch_add(size, Ordering::Relaxed) + size).saturating_sub(freed);
+        if total > self.limits.max_memory {
+            // Make room from this channel's own history, oldest first.
+            let mut excess = total - self.limits.max_memory;
+            while excess > 0 && !log.messages.is_empty() {
+                let popped = log.pop_oldest();
+                freed += popped;
+                excess = excess.saturating_sub(popped);
+            }
+        }
+        self.release(freed);
         // Still under the channel lock: the hub sees this channel's messages in order.
         let subscribers = self.hub.deliver(&message, hot);
         Ok(Published {
@@ -205,7 +252,7 @@ impl MemoryBroker {
         let log = self.log(cid, now)?;
         let mut log = log.lock();
         log.touched_ms = now;
-        log.expire(now, self.ttl_ms());
+        self.release(log.expire(now, self.ttl_ms()));
         Ok(log.read(cid, cursor, limit.max(1)))
     }
 }
@@ -238,7 +285,7 @@ impl Broker for MemoryBroker {
             let before = shard.len();
             shard.retain(|cid, log| {
                 let mut log = log.lock();
-                log.expire(now, ttl);
+                self.release(log.expire(now, ttl));
                 !log.messages.is_empty()
                     || self.hub.subscriber_count(cid) > 0
                     || log.touched_ms.saturating_add(ttl) > now
@@ -386,6 +433,63 @@ mod tests {
             b.publish_now(&third, &p),
             Err(EngineError::Limit(_))
         ));
+    }
+
+    #[test]
+    fn history_memory_is_bounded_by_dropping_the_publishing_channels_oldest() {
+        let b = MemoryBroker::new(
+            Arc::new(Hub::new()),
+            HistoryLimits {
+                max_memory: 1000,
+                ..HistoryLimits::default()
+            },
+        );
+        let big = ChannelId::parse("big").expect("cid");
+        let small = ChannelId::parse("small").expect("cid");
+        let p = Payload::from_text(&[b'x'; 200]).expect("payload");
+        let first = b.publish_now(&small, &p).expect("published").message;
+        let size = retained_size(&first);
+        for _ in 0..20 {
+            b.publish_now(&big, &p).expect("published");
+            assert!(b.retained_bytes() <= 1000, "{}", b.retained_bytes());
+        }
+        // `big` paid for its own messages; `small` keeps its one.
+        let r = b
+            .read_now(&small, ChannelCursor::Offset(0), 100)
+            .expect("read");
+        assert_eq!(offsets(&r), [1]);
+        let r = b
+            .read_now(&big, ChannelCursor::Offset(0), 100)
+            .expect("read");
+        assert_eq!(r.messages.len(), 1000 / size - 1);
+        assert_eq!(r.messages.last().map(|m| m.offset()), Some(20));
+        assert!(r.gap.is_some(), "the dropped messages are an explicit gap");
+        let held = r.messages.iter().map(|m| retained_size(m)).sum::<usize>() + size;
+        assert_eq!(b.retained_bytes(), held, "accounting matches what is held");
+
+        // A message larger than the whole budget is delivered but not kept.
+        let huge = Payload::from_text(&[b'y'; 2000]).expect("payload");
+        let m = b.publish_now(&big, &huge).expect("published").message;
+        assert_eq!(m.offset(), 21);
+        let r = b
+            .read_now(&big, ChannelCursor::Offset(20), 100)
+            .expect("read");
+        assert!(r.messages.is_empty() && r.gap.is_some());
+        assert!(b.retained_bytes() <= 1000);
+    }
+
+    #[test]
+    fn expiry_releases_retained_bytes() {
+        let b = MemoryBroker::new(
+            Arc::new(Hub::new()),
+            HistoryLimits {
+                ttl: Duration::ZERO,
+                ..HistoryLimits::default()
+            },
+        );
+        publish(&b, &ChannelId::parse("gone").expect("cid"), 3);
+        b.sweep();
+        assert_eq!(b.retained_bytes(), 0);
     }
 
     #[test]

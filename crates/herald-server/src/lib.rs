@@ -6,7 +6,9 @@
 //! over real sockets.
 #![doc = include_str!("../../../docs/protocol.md")]
 
+pub mod admission;
 pub mod app;
+pub mod browser;
 pub mod config;
 pub mod http;
 pub mod publish;
@@ -14,6 +16,7 @@ pub mod query;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod timeouts;
 pub mod tls;
 pub mod transport;
 

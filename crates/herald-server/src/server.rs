@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -25,14 +25,20 @@ use tokio_rustls::TlsAcceptor;
 
 use herald_core::Signals;
 
-use crate::app::{App, ConnectionGuard};
+use crate::admission::ConnectionSlot;
+use crate::app::App;
 use crate::config::Config;
 use crate::registry::Kind;
 use crate::router;
+use crate::timeouts::HeadTimer;
 use crate::tls;
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's own read buffer limit (it must be at least 8 KiB); a larger `max-header-size`
+/// raises it.
+const MAX_BUF_SIZE: usize = 64 * 1024;
+/// hyper's default header count; another value makes hyper allocate the header array per
+/// request, so it is only set when configured.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// How long data we sent may stay unacknowledged (including a zero receive window) before the
 /// kernel drops the connection. A subscriber that stops reading cannot hold a socket, its
 /// buffers and its subscriptions forever: its outbox overflows, and this ends the socket.
@@ -50,6 +56,9 @@ impl RunningServer {
     /// `tls_key` set, loads them first; a file that cannot be used is an `InvalidInput` error
     /// naming it.
     pub async fn start(config: Config) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
@@ -60,7 +69,7 @@ impl RunningServer {
         if let Some(cert) = app.config.tls_cert.as_ref().filter(|_| tls.is_some()) {
             tracing::info!(cert = %cert.display(), "TLS is on: serving https and wss");
         }
-        tracing::info!(%addr, "herald listening");
+        tracing::info!(%addr, max_connections = app.admission.max_total(), "herald listening");
         spawn_sweeper(Arc::clone(&app));
         spawn_tickers(&app);
         let task = tokio::spawn(serve(listener, Arc::clone(&app), tls));
@@ -125,7 +134,13 @@ async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
         tokio::select! {
             () = app.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(&app, stream, peer, tls.as_ref()),
+                Ok((stream, peer)) => match app.admit_connection(peer.ip()) {
+                    Ok(slot) => serve_connection(&app, stream, peer, slot, tls.as_ref()),
+                    Err(refusal) => {
+                        tracing::debug!(%peer, ?refusal, "connection refused");
+                        app.admission.refuse(stream, refusal, tls.as_ref());
+                    }
+                },
                 Err(error) => {
                     // EMFILE/ENFILE and friends: back off instead of spinning.
                     tracing::warn!(%error, "accept failed; pausing before the next accept");
@@ -153,6 +168,7 @@ fn serve_connection(
     app: &Arc<App>,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: ConnectionSlot,
     tls: Option<&TlsAcceptor>,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
@@ -163,12 +179,11 @@ fn serve_connection(
     {
         tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
     }
-    let guard = app.track_connection();
     let task_app = Arc::clone(app);
     match tls {
         None => {
             app.tasks
-                .spawn(serve_http(task_app, TokioIo::new(stream), peer, guard));
+                .spawn(serve_http(task_app, TokioIo::new(stream), peer, slot));
         }
         Some(acceptor) => {
             let acceptor = acceptor.clone();
@@ -186,14 +201,14 @@ fn serve_connection(
                     },
                     () = task_app.shutdown.cancelled() => return,
                 };
-                serve_http(task_app, TokioIo::new(stream), peer, guard).await;
+                serve_http(task_app, TokioIo::new(stream), peer, slot).await;
             });
         }
     }
 }
 
 /// Serves HTTP/1 (and upgrades) on one connection's byte stream, plain or TLS, until it ends.
-async fn serve_http<I>(app: Arc<App>, io: TokioIo<I>, peer: SocketAddr, guard: ConnectionGuard)
+async fn serve_http<I>(app: Arc<App>, io: TokioIo<I>, peer: SocketAddr, slot: ConnectionSlot)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -202,12 +217,20 @@ where
         let app = Arc::clone(&service_app);
         async move { Ok::<_, Infallible>(router::handle(app, request, peer).await) }
     });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024)
-        .serve_connection(io, service)
-        .with_upgrades();
+    let config = &app.config;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(HeadTimer::new(
+            config.header_read_timeout,
+            config.idle_timeout,
+        ))
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(MAX_BUF_SIZE.max(config.max_header_size))
+        .max_header_size(config.max_header_size);
+    if config.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(config.max_headers);
+    }
+    let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -220,5 +243,5 @@ where
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
-    drop(guard);
+    drop(slot);
 }

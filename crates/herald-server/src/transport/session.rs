@@ -17,6 +17,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::app::App;
 use crate::http::ApiError;
 use crate::registry::{Kind, Registration};
+use crate::transport::websocket::publish_rate::PublishRate;
 
 /// Something to send to the client, in order.
 #[derive(Debug)]
@@ -34,6 +35,7 @@ pub struct Session {
     // Shared with a WebSocket's direct delivery path, which advances positions itself.
     subscriptions: Arc<Mutex<Subscriptions>>,
     max_channels: usize,
+    publish_rate: PublishRate,
     _registration: Registration,
 }
 
@@ -52,6 +54,7 @@ impl Session {
             outbox,
             subscriptions: Arc::new(Mutex::new(Subscriptions::new())),
             max_channels: app.config.max_channels_per_connection,
+            publish_rate: PublishRate::default(),
             _registration: registration,
         }
     }
@@ -124,6 +127,11 @@ impl Session {
     /// Decides what to do with a message and advances the channel's position.
     pub fn accept(&mut self, message: &Message) -> Accept {
         self.subscriptions.lock().accept(message)
+    }
+
+    /// The client's publish budget (WebSocket `publish` commands).
+    pub fn publish_rate(&mut self) -> &mut PublishRate {
+        &mut self.publish_rate
     }
 
     /// The connection's queue.

@@ -17,6 +17,7 @@ use crate::http::ApiError;
 use crate::transport::session::{Event, Session};
 
 use super::frame;
+use super::publish_rate::Verdict;
 
 /// A client command. Fields a command does not use are ignored.
 #[derive(Debug, Deserialize)]
@@ -164,6 +165,12 @@ async fn run(
                 return Err(ApiError::Forbidden(
                     "publishing from clients is disabled on this server".into(),
                 ));
+            }
+            let rate = app.config.client_publish_rate;
+            if session.publish_rate().check(rate) != Verdict::Allowed {
+                return Err(ApiError::TooManyRequests(format!(
+                    "client-publish-rate exceeded: at most {rate} publishes per second"
+                )));
             }
             let cid = cid()?;
             let data = command

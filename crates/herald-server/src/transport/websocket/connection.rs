@@ -74,7 +74,6 @@ async fn run_on<S: WsSocket>(
     session: Session,
     opening: Vec<Bytes>,
 ) {
-    let _guard = app.track_connection();
     let reader = FrameReader::new(app.config.max_body);
     let mut connection = Connection {
         app,
@@ -179,7 +178,18 @@ impl<S: WsSocket> Connection<S> {
             // Boxed: commands are rare, and inlining their future would enlarge every idle
             // connection's task by its size.
             Incoming::Text(text) => {
-                Ok(Box::pin(commands::execute(&self.app, &mut self.session, &text)).await)
+                let frames = Box::pin(commands::execute(&self.app, &mut self.session, &text)).await;
+                if self
+                    .session
+                    .publish_rate()
+                    .is_flood(self.app.config.client_publish_rate)
+                {
+                    return Err(End::Close(
+                        close_code::PUBLISH_FLOOD,
+                        "publish rate exceeded again and again",
+                    ));
+                }
+                Ok(frames)
             }
             Incoming::Binary => Err(End::Close(
                 close_code::UNSUPPORTED,

@@ -41,6 +41,8 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// Herald: the consumer fell too far behind.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// Herald: the client kept publishing over `client-publish-rate`.
+    pub const PUBLISH_FLOOD: u16 = 4029;
 }
 
 /// A complete message or control frame from the client.

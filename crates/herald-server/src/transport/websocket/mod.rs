@@ -9,6 +9,7 @@
 pub mod commands;
 pub mod connection;
 pub mod frame;
+pub mod publish_rate;
 pub mod socket;
 
 use std::sync::Arc;
@@ -94,8 +95,15 @@ pub async fn upgrade(
     }
 
     let on_upgrade = hyper::upgrade::on(&mut request);
+    // Counted from now until the WebSocket closes (its HTTP connection ends with the upgrade).
+    let peer_ip = request
+        .extensions()
+        .get::<crate::router::ClientAddr>()
+        .map(|addr| addr.0.ip());
+    let slot = app.track_connection_from(peer_ip);
     let task_app = Arc::clone(app);
     app.tasks.spawn(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
