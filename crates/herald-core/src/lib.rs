@@ -15,6 +15,7 @@
 mod broker;
 mod channel;
 mod clock;
+mod contention;
 mod engine;
 mod hub;
 mod memory;

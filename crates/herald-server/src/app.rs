@@ -1,7 +1,7 @@
 //! The state every request handler shares: the engine, the settings, the shutdown signal and
 //! the connection gauge.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use herald_core::{ChannelLimitsResolver, Engine, HistoryLimits, Hub};
@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::Access;
+use crate::admission::{default_max_connections, Admission, ConnectionSlot, Refusal};
+use crate::browser::OriginPolicy;
 use crate::config::{Config, ConfigError};
 use crate::registry::Registry;
 
@@ -22,11 +24,14 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Tasks that outlive their HTTP connection (upgraded WebSockets); shutdown waits on them.
     pub tasks: TaskTracker,
-    connections: AtomicUsize,
     /// Live subscriber connections, for ticks and shutdown.
     pub registry: Arc<Registry>,
     /// Who may publish and subscribe (keys, tokens, namespaces).
     pub access: Arc<Access>,
+    /// Open connections and their limits.
+    pub admission: Arc<Admission>,
+    /// Which browser pages may subscribe, and the CORS headers for them.
+    pub browser: OriginPolicy,
 }
 
 impl App {
@@ -52,6 +57,7 @@ impl App {
             size: config.history_size,
             ttl: config.history_ttl,
             max_channels: config.max_channels,
+            max_memory: config.max_history_memory,
         };
         // Publishers write directly to their share of a channel's idle subscribers; the rest
         // is written by the connections' tasks on the runtime's other worker threads.
@@ -65,34 +71,48 @@ impl App {
             Arc::new(Hub::with_direct_share(workers)),
             resolver,
         );
+        let admission = Admission::new(
+            config
+                .max_connections
+                .unwrap_or_else(default_max_connections),
+            config.max_connections_per_ip,
+        );
+        let browser = OriginPolicy::new(&config.allowed_origins, config.cors_credentials)
+            .unwrap_or_else(|error| {
+                // `Config::validate` rejects this; a config built in code may still get here.
+                tracing::error!(%error, "invalid allowed origins; allowing same-origin only");
+                OriginPolicy::same_origin_only()
+            });
         Arc::new(Self {
             engine,
             config,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            connections: AtomicUsize::new(0),
             registry: Arc::new(Registry::default()),
             access: Arc::new(access),
+            admission,
+            browser,
         })
     }
 
     /// Open client connections (HTTP and WebSocket).
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.admission.open()
     }
 
-    /// Counts a connection until the returned guard is dropped.
-    pub fn track_connection(self: &Arc<Self>) -> ConnectionGuard {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard(Arc::clone(self))
+    /// Counts a connection until the returned slot is dropped, without checking limits.
+    pub fn track_connection(&self) -> ConnectionSlot {
+        self.admission.track(None)
     }
-}
 
-/// Keeps one connection counted in [`App::connections`].
-pub struct ConnectionGuard(Arc<App>);
+    /// Counts a connection from `ip` that is already admitted (a WebSocket taking over its
+    /// HTTP connection) until the returned slot is dropped.
+    pub fn track_connection_from(&self, ip: Option<IpAddr>) -> ConnectionSlot {
+        self.admission.track(ip)
+    }
 
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    /// Admits a new connection from `ip` within the connection limits.
+    pub fn admit_connection(&self, ip: IpAddr) -> Result<ConnectionSlot, Refusal> {
+        self.admission.admit(ip)
     }
 }

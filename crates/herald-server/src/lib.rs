@@ -7,7 +7,9 @@
 #![doc = include_str!("../../../docs/protocol.md")]
 
 pub mod access;
+pub mod admission;
 pub mod app;
+pub mod browser;
 pub mod config;
 pub mod http;
 pub mod publish;
@@ -15,6 +17,8 @@ pub mod query;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod timeouts;
+pub mod tls;
 pub mod transport;
 
 pub use config::{Cli, Command, Config, ConfigError, NamespaceOptions, ServeArgs};

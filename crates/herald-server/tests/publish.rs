@@ -533,7 +533,7 @@ async fn wrong_methods_are_405_with_allow() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["allow"], "GET");
+    assert_eq!(response.headers()["allow"], "GET, OPTIONS");
     expect_error(response, 405).await;
     let response = server
         .client
@@ -541,7 +541,7 @@ async fn wrong_methods_are_405_with_allow() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["allow"], "GET");
+    assert_eq!(response.headers()["allow"], "GET, OPTIONS");
     expect_error(response, 405).await;
     assert!(
         history(&server, "x").await.is_empty(),

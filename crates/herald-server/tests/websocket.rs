@@ -688,7 +688,9 @@ async fn transport_ws_trailing_slash_and_unknown_parameters_all_upgrade() {
 
 #[tokio::test]
 async fn browser_style_handshake_headers_are_accepted() {
-    let server = common::start().await;
+    // The page's origin is another site: it must be on the allowlist (see tests/browser.rs).
+    let server =
+        common::start_with(|c| c.allowed_origins = vec!["http://example.com".into()]).await;
     // Firefox sends `Connection: keep-alive, Upgrade`; header values are case-insensitive; an
     // offered extension the server does not implement is simply not accepted.
     let headers = [

@@ -127,6 +127,11 @@ pub async fn handle(
         HeaderValue::from_static("nosniff"),
     );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // Only the server's own pages and allowed origins may embed the stream.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        app.browser.frame_ancestors().clone(),
+    );
     Ok(response)
 }
 

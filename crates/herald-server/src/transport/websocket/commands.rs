@@ -19,6 +19,7 @@ use crate::transport::session::{Event, Session};
 use crate::transport::websocket::frame::close_code;
 
 use super::frame;
+use super::publish_rate::Verdict;
 
 /// A client command. Fields a command does not use are ignored.
 #[derive(Debug, Deserialize)]
@@ -224,6 +225,12 @@ async fn run(
             let cid = cid()?;
             app.access
                 .may_publish_from_client(session.identity(), &cid)?;
+            let rate = app.config.client_publish_rate;
+            if session.publish_rate().check(rate) != Verdict::Allowed {
+                return Err(ApiError::TooManyRequests(format!(
+                    "client-publish-rate exceeded: at most {rate} publishes per second"
+                )));
+            }
             let data = command
                 .data
                 .ok_or_else(|| ApiError::BadRequest("publish needs data".into()))?;

@@ -45,6 +45,8 @@ pub mod close_code {
     pub const INVALID_TOKEN: u16 = 4001;
     /// Herald: the connection's token expired and was not refreshed.
     pub const TOKEN_EXPIRED: u16 = 4002;
+    /// Herald: the client kept publishing over `client-publish-rate`.
+    pub const PUBLISH_FLOOD: u16 = 4029;
 }
 
 /// A complete message or control frame from the client.

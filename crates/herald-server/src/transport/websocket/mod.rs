@@ -5,10 +5,13 @@
 //! channel at all: the client then sends `auth` and `subscribe` commands. After the upgrade the raw socket is
 //! taken back from hyper and one task per connection runs [`connection`]: pre-built frames out,
 //! the JSON command protocol (docs/protocol.md) in, pings on the server's shared ticker.
+//! The socket is plain TCP or, with TLS configured, the TLS stream over it (see `socket`).
 
 pub mod commands;
 pub mod connection;
 pub mod frame;
+pub mod publish_rate;
+pub mod socket;
 
 use std::sync::Arc;
 
@@ -23,6 +26,7 @@ use crate::app::App;
 use crate::http::{boxed, ApiError, Body};
 use crate::query::SubscribeQuery;
 use crate::registry::Kind;
+use crate::tls::TlsStream;
 
 use super::session::Session;
 
@@ -103,8 +107,15 @@ pub async fn upgrade(
     }
 
     let on_upgrade = hyper::upgrade::on(&mut request);
+    // Counted from now until the WebSocket closes (its HTTP connection ends with the upgrade).
+    let peer_ip = request
+        .extensions()
+        .get::<crate::router::ClientAddr>()
+        .map(|addr| addr.0.ip());
+    let slot = app.track_connection_from(peer_ip);
     let task_app = Arc::clone(app);
     app.tasks.spawn(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -113,18 +124,24 @@ pub async fn upgrade(
             }
         };
         // Take the socket back from hyper: no boxing, no buffers kept from the handshake.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                // Copy what the client sent after its handshake and release hyper's read
-                // buffer (8 KiB) at once: `read_buf` points into it.
-                let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+        // Copy what the client sent after its handshake and release hyper's read buffer
+        // (8 KiB) at once: `read_buf` points into it.
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
                 let leftover = read_buf.to_vec();
                 drop(read_buf);
                 connection::run(task_app, io.into_inner(), leftover, session, opening).await;
+                return;
             }
-            // Connections are plain TCP today; a transport layer that wraps the socket (TLS)
-            // must give the WebSocket path a socket it can write to without blocking.
-            Err(_) => tracing::error!("WebSocket upgrade on a connection that is not plain TCP"),
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<TlsStream>>() {
+            Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
+                let leftover = read_buf.to_vec();
+                drop(read_buf);
+                connection::run_tls(task_app, io.into_inner(), leftover, session, opening).await;
+            }
+            Err(_) => tracing::error!("WebSocket upgrade on a connection of an unknown kind"),
         }
     });
 
