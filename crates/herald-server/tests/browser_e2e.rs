@@ -44,7 +44,8 @@ fn browser_dir() -> PathBuf {
 }
 
 fn chromium_path() -> PathBuf {
-    std::env::var_os("HERALD_CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+    std::env::var_os("HERALD_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
 }
 
 /// True when the browser tests are to run; panics when they are asked for but cannot run.
@@ -132,7 +133,9 @@ impl Driver {
         let reply = match reply {
             Ok(Some(reply)) => reply,
             Ok(None) => panic!("driver exited during {command}; stderr:\n{stderr}"),
-            Err(_) => panic!("driver gave no answer to {command} in {STEP_TIMEOUT:?}; stderr:\n{stderr}"),
+            Err(_) => {
+                panic!("driver gave no answer to {command} in {STEP_TIMEOUT:?}; stderr:\n{stderr}")
+            }
         };
         let reply: Value = serde_json::from_str(&reply)
             .unwrap_or_else(|e| panic!("driver said {reply:?} ({e}); stderr:\n{stderr}"));
@@ -144,7 +147,9 @@ impl Driver {
 
     /// Opens page `name` at `url`; returns the page's origin as the browser sees it.
     async fn open(&mut self, name: &str, url: &str) -> String {
-        let opened = self.run(json!({"op": "open", "page": name, "url": url})).await;
+        let opened = self
+            .run(json!({"op": "open", "page": name, "url": url}))
+            .await;
         assert_eq!(opened["status"], 200, "{url}: {opened}");
         opened["origin"].as_str().unwrap().to_string()
     }
@@ -204,7 +209,8 @@ async fn page_server() -> SocketAddr {
                         _ => return,
                     }
                 }
-                let page = "<!doctype html><html><head><title>page</title></head><body></body></html>";
+                let page =
+                    "<!doctype html><html><head><title>page</title></head><body></body></html>";
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
                     page.len()
@@ -350,7 +356,11 @@ async fn a_page_of_heralds_own_origin_uses_every_transport() {
         .call(
             "own",
             "iframe",
-            json!(["frame", "/listen?cid=same&transport=iframe&callback=onHerald", "onHerald"]),
+            json!([
+                "frame",
+                "/listen?cid=same&transport=iframe&callback=onHerald",
+                "onHerald"
+            ]),
         )
         .await;
     common::wait_for_subscribers(&server, "same", 4).await;
@@ -369,11 +379,18 @@ async fn a_page_of_heralds_own_origin_uses_every_transport() {
     let sse = driver.wait("own", "sse", "message", 3).await;
     let sse_messages = messages(&sse);
     assert_eq!(texts(sse_messages.iter().map(|m| &m["data"])), want);
-    let ids: Vec<&str> = sse_messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = sse_messages
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [1, 2, 3].map(|i| format!("{epoch}:{i}")), "id: lines");
 
     let lp = driver.wait("own", "lp", "message", 3).await;
-    assert_eq!(texts(messages(&lp).into_iter().map(|m| &m["data"])), want, "{lp:?}");
+    assert_eq!(
+        texts(messages(&lp).into_iter().map(|m| &m["data"])),
+        want,
+        "{lp:?}"
+    );
     // The loop goes on with `since` = the cursor it read; a later message arrives once.
     server.publish("same", "m4").await;
     let lp = driver.wait("own", "lp", "message", 4).await;
@@ -405,4 +422,250 @@ async fn a_page_of_heralds_own_origin_uses_every_transport() {
     assert_eq!(count(&ws, "error") + count(&sse, "error"), 0, "{state}");
     driver.quit().await;
     eprintln!("own-origin browser test took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn event_source_reconnects_after_a_drop_and_resumes_with_last_event_id() {
+    if !browser_tests_enabled() {
+        return;
+    }
+    let _one_browser = BROWSER_LOCK.lock().await;
+    let server = common::start_with(|c| c.sse_retry = Duration::from_millis(100)).await;
+    // The page reaches Herald through the proxy (whose origin it is), so the test can drop
+    // the stream the way a network outage would and decide when the reconnect gets through.
+    let proxy = Proxy::start(server.server.local_addr()).await;
+    let mut driver = Driver::launch().await;
+    let page_url = format!("http://{}/health", proxy.addr);
+    driver.open("page", &page_url).await;
+    driver
+        .call("page", "sse", json!(["sse", "/listen?cid=resume"]))
+        .await;
+    driver.wait("page", "sse", "open", 1).await;
+    common::wait_for_subscribers(&server, "resume", 1).await;
+    let epoch = server.publish("resume", "m1").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    driver.wait("page", "sse", "message", 1).await;
+
+    proxy.cut_and_hold();
+    let log = driver.wait("page", "sse", "error", 1).await;
+    let error = log.iter().find(|e| e["event"] == "error").unwrap();
+    assert_eq!(
+        error["readyState"], 0,
+        "EventSource is reconnecting: {log:?}"
+    );
+    // Published while the page is cut off: only a resume can bring these.
+    publish_all(&server, "resume", &["m2", "m3"]).await;
+    proxy.release();
+
+    let log = driver.wait("page", "sse", "message", 3).await;
+    assert_eq!(count(&log, "open"), 2, "reconnected once: {log:?}");
+    server.publish("resume", "m4").await;
+    let log = driver.wait("page", "sse", "message", 4).await;
+    let received = messages(&log);
+    assert_eq!(
+        texts(received.iter().map(|m| &m["data"])),
+        ["m1", "m2", "m3", "m4"],
+        "nothing lost, nothing twice: {log:?}"
+    );
+    let ids: Vec<&str> = received.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3, 4].map(|i| format!("{epoch}:{i}")));
+    let sent = proxy.sent().to_ascii_lowercase();
+    assert!(
+        sent.contains(&format!("last-event-id: {epoch}:1\r\n")),
+        "the reconnect carried Last-Event-ID: {sent}"
+    );
+    driver.quit().await;
+}
+
+/// Herald with `allowed` on its allowlist.
+async fn start_allowing(allowed: SocketAddr) -> TestServer {
+    common::start_with(|c| c.allowed_origins = vec![format!("http://{allowed}")]).await
+}
+
+#[tokio::test]
+async fn a_page_of_an_allowed_origin_uses_herald_cross_site() {
+    if !browser_tests_enabled() {
+        return;
+    }
+    let _one_browser = BROWSER_LOCK.lock().await;
+    let allowed = page_server().await;
+    let server = start_allowing(allowed).await;
+    let mut driver = Driver::launch().await;
+    let origin = driver.open("app", &format!("http://{allowed}/")).await;
+    assert_eq!(origin, format!("http://{allowed}"));
+    assert_ne!(origin, server.base, "a different origin from Herald's");
+
+    driver
+        .call("app", "ws", json!(["ws", server.ws_url("/listen?cid=x")]))
+        .await;
+    driver
+        .call("app", "sse", json!(["sse", server.url("/listen?cid=x")]))
+        .await;
+    driver
+        .call(
+            "app",
+            "longpoll",
+            json!(["lp", server.url("/listen?cid=x")]),
+        )
+        .await;
+    // Cross-origin, the frame's `parent.onHerald(…)` cannot reach this page (same-origin
+    // policy); what `frame-ancestors` decides is whether the frame is rendered at all.
+    let frame_url = server.url("/listen?cid=x&transport=iframe&callback=onHerald");
+    driver
+        .call("app", "iframe", json!(["frame", frame_url, "onHerald"]))
+        .await;
+    common::wait_for_subscribers(&server, "x", 4).await;
+    let published = publish_all(&server, "x", &["m1", "m2"]).await;
+    assert_eq!(published[0]["subscribers"], 4);
+    let epoch = published[0]["epoch"].as_str().unwrap().to_string();
+
+    let ws = driver.wait("app", "ws", "message", 3).await;
+    let ws_data: Vec<&Value> = messages(&ws).into_iter().map(|m| &m["data"]).collect();
+    assert_eq!(texts(ws_data), ["m1", "m2"], "{ws:?}");
+    let sse = driver.wait("app", "sse", "message", 2).await;
+    assert_eq!(
+        texts(messages(&sse).into_iter().map(|m| &m["data"])),
+        ["m1", "m2"]
+    );
+    let lp = driver.wait("app", "lp", "message", 2).await;
+    assert_eq!(
+        texts(messages(&lp).into_iter().map(|m| &m["data"])),
+        ["m1", "m2"]
+    );
+    let answer = lp.iter().find(|e| e["event"] == "answer").unwrap();
+    assert!(
+        answer["cursor"].as_str().unwrap().starts_with(&epoch),
+        "the page read X-Herald-Cursor: {lp:?}"
+    );
+
+    let poll_url = server.url("/messages?cid=x&since=0");
+    driver.call("app", "fetch", json!(["poll", poll_url])).await;
+    let poll = driver.wait("app", "poll", "response", 1).await;
+    assert_eq!(poll[0]["status"], 200, "{poll:?}");
+    assert_eq!(
+        poll[0]["cursor"],
+        format!("{epoch}:2"),
+        "X-Herald-Cursor is exposed"
+    );
+    let bodies: Vec<&Value> = poll[0]["body"].as_array().unwrap().iter().collect();
+    assert_eq!(texts(bodies), ["m1", "m2"]);
+
+    // The allowed page may embed the stream: the frame holds the calls for both messages.
+    let frames = driver.frames("app", &["frame"]).await;
+    let frame = frames.iter().find(|f| f["name"] == "frame").unwrap();
+    let content = frame["content"].as_str().unwrap();
+    assert!(
+        frame["url"].as_str().unwrap().starts_with(&server.base),
+        "{frame}"
+    );
+    assert!(
+        content.contains("parent.onHerald(") && content.contains(r#""data":"m2""#),
+        "{frame}"
+    );
+    let state = driver.state("app").await;
+    assert_eq!(count(&ws, "error") + count(&sse, "error"), 0, "{state}");
+    driver.quit().await;
+}
+
+#[tokio::test]
+async fn a_page_of_a_refused_origin_gets_nothing() {
+    if !browser_tests_enabled() {
+        return;
+    }
+    let _one_browser = BROWSER_LOCK.lock().await;
+    let allowed = page_server().await;
+    let refused = page_server().await;
+    // A keep-alive every second: Herald notices at the latest then that a stream was dropped.
+    let server = common::start_with(|c| {
+        c.allowed_origins = vec![format!("http://{allowed}")];
+        c.keepalive = Duration::from_secs(1);
+    })
+    .await;
+    let mut driver = Driver::launch().await;
+    driver.open("evil", &format!("http://{refused}/")).await;
+
+    driver
+        .call("evil", "ws", json!(["ws", server.ws_url("/listen?cid=y")]))
+        .await;
+    driver
+        .call("evil", "sse", json!(["sse", server.url("/listen?cid=y")]))
+        .await;
+    driver
+        .call(
+            "evil",
+            "longpoll",
+            json!(["lp", server.url("/listen?cid=y")]),
+        )
+        .await;
+    let poll_url = server.url("/messages?cid=y&since=0");
+    driver
+        .call("evil", "fetch", json!(["poll", poll_url]))
+        .await;
+    // A frame navigation sends the page's origin as `Referer`: refused with 403.
+    let frame_url = server.url("/listen?cid=y&transport=iframe&callback=onHerald");
+    driver
+        .call("evil", "iframe", json!(["frame", frame_url, "onHerald"]))
+        .await;
+    // Without a Referer Herald cannot tell a foreign page and serves the stream, but its
+    // `frame-ancestors` policy keeps the browser from rendering it inside this page.
+    let hidden_url = server.url("/listen?cid=z&transport=iframe&callback=onHerald");
+    driver
+        .call(
+            "evil",
+            "iframe",
+            json!(["hidden", hidden_url, "onHerald", "no-referrer"]),
+        )
+        .await;
+
+    let ws = driver.wait("evil", "ws", "close", 1).await;
+    assert_eq!(count(&ws, "open"), 0, "{ws:?}");
+    assert_eq!(ws.last().unwrap()["code"], 1006, "{ws:?}");
+    let sse = driver.wait("evil", "sse", "error", 1).await;
+    assert_eq!(
+        sse.last().unwrap()["readyState"],
+        2,
+        "EventSource gave up: {sse:?}"
+    );
+    let lp = driver.wait("evil", "lp", "error", 1).await;
+    assert_eq!(lp[0]["error"], "TypeError", "fetch blocked by CORS: {lp:?}");
+    let poll = driver.wait("evil", "poll", "error", 1).await;
+    assert_eq!(poll[0]["error"], "TypeError", "{poll:?}");
+
+    let frames = driver.frames("evil", &["frame", "hidden"]).await;
+    let frame = frames.iter().find(|f| f["name"] == "frame").unwrap();
+    let content = frame["content"].as_str().unwrap();
+    assert!(
+        content.contains("not allowed") && !content.contains("parent.onHerald"),
+        "the frame shows the 403: {frame}"
+    );
+    let hidden = frames.iter().find(|f| f["name"] == "hidden").unwrap();
+    let content = hidden["content"].as_str().unwrap();
+    assert!(
+        !content.contains("parent.onHerald") && !content.contains(r#""cid":"z""#),
+        "frame-ancestors kept the stream out of this page: {hidden}"
+    );
+    let state = driver.state("evil").await;
+    let blocked =
+        state["net"].as_array().unwrap().iter().any(|n| {
+            n["url"] == hidden_url.as_str() && n["failure"] == "net::ERR_BLOCKED_BY_RESPONSE"
+        });
+    assert!(blocked, "Chromium blocked the Referer-less frame: {state}");
+    let console = state["console"].to_string();
+    assert!(console.contains("frame-ancestors"), "{console}");
+
+    // Chromium dropped that stream, and Herald subscribed none of this page's other
+    // requests: publishing reaches no one.
+    common::wait_for_subscribers(&server, "z", 0).await;
+    for cid in ["y", "z"] {
+        let published = server.publish(cid, "secret").await;
+        assert_eq!(published["subscribers"], 0, "{cid}: {published}");
+    }
+    let state = driver.state("evil").await;
+    for key in ["ws", "sse", "lp", "poll", "frame", "hidden"] {
+        let log = state["log"][key].as_array().cloned().unwrap_or_default();
+        assert_eq!(count(&log, "message"), 0, "{key} received nothing: {state}");
+    }
+    driver.quit().await;
 }
