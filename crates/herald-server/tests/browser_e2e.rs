@@ -479,6 +479,71 @@ async fn event_source_reconnects_after_a_drop_and_resumes_with_last_event_id() {
     driver.quit().await;
 }
 
+#[tokio::test]
+async fn event_source_follows_a_server_restart_and_is_told_of_the_gap() {
+    if !browser_tests_enabled() {
+        return;
+    }
+    let _one_browser = BROWSER_LOCK.lock().await;
+    let fast = |c: &mut herald_server::Config| {
+        c.sse_retry = Duration::from_millis(100);
+        c.shutdown_timeout = Duration::from_secs(2);
+    };
+    let server = common::start_with(fast).await;
+    let addr = server.server.local_addr();
+    let mut driver = Driver::launch().await;
+    driver.open("page", &server.url("/health")).await;
+    driver
+        .call("page", "sse", json!(["sse", "/listen?cid=restart"]))
+        .await;
+    driver.wait("page", "sse", "open", 1).await;
+    common::wait_for_subscribers(&server, "restart", 1).await;
+    let old_epoch = server.publish("restart", "m1").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    driver.wait("page", "sse", "message", 1).await;
+
+    // The server ends the stream (shutdown), and a new one, whose history is empty, takes
+    // its place on the same port.
+    server.server.shutdown().await;
+    let log = driver.wait("page", "sse", "disconnect", 1).await;
+    let disconnect = log.iter().find(|e| e["event"] == "disconnect").unwrap();
+    assert_eq!(disconnect["data"]["reconnect"], true, "{log:?}");
+    let server = common::start_with(|c| {
+        fast(c);
+        c.listen = addr;
+    })
+    .await;
+    driver.wait("page", "sse", "open", 2).await;
+    common::wait_for_subscribers(&server, "restart", 1).await;
+    let new_epoch = server.publish("restart", "m2").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_epoch, old_epoch);
+
+    let log = driver.wait("page", "sse", "message", 2).await;
+    let received = messages(&log);
+    assert_eq!(texts(received.iter().map(|m| &m["data"])), ["m1", "m2"]);
+    assert_eq!(received[1]["id"], format!("{new_epoch}:1"));
+    // The reconnect sent Last-Event-ID of the lost history: an explicit gap, never silence.
+    let gap = log
+        .iter()
+        .find(|e| e["event"] == "gap")
+        .expect("a gap event");
+    assert_eq!(
+        gap["data"]["requested"],
+        format!("{old_epoch}:1"),
+        "{log:?}"
+    );
+    assert_eq!(gap["data"]["epoch"], new_epoch.as_str());
+    let gap_at = log.iter().position(|e| e["event"] == "gap").unwrap();
+    let m2_at = log.iter().rposition(|e| e["event"] == "message").unwrap();
+    assert!(gap_at < m2_at, "the gap comes before the message: {log:?}");
+    driver.quit().await;
+}
+
 /// Herald with `allowed` on its allowlist.
 async fn start_allowing(allowed: SocketAddr) -> TestServer {
     common::start_with(|c| c.allowed_origins = vec![format!("http://{allowed}")]).await
