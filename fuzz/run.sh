@@ -34,13 +34,15 @@ seed query 'cid=a&cid=b%3A1&since=5&_=123' 'cid=a&transport=iframe&callback=app.
 seed payload '{"text":"hi"}' '[1, 2.5e3, true, null, "\\u00e9\\ud83d\\ude00"]' '"\\ud800"' 'plain text'
 seed ws_command '{"type":"subscribe","cid":"a","since":"k3f9:1","ref":1}' \
     '{"type":"publish","cid":"a","data":{"x":[1]}}' '{"type":"unsubscribe","cid":"a"}' \
-    '{"type":"ping","ref":{"a":null}}' '{"type":"nope"}'
+    '{"type":"ping","ref":{"a":null}}' '{"type":"nope"}' \
+    '{"type":"auth","token":"a.b.c","ref":2}' '{"type":"refresh","token":7}'
 # Masked client frames: text "hi", a fragmented text with a ping between, a close 1000.
 seed ws_frames '\x03\x81\x82\x01\x02\x03\x04\x69\x6b' \
     '\x05\x01\x81\x00\x00\x00\x00h\x89\x80\x00\x00\x00\x00\x80\x81\x00\x00\x00\x00i' \
     '\x01\x88\x82\x00\x00\x00\x00\x03\xe8' '\x02\x81\xfe\x04\x01\x00\x00\x00\x00'
 seed config 'history_size = 7\nhistory_ttl = "5s"\nlisten = "127.0.0.1:9"\npublish_keys = ["a"]\n' \
-    'max_body = 0' 'keepalive = "1h"\nclient_publish = true\n'
+    'max_body = 0' 'keepalive = "1h"\nclient_publish = true\n' \
+    'allowed_origins = ["https://*.example.com"]\n[namespaces.chat]\nhistory_size = 5\nprivate = true\n'
 
 cargo +nightly fuzz build || exit 1
 mkdir -p logs

@@ -25,6 +25,14 @@ pub enum EngineError {
     /// A configured limit was reached.
     #[error("limit reached: {0}")]
     Limit(String),
+    /// The channel has as many subscribers as it may have.
+    #[error("channel {cid} has its maximum of {max} subscribers")]
+    ChannelFull {
+        /// The channel.
+        cid: ChannelId,
+        /// Its subscriber bound.
+        max: usize,
+    },
 }
 
 /// The outcome of one publish.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::broker::{Broker, EngineError, HistoryRead, Published};
 use crate::channel::ChannelId;
 use crate::hub::Hub;
-use crate::memory::{HistoryLimits, MemoryBroker};
+use crate::memory::{ChannelLimitsResolver, HistoryLimits, MemoryBroker};
 use crate::message::Payload;
 use crate::outbox::Outbox;
 use crate::position::ChannelCursor;
@@ -31,6 +31,21 @@ impl Engine {
     /// An engine with in-process history delivering into `hub`.
     pub fn in_memory_with_hub(limits: HistoryLimits, hub: Arc<Hub>) -> Self {
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub), limits));
+        Self::with_broker(hub, broker)
+    }
+
+    /// An engine with in-process history delivering into `hub`, each new channel's history
+    /// limits decided by `resolver`.
+    pub fn in_memory_with_resolver(
+        limits: HistoryLimits,
+        hub: Arc<Hub>,
+        resolver: ChannelLimitsResolver,
+    ) -> Self {
+        let broker = Arc::new(MemoryBroker::with_resolver(
+            Arc::clone(&hub),
+            limits,
+            resolver,
+        ));
         Self::with_broker(hub, broker)
     }
 
@@ -62,7 +77,28 @@ impl Engine {
         cid: &ChannelId,
         cursor: ChannelCursor,
     ) -> Result<HistoryRead, EngineError> {
-        self.hub.subscribe(cid, outbox);
+        self.subscribe_bounded(outbox, cid, cursor, 0).await
+    }
+
+    /// [`Engine::subscribe`], refused with [`EngineError::ChannelFull`] when the channel already
+    /// has `max_subscribers` local subscribers (`0`: no bound).
+    pub async fn subscribe_bounded(
+        &self,
+        outbox: &Arc<Outbox>,
+        cid: &ChannelId,
+        cursor: ChannelCursor,
+        max_subscribers: usize,
+    ) -> Result<HistoryRead, EngineError> {
+        if self
+            .hub
+            .subscribe_bounded(cid, outbox, max_subscribers)
+            .is_none()
+        {
+            return Err(EngineError::ChannelFull {
+                cid: cid.clone(),
+                max: max_subscribers,
+            });
+        }
         let read = self.broker.read(cid, cursor, usize::MAX).await;
         if read.is_err() {
             self.hub.unsubscribe(cid, outbox);

@@ -58,13 +58,32 @@ impl Hub {
 
     /// Adds `outbox` to the channel's subscribers. Returns true if it was not there already.
     pub fn subscribe(&self, cid: &ChannelId, outbox: &Arc<Outbox>) -> bool {
+        self.subscribe_bounded(cid, outbox, 0).unwrap_or(false)
+    }
+
+    /// Adds `outbox` to the channel's subscribers unless the channel already has `max` of
+    /// them (`0`: no bound); counting and adding are one step. `Some(true)` if it was added,
+    /// `Some(false)` if it was there already, `None` if the channel is full.
+    pub fn subscribe_bounded(
+        &self,
+        cid: &ChannelId,
+        outbox: &Arc<Outbox>,
+        max: usize,
+    ) -> Option<bool> {
         let mut shard = self.shard(cid).write();
-        let subscribers = shard.entry(cid.clone()).or_default();
-        if subscribers.iter().any(|o| Arc::ptr_eq(o, outbox)) {
-            return false;
+        if let Some(subscribers) = shard.get(cid) {
+            if subscribers.iter().any(|o| Arc::ptr_eq(o, outbox)) {
+                return Some(false);
+            }
+            if max > 0 && subscribers.len() >= max {
+                return None;
+            }
         }
-        subscribers.push(Arc::clone(outbox));
-        true
+        shard
+            .entry(cid.clone())
+            .or_default()
+            .push(Arc::clone(outbox));
+        Some(true)
     }
 
     /// Removes `outbox` from the channel's subscribers. Returns true if it was there.
@@ -163,6 +182,29 @@ mod tests {
         );
         let queued: usize = outboxes.iter().map(|o| o.len()).sum();
         assert_eq!(queued, 7);
+    }
+
+    #[test]
+    fn bounded_subscribe_refuses_beyond_the_bound() {
+        let hub = Hub::new();
+        let cid = ChannelId::parse("c").expect("cid");
+        let (x, y, z) = (Outbox::new(1), Outbox::new(1), Outbox::new(1));
+        assert_eq!(hub.subscribe_bounded(&cid, &x, 2), Some(true));
+        assert_eq!(hub.subscribe_bounded(&cid, &y, 2), Some(true));
+        assert_eq!(
+            hub.subscribe_bounded(&cid, &x, 2),
+            Some(false),
+            "already in"
+        );
+        assert_eq!(hub.subscribe_bounded(&cid, &z, 2), None, "full");
+        assert_eq!(hub.subscriber_count(&cid), 2);
+        hub.unsubscribe(&cid, &y);
+        assert_eq!(hub.subscribe_bounded(&cid, &z, 2), Some(true));
+        assert_eq!(
+            hub.subscribe_bounded(&cid, &y, 0),
+            Some(true),
+            "0: unbounded"
+        );
     }
 
     #[test]

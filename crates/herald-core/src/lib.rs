@@ -15,6 +15,7 @@
 mod broker;
 mod channel;
 mod clock;
+mod contention;
 mod engine;
 mod hub;
 mod memory;
@@ -28,7 +29,7 @@ pub use channel::{ChannelId, ChannelIdError, MAX_CHANNEL_ID_LEN};
 pub use clock::now_ms;
 pub use engine::Engine;
 pub use hub::Hub;
-pub use memory::{HistoryLimits, MemoryBroker};
+pub use memory::{ChannelLimits, ChannelLimitsResolver, HistoryLimits, MemoryBroker};
 pub use message::{script_safe_json, websocket_frame, Message, Payload, PayloadError, OPCODE_TEXT};
 pub use outbox::{DirectDelivery, DirectOutcome, Drained, Outbox, Overflow, Signals};
 pub use position::{

@@ -3,8 +3,16 @@
 //! Each channel has its own lock, taken for the whole of a publish: the offset is assigned, the
 //! message stored and handed to the hub before the next publish to that channel can start, so
 //! subscribers always see offsets in order, without gaps or duplicates, however many publishers
-//! race. History is a ring bounded by count and age. A channel with no history, no subscriber
-//! and no activity for the history TTL is forgotten, and a later use starts a new epoch.
+//! race. History is a ring bounded by count and age, both fixed per channel when it is created
+//! (a [`ChannelLimitsResolver`] may pick them from the channel id). A channel with no history,
+//! no subscriber and no activity for its history TTL is forgotten, and a later use starts a new
+//! epoch.
+//!
+//! The bytes of all retained envelopes are bounded too (`max_memory`): a publish that takes
+//! the total over it drops the oldest messages of its own channel — at most what it added,
+//! amortised O(1) — down to the message itself, which is then still delivered but not kept.
+//! Readers behind the dropped messages get the usual explicit gap. Every way a message leaves
+//! history (count trim, age expiry, memory eviction, a forgotten channel) releases its bytes.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -17,6 +25,7 @@ use parking_lot::Mutex;
 use crate::broker::{BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
 use crate::channel::ChannelId;
 use crate::clock::now_ms;
+use crate::contention::Contention;
 use crate::hub::Hub;
 use crate::message::{Message, Payload};
 use crate::position::{ChannelCursor, Epoch, Position};
@@ -35,7 +44,22 @@ pub struct HistoryLimits {
     /// Most channels the broker keeps state for; publishing to or subscribing to a new channel
     /// beyond this is refused.
     pub max_channels: usize,
+    /// Most bytes of envelopes retained across all channels (see the module documentation).
+    pub max_memory: usize,
 }
+
+/// The history limits of one channel, fixed when the channel is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLimits {
+    /// Messages kept.
+    pub size: usize,
+    /// How long a message is kept.
+    pub ttl: Duration,
+}
+
+/// Decides a new channel's [`ChannelLimits`] from its id (for example from its namespace).
+/// Called once per channel creation, never on the publish path.
+pub type ChannelLimitsResolver = Arc<dyn Fn(&ChannelId) -> ChannelLimits + Send + Sync>;
 
 impl Default for HistoryLimits {
     fn default() -> Self {
@@ -43,6 +67,7 @@ impl Default for HistoryLimits {
             size: 100,
             ttl: Duration::from_secs(600),
             max_channels: 1_000_000,
+            max_memory: 256 * 1024 * 1024,
         }
     }
 }
@@ -52,26 +77,43 @@ struct ChannelLog {
     last: u64,
     messages: VecDeque<Arc<Message>>,
     touched_ms: u64,
+    /// This channel's history bound, resolved when it was created.
+    size: usize,
+    /// This channel's message age limit in milliseconds, resolved when it was created.
+    ttl_ms: u64,
+    contention: Contention,
 }
 
 impl ChannelLog {
-    fn new(now: u64) -> Self {
+    fn new(now: u64, limits: ChannelLimits) -> Self {
         Self {
             epoch: Epoch::random(),
             last: 0,
             messages: VecDeque::new(),
             touched_ms: now,
+            size: limits.size.max(1),
+            ttl_ms: u64::try_from(limits.ttl.as_millis()).unwrap_or(u64::MAX),
+            contention: Contention::default(),
         }
     }
 
-    fn expire(&mut self, now: u64, ttl_ms: u64) {
+    /// Drops messages older than this channel's TTL; returns the bytes freed.
+    fn expire(&mut self, now: u64) -> usize {
+        let ttl_ms = self.ttl_ms;
+        let mut freed = 0;
         while self
             .messages
             .front()
             .is_some_and(|m| m.time_ms().saturating_add(ttl_ms) <= now)
         {
-            self.messages.pop_front();
+            freed += self.pop_oldest();
         }
+        freed
+    }
+
+    /// Drops the oldest message; returns the bytes freed.
+    fn pop_oldest(&mut self) -> usize {
+        self.messages.pop_front().map_or(0, |m| retained_size(&m))
     }
 
     fn position(&self) -> Position {
@@ -125,28 +167,72 @@ impl ChannelLog {
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     limits: HistoryLimits,
+    resolver: Option<ChannelLimitsResolver>,
     shards: Box<[Shard]>,
     hasher: RandomState,
     channels: AtomicUsize,
+    retained: AtomicUsize,
+}
+
+/// What a retained message counts against `max_memory`: its envelope.
+fn retained_size(message: &Message) -> usize {
+    message.envelope().len()
 }
 
 impl MemoryBroker {
     /// A broker that delivers into `hub`.
     pub fn new(hub: Arc<Hub>, limits: HistoryLimits) -> Self {
+        Self::build(hub, limits, None)
+    }
+
+    /// A broker that delivers into `hub` and gives each new channel the history limits
+    /// `resolver` returns for it (`limits.max_channels` still bounds the channel count).
+    pub fn with_resolver(
+        hub: Arc<Hub>,
+        limits: HistoryLimits,
+        resolver: ChannelLimitsResolver,
+    ) -> Self {
+        Self::build(hub, limits, Some(resolver))
+    }
+
+    fn build(
+        hub: Arc<Hub>,
+        limits: HistoryLimits,
+        resolver: Option<ChannelLimitsResolver>,
+    ) -> Self {
         Self {
             hub,
             limits: HistoryLimits {
                 size: limits.size.max(1),
                 ..limits
             },
+            resolver,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             channels: AtomicUsize::new(0),
+            retained: AtomicUsize::new(0),
         }
     }
 
-    fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.limits.ttl.as_millis()).unwrap_or(u64::MAX)
+    /// Bytes of envelopes held in history now.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.load(Ordering::Relaxed)
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.retained.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn channel_limits(&self, cid: &ChannelId) -> ChannelLimits {
+        match &self.resolver {
+            Some(resolve) => resolve(cid),
+            None => ChannelLimits {
+                size: self.limits.size,
+                ttl: self.limits.ttl,
+            },
+        }
     }
 
     fn log(&self, cid: &ChannelId, now: u64) -> Result<Arc<Mutex<ChannelLog>>, EngineError> {
@@ -161,7 +247,7 @@ impl MemoryBroker {
                 self.limits.max_channels
             )));
         }
-        let log = Arc::new(Mutex::new(ChannelLog::new(now)));
+        let log = Arc::new(Mutex::new(ChannelLog::new(now, self.channel_limits(cid))));
         shard.insert(cid.clone(), Arc::clone(&log));
         self.channels.fetch_add(1, Ordering::Relaxed);
         Ok(log)
@@ -170,20 +256,33 @@ impl MemoryBroker {
     fn publish_now(&self, cid: &ChannelId, payload: &Payload) -> Result<Published, EngineError> {
         let now = now_ms();
         let log = self.log(cid, now)?;
-        // A publish that has to wait for the channel means the channel is hot (see
-        // `Hub::deliver`).
-        let (mut log, hot) = match log.try_lock() {
+        // Publishes that keep having to wait for the channel make it hot (see `contention`).
+        let (mut log, contended) = match log.try_lock() {
             Some(guard) => (guard, false),
             None => (log.lock(), true),
         };
+        let hot = log.contention.record(contended);
         log.last += 1;
         log.touched_ms = now;
         let message = Message::new(cid.clone(), log.position(), now, payload);
         log.messages.push_back(Arc::clone(&message));
-        if log.messages.len() > self.limits.size {
-            log.messages.pop_front();
+        let size = retained_size(&message);
+        let mut freed = 0;
+        if log.messages.len() > log.size {
+            freed += log.pop_oldest();
         }
-        log.expire(now, self.ttl_ms());
+        freed += log.expire(now);
+        let total = (self.retained.fetch_add(size, Ordering::Relaxed) + size).saturating_sub(freed);
+        if total > self.limits.max_memory {
+            // Make room from this channel's own history, oldest first.
+            let mut excess = total - self.limits.max_memory;
+            while excess > 0 && !log.messages.is_empty() {
+                let popped = log.pop_oldest();
+                freed += popped;
+                excess = excess.saturating_sub(popped);
+            }
+        }
+        self.release(freed);
         // Still under the channel lock: the hub sees this channel's messages in order.
         let subscribers = self.hub.deliver(&message, hot);
         Ok(Published {
@@ -202,7 +301,7 @@ impl MemoryBroker {
         let log = self.log(cid, now)?;
         let mut log = log.lock();
         log.touched_ms = now;
-        log.expire(now, self.ttl_ms());
+        self.release(log.expire(now));
         Ok(log.read(cid, cursor, limit.max(1)))
     }
 }
@@ -229,16 +328,20 @@ impl Broker for MemoryBroker {
 
     fn sweep(&self) {
         let now = now_ms();
-        let ttl = self.ttl_ms();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let before = shard.len();
             shard.retain(|cid, log| {
                 let mut log = log.lock();
-                log.expire(now, ttl);
-                !log.messages.is_empty()
+                self.release(log.expire(now));
+                let keep = !log.messages.is_empty()
                     || self.hub.subscriber_count(cid) > 0
-                    || log.touched_ms.saturating_add(ttl) > now
+                    || log.touched_ms.saturating_add(log.ttl_ms) > now;
+                if !keep {
+                    // Whatever a forgotten channel still held no longer counts.
+                    self.release(log.messages.drain(..).map(|m| retained_size(&m)).sum());
+                }
+                keep
             });
             self.channels
                 .fetch_sub(before - shard.len(), Ordering::Relaxed);
@@ -383,6 +486,117 @@ mod tests {
             b.publish_now(&third, &p),
             Err(EngineError::Limit(_))
         ));
+    }
+
+    #[test]
+    fn each_channel_keeps_the_limits_resolved_at_its_creation() {
+        let resolver: ChannelLimitsResolver = Arc::new(|cid: &ChannelId| ChannelLimits {
+            size: if cid.as_str().starts_with("short:") {
+                2
+            } else {
+                5
+            },
+            ttl: Duration::from_secs(600),
+        });
+        let b =
+            MemoryBroker::with_resolver(Arc::new(Hub::new()), HistoryLimits::default(), resolver);
+        let short = ChannelId::parse("short:1").expect("cid");
+        let long = ChannelId::parse("long").expect("cid");
+        publish(&b, &short, 4);
+        publish(&b, &long, 4);
+        let r = b
+            .read_now(&short, ChannelCursor::Offset(0), 100)
+            .expect("read");
+        assert_eq!(offsets(&r), [3, 4]);
+        let r = b
+            .read_now(&long, ChannelCursor::Offset(0), 100)
+            .expect("read");
+        assert_eq!(offsets(&r), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn per_channel_limits_release_retained_bytes() {
+        // Size trims and TTL expiry under per-channel limits keep the memory accounting exact.
+        let resolver: ChannelLimitsResolver = Arc::new(|cid: &ChannelId| ChannelLimits {
+            size: 2,
+            ttl: if cid.as_str().starts_with("flash:") {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(600)
+            },
+        });
+        let b =
+            MemoryBroker::with_resolver(Arc::new(Hub::new()), HistoryLimits::default(), resolver);
+        let kept = ChannelId::parse("kept").expect("cid");
+        let flash = ChannelId::parse("flash:1").expect("cid");
+        publish(&b, &kept, 5);
+        publish(&b, &flash, 3);
+        let r = b
+            .read_now(&kept, ChannelCursor::Offset(0), 100)
+            .expect("read");
+        assert_eq!(offsets(&r), [4, 5]);
+        let held = r.messages.iter().map(|m| retained_size(m)).sum::<usize>();
+        assert_eq!(b.retained_bytes(), held, "only what is held is counted");
+        b.sweep();
+        assert_eq!(b.channel_count(), 1, "the expired channel is forgotten");
+        assert_eq!(b.retained_bytes(), held);
+    }
+
+    #[test]
+    fn history_memory_is_bounded_by_dropping_the_publishing_channels_oldest() {
+        let b = MemoryBroker::new(
+            Arc::new(Hub::new()),
+            HistoryLimits {
+                max_memory: 1000,
+                ..HistoryLimits::default()
+            },
+        );
+        let big = ChannelId::parse("big").expect("cid");
+        let small = ChannelId::parse("small").expect("cid");
+        let p = Payload::from_text(&[b'x'; 200]).expect("payload");
+        let first = b.publish_now(&small, &p).expect("published").message;
+        let size = retained_size(&first);
+        for _ in 0..20 {
+            b.publish_now(&big, &p).expect("published");
+            assert!(b.retained_bytes() <= 1000, "{}", b.retained_bytes());
+        }
+        // `big` paid for its own messages; `small` keeps its one.
+        let r = b
+            .read_now(&small, ChannelCursor::Offset(0), 100)
+            .expect("read");
+        assert_eq!(offsets(&r), [1]);
+        let r = b
+            .read_now(&big, ChannelCursor::Offset(0), 100)
+            .expect("read");
+        assert_eq!(r.messages.len(), 1000 / size - 1);
+        assert_eq!(r.messages.last().map(|m| m.offset()), Some(20));
+        assert!(r.gap.is_some(), "the dropped messages are an explicit gap");
+        let held = r.messages.iter().map(|m| retained_size(m)).sum::<usize>() + size;
+        assert_eq!(b.retained_bytes(), held, "accounting matches what is held");
+
+        // A message larger than the whole budget is delivered but not kept.
+        let huge = Payload::from_text(&[b'y'; 2000]).expect("payload");
+        let m = b.publish_now(&big, &huge).expect("published").message;
+        assert_eq!(m.offset(), 21);
+        let r = b
+            .read_now(&big, ChannelCursor::Offset(20), 100)
+            .expect("read");
+        assert!(r.messages.is_empty() && r.gap.is_some());
+        assert!(b.retained_bytes() <= 1000);
+    }
+
+    #[test]
+    fn expiry_releases_retained_bytes() {
+        let b = MemoryBroker::new(
+            Arc::new(Hub::new()),
+            HistoryLimits {
+                ttl: Duration::ZERO,
+                ..HistoryLimits::default()
+            },
+        );
+        publish(&b, &ChannelId::parse("gone").expect("cid"), 3);
+        b.sweep();
+        assert_eq!(b.retained_bytes(), 0);
     }
 
     #[test]

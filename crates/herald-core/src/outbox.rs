@@ -50,6 +50,9 @@ impl Signals {
     pub const TICK: Self = Self(1);
     /// The connection should end (server shutdown).
     pub const CLOSE: Self = Self(2);
+    /// A deadline of the connection may have passed (its access token's expiry): the
+    /// connection re-checks it and ends if it has.
+    pub const EXPIRE: Self = Self(4);
 
     /// True if every bit of `other` is set.
     pub fn contains(self, other: Self) -> bool {

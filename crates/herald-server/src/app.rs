@@ -1,14 +1,17 @@
 //! The state every request handler shares: the engine, the settings, the shutdown signal and
 //! the connection gauge.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use herald_core::{Engine, HistoryLimits, Hub};
+use herald_core::{ChannelLimitsResolver, Engine, HistoryLimits, Hub};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::access::Access;
+use crate::admission::{default_max_connections, Admission, ConnectionSlot, Refusal};
+use crate::browser::OriginPolicy;
+use crate::config::{Config, ConfigError};
 use crate::registry::Registry;
 
 /// Shared server state.
@@ -21,51 +24,95 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Tasks that outlive their HTTP connection (upgraded WebSockets); shutdown waits on them.
     pub tasks: TaskTracker,
-    connections: AtomicUsize,
     /// Live subscriber connections, for ticks and shutdown.
     pub registry: Arc<Registry>,
+    /// Who may publish and subscribe (keys, tokens, namespaces).
+    pub access: Arc<Access>,
+    /// Open connections and their limits.
+    pub admission: Arc<Admission>,
+    /// Which browser pages may subscribe, and the CORS headers for them.
+    pub browser: OriginPolicy,
 }
 
 impl App {
-    /// State for a server with these settings and the embedded in-memory engine.
+    /// State for a server with these settings and the embedded in-memory engine. If a token
+    /// key file cannot be loaded, no token is accepted (fail closed); [`App::try_new`] reports
+    /// the error instead.
     pub fn new(config: Config) -> Arc<Self> {
+        let access = Access::from_config(&config).unwrap_or_else(|error| {
+            tracing::error!(%error, "token keys unusable; every token will be refused");
+            Access::without_token_keys(&config)
+        });
+        Self::with_access(config, access)
+    }
+
+    /// State for a server with these settings; fails if a token key file cannot be loaded.
+    pub fn try_new(config: Config) -> Result<Arc<Self>, ConfigError> {
+        let access = Access::from_config(&config)?;
+        Ok(Self::with_access(config, access))
+    }
+
+    fn with_access(config: Config, access: Access) -> Arc<Self> {
         let limits = HistoryLimits {
             size: config.history_size,
             ttl: config.history_ttl,
             max_channels: config.max_channels,
+            max_memory: config.max_history_memory,
         };
         // Publishers write directly to their share of a channel's idle subscribers; the rest
         // is written by the connections' tasks on the runtime's other worker threads.
         let workers = tokio::runtime::Handle::try_current()
             .map_or(1, |runtime| runtime.metrics().num_workers());
-        let engine = Engine::in_memory_with_hub(limits, Arc::new(Hub::with_direct_share(workers)));
+        // Each channel's history limits come from its namespace, once, when it is created.
+        let namespaces = Arc::clone(&access.namespaces);
+        let resolver: ChannelLimitsResolver = Arc::new(move |cid| namespaces.limits(cid));
+        let engine = Engine::in_memory_with_resolver(
+            limits,
+            Arc::new(Hub::with_direct_share(workers)),
+            resolver,
+        );
+        let admission = Admission::new(
+            config
+                .max_connections
+                .unwrap_or_else(default_max_connections),
+            config.max_connections_per_ip,
+        );
+        let browser = OriginPolicy::new(&config.allowed_origins, config.cors_credentials)
+            .unwrap_or_else(|error| {
+                // `Config::validate` rejects this; a config built in code may still get here.
+                tracing::error!(%error, "invalid allowed origins; allowing same-origin only");
+                OriginPolicy::same_origin_only()
+            });
         Arc::new(Self {
             engine,
             config,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            connections: AtomicUsize::new(0),
             registry: Arc::new(Registry::default()),
+            access: Arc::new(access),
+            admission,
+            browser,
         })
     }
 
     /// Open client connections (HTTP and WebSocket).
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.admission.open()
     }
 
-    /// Counts a connection until the returned guard is dropped.
-    pub fn track_connection(self: &Arc<Self>) -> ConnectionGuard {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard(Arc::clone(self))
+    /// Counts a connection until the returned slot is dropped, without checking limits.
+    pub fn track_connection(&self) -> ConnectionSlot {
+        self.admission.track(None)
     }
-}
 
-/// Keeps one connection counted in [`App::connections`].
-pub struct ConnectionGuard(Arc<App>);
+    /// Counts a connection from `ip` that is already admitted (a WebSocket taking over its
+    /// HTTP connection) until the returned slot is dropped.
+    pub fn track_connection_from(&self, ip: Option<IpAddr>) -> ConnectionSlot {
+        self.admission.track(ip)
+    }
 
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    /// Admits a new connection from `ip` within the connection limits.
+    pub fn admit_connection(&self, ip: IpAddr) -> Result<ConnectionSlot, Refusal> {
+        self.admission.admit(ip)
     }
 }

@@ -5,6 +5,7 @@
 //! whatever neither set; [`Config`] is the single resolved, validated result the server runs
 //! with. Every option is documented once, on its flag, and shows up in `herald serve --help`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -111,6 +112,122 @@ pub struct ServeArgs {
     /// [default: info]
     #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+
+    // --- Access control: publisher keys, subscriber tokens, namespace defaults ---
+    /// Let loopback clients publish without a key; `false`: loopback needs a key too.
+    /// [default: true]
+    #[arg(long, env = "HERALD_PUBLISH_FROM_LOOPBACK", value_name = "BOOL")]
+    pub publish_from_loopback: Option<bool>,
+
+    /// Secret that verifies HS256 subscriber tokens (JWT). Prefer the variable or the file: a
+    /// flag's value is visible to other local users in the process list.
+    #[arg(
+        long,
+        env = "HERALD_JWT_HMAC_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_hmac_secret: Option<String>,
+
+    /// PEM file with the RSA public key that verifies RS256 subscriber tokens.
+    #[arg(long, env = "HERALD_JWT_RSA_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_rsa_public_key: Option<PathBuf>,
+
+    /// PEM file with the P-256 public key that verifies ES256 subscriber tokens.
+    #[arg(long, env = "HERALD_JWT_EC_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_ec_public_key: Option<PathBuf>,
+
+    /// Required `aud` claim of subscriber tokens (not checked when unset).
+    #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim of subscriber tokens (not checked when unset).
+    #[arg(long, env = "HERALD_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+
+    /// Channels without a namespace need a token to be subscribed to. Namespaces
+    /// (`[namespaces.NAME]` in the config file) set their own. [default: false]
+    #[arg(long, env = "HERALD_PRIVATE", value_name = "BOOL")]
+    pub private: Option<bool>,
+
+    /// Most subscribers of one channel without a namespace; 0 = unlimited. [default: 0]
+    #[arg(long, env = "HERALD_MAX_SUBSCRIBERS", value_name = "N")]
+    pub max_subscribers: Option<usize>,
+    // TLS: both files or neither.
+    /// PEM certificate chain (leaf first): the listener speaks HTTPS and WSS instead of plain
+    /// HTTP and WS. Needs `--tls-key`.
+    #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// How long a client may take to complete the TLS handshake before it is dropped.
+    /// [default: 10s]
+    #[arg(long, env = "HERALD_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Option<Duration>,
+    // --- Browser boundaries and limits ---
+    /// A browser origin allowed to subscribe from another site (`https://app.example.com`,
+    /// `http://localhost:3000`, `https://*.example.com` for its subdomains, `*` for any).
+    /// Repeat the flag, or separate origins with commas in the variable. Requests without an
+    /// `Origin` and same-origin pages are always allowed. [default: none]
+    #[arg(
+        long = "allowed-origins",
+        env = "HERALD_ALLOWED_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Send `Access-Control-Allow-Credentials: true` to allowed origins (cookies and HTTP
+    /// authentication on cross-site requests). Not combinable with `*`. [default: false]
+    #[arg(long, env = "HERALD_CORS_CREDENTIALS", value_name = "BOOL")]
+    pub cors_credentials: Option<bool>,
+
+    /// Most open client connections (HTTP and WebSocket); more are answered 503 and closed.
+    /// [default: the open-files limit minus 5% headroom]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most open connections from one IP address; more are answered 429 and closed.
+    /// 0 turns the limit off. [default: 0]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Publishes per second one WebSocket client may send (token bucket, bursts of the same
+    /// size); more are answered with an error frame. [default: 10]
+    #[arg(long, env = "HERALD_CLIENT_PUBLISH_RATE", value_name = "N")]
+    pub client_publish_rate: Option<u32>,
+
+    /// Largest request head (request line and headers) in bytes; larger is answered 431.
+    /// [default: 32768]
+    #[arg(long, env = "HERALD_MAX_HEADER_SIZE", value_name = "BYTES")]
+    pub max_header_size: Option<usize>,
+
+    /// Most headers in one request; more is answered 431. [default: 100]
+    #[arg(long, env = "HERALD_MAX_HEADERS", value_name = "N")]
+    pub max_headers: Option<usize>,
+
+    /// Longest request URL (path and query) in bytes; longer is answered 414. [default: 16384]
+    #[arg(long, env = "HERALD_MAX_URL_LENGTH", value_name = "BYTES")]
+    pub max_url_length: Option<usize>,
+
+    /// How long a new connection may take to send its first complete request head (slowloris).
+    /// [default: 10s]
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+
+    /// How long a keep-alive connection may wait, after a response, until the next request
+    /// head is complete; then it is closed. [default: 60s]
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// Most bytes of message envelopes kept in history across all channels; beyond it the
+    /// publishing channel's oldest messages are dropped (resuming clients get a `gap`).
+    /// [default: 268435456]
+    #[arg(long, env = "HERALD_MAX_HISTORY_MEMORY", value_name = "BYTES")]
+    pub max_history_memory: Option<usize>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -137,6 +254,59 @@ struct FileConfig {
     outbox_capacity: Option<usize>,
     shutdown_timeout: Option<String>,
     log: Option<String>,
+    // TLS
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_handshake_timeout: Option<String>,
+    // Browser boundaries and limits.
+    allowed_origins: Option<Vec<String>>,
+    cors_credentials: Option<bool>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    client_publish_rate: Option<u32>,
+    max_header_size: Option<usize>,
+    max_headers: Option<usize>,
+    max_url_length: Option<usize>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_history_memory: Option<usize>,
+    // Access control.
+    publish_from_loopback: Option<bool>,
+    jwt_hmac_secret: Option<String>,
+    jwt_rsa_public_key: Option<PathBuf>,
+    jwt_ec_public_key: Option<PathBuf>,
+    jwt_audience: Option<String>,
+    jwt_issuer: Option<String>,
+    private: Option<bool>,
+    max_subscribers: Option<usize>,
+    namespaces: Option<BTreeMap<String, NamespaceFile>>,
+}
+
+/// One `[namespaces.NAME]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceFile {
+    history_size: Option<usize>,
+    history_ttl: Option<String>,
+    private: Option<bool>,
+    client_publish: Option<bool>,
+    max_subscribers: Option<usize>,
+}
+
+/// The options of one namespace (channels `NAME:…`); unset options take the top-level
+/// (default namespace) value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceOptions {
+    /// Messages kept per channel.
+    pub history_size: Option<usize>,
+    /// Age limit of history.
+    pub history_ttl: Option<Duration>,
+    /// Subscribing needs a token that covers the channel.
+    pub private: Option<bool>,
+    /// Clients that may subscribe may also publish from a WebSocket.
+    pub client_publish: Option<bool>,
+    /// Most subscribers per channel; 0 = unlimited.
+    pub max_subscribers: Option<usize>,
 }
 
 /// The resolved settings the server runs with.
@@ -172,6 +342,56 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log filter.
     pub log: String,
+    // Access control.
+    /// Whether loopback clients may publish without a key.
+    pub publish_from_loopback: bool,
+    /// HS256 token secret.
+    pub jwt_hmac_secret: Option<String>,
+    /// RS256 public key file (PEM).
+    pub jwt_rsa_public_key: Option<PathBuf>,
+    /// ES256 public key file (PEM).
+    pub jwt_ec_public_key: Option<PathBuf>,
+    /// Required token audience.
+    pub jwt_audience: Option<String>,
+    /// Required token issuer.
+    pub jwt_issuer: Option<String>,
+    /// Whether channels without a namespace need a token.
+    pub private: bool,
+    /// Most subscribers per channel without a namespace; 0 = unlimited.
+    pub max_subscribers: usize,
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
+
+    // TLS
+    /// PEM certificate chain; with `tls_key`, the listener speaks TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Time limit of a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    // Browser boundaries and limits.
+    /// Origins allowed besides the server's own (see `browser`).
+    pub allowed_origins: Vec<String>,
+    /// Whether CORS answers allow credentials.
+    pub cors_credentials: bool,
+    /// Most open connections; `None` derives it from the open-files limit.
+    pub max_connections: Option<usize>,
+    /// Most open connections per client IP; 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// Publishes per second per WebSocket client.
+    pub client_publish_rate: u32,
+    /// Largest request head in bytes.
+    pub max_header_size: usize,
+    /// Most headers per request.
+    pub max_headers: usize,
+    /// Longest request URL in bytes.
+    pub max_url_length: usize,
+    /// Time for a new connection's first request head.
+    pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request head.
+    pub idle_timeout: Duration,
+    /// Most bytes of retained envelopes in the in-memory history.
+    pub max_history_memory: usize,
 }
 
 impl Default for Config {
@@ -192,6 +412,29 @@ impl Default for Config {
             outbox_capacity: 1024,
             shutdown_timeout: Duration::from_secs(10),
             log: "info".into(),
+            publish_from_loopback: true,
+            jwt_hmac_secret: None,
+            jwt_rsa_public_key: None,
+            jwt_ec_public_key: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            private: false,
+            max_subscribers: 0,
+            namespaces: BTreeMap::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            cors_credentials: false,
+            max_connections: None,
+            max_connections_per_ip: 0,
+            client_publish_rate: 10,
+            max_header_size: 32 * 1024,
+            max_headers: 100,
+            max_url_length: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_history_memory: 256 * 1024 * 1024,
         }
     }
 }
@@ -221,6 +464,32 @@ impl std::fmt::Debug for Config {
             .field("outbox_capacity", &self.outbox_capacity)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("log", &self.log)
+            .field("publish_from_loopback", &self.publish_from_loopback)
+            .field(
+                "jwt_hmac_secret",
+                &self.jwt_hmac_secret.as_ref().map(|_| "<secret>"),
+            )
+            .field("jwt_rsa_public_key", &self.jwt_rsa_public_key)
+            .field("jwt_ec_public_key", &self.jwt_ec_public_key)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("private", &self.private)
+            .field("max_subscribers", &self.max_subscribers)
+            .field("namespaces", &self.namespaces)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_handshake_timeout", &self.tls_handshake_timeout)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("cors_credentials", &self.cors_credentials)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("client_publish_rate", &self.client_publish_rate)
+            .field("max_header_size", &self.max_header_size)
+            .field("max_headers", &self.max_headers)
+            .field("max_url_length", &self.max_url_length)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_history_memory", &self.max_history_memory)
             .finish()
     }
 }
@@ -268,11 +537,7 @@ impl Config {
     /// The settings a TOML config file's text gives over the defaults, validated: the pure
     /// step of [`Config::resolve`] (also the fuzzing entry point).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let file = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            message: e.to_string(),
-        })?;
-        Self::merge(ServeArgs::default(), file)
+        Self::merge(ServeArgs::default(), parse_file(text, Path::new(""))?)
     }
 
     fn merge(args: ServeArgs, file: FileConfig) -> Result<Self, ConfigError> {
@@ -337,6 +602,83 @@ impl Config {
                 .or(dur("shutdown_timeout", file.shutdown_timeout)?)
                 .unwrap_or(d.shutdown_timeout),
             log: args.log.or(file.log).unwrap_or(d.log),
+            publish_from_loopback: args
+                .publish_from_loopback
+                .or(file.publish_from_loopback)
+                .unwrap_or(d.publish_from_loopback),
+            jwt_hmac_secret: args.jwt_hmac_secret.or(file.jwt_hmac_secret),
+            jwt_rsa_public_key: args.jwt_rsa_public_key.or(file.jwt_rsa_public_key),
+            jwt_ec_public_key: args.jwt_ec_public_key.or(file.jwt_ec_public_key),
+            jwt_audience: args.jwt_audience.or(file.jwt_audience),
+            jwt_issuer: args.jwt_issuer.or(file.jwt_issuer),
+            private: args.private.or(file.private).unwrap_or(d.private),
+            max_subscribers: args
+                .max_subscribers
+                .or(file.max_subscribers)
+                .unwrap_or(d.max_subscribers),
+            namespaces: file
+                .namespaces
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, ns)| {
+                    let options = NamespaceOptions {
+                        history_size: ns.history_size,
+                        history_ttl: dur("namespaces.*.history_ttl", ns.history_ttl)?,
+                        private: ns.private,
+                        client_publish: ns.client_publish,
+                        max_subscribers: ns.max_subscribers,
+                    };
+                    Ok((name, options))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+            tls_cert: args.tls_cert.or(file.tls_cert),
+            tls_key: args.tls_key.or(file.tls_key),
+            tls_handshake_timeout: args
+                .tls_handshake_timeout
+                .or(dur("tls_handshake_timeout", file.tls_handshake_timeout)?)
+                .unwrap_or(d.tls_handshake_timeout),
+            allowed_origins: if args.allowed_origins.is_empty() {
+                file.allowed_origins.unwrap_or_default()
+            } else {
+                args.allowed_origins
+            },
+            cors_credentials: args
+                .cors_credentials
+                .or(file.cors_credentials)
+                .unwrap_or(d.cors_credentials),
+            max_connections: args.max_connections.or(file.max_connections),
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(d.max_connections_per_ip),
+            client_publish_rate: args
+                .client_publish_rate
+                .or(file.client_publish_rate)
+                .unwrap_or(d.client_publish_rate),
+            max_header_size: args
+                .max_header_size
+                .or(file.max_header_size)
+                .unwrap_or(d.max_header_size),
+            max_headers: args
+                .max_headers
+                .or(file.max_headers)
+                .unwrap_or(d.max_headers),
+            max_url_length: args
+                .max_url_length
+                .or(file.max_url_length)
+                .unwrap_or(d.max_url_length),
+            header_read_timeout: args
+                .header_read_timeout
+                .or(dur("header_read_timeout", file.header_read_timeout)?)
+                .unwrap_or(d.header_read_timeout),
+            idle_timeout: args
+                .idle_timeout
+                .or(dur("idle_timeout", file.idle_timeout)?)
+                .unwrap_or(d.idle_timeout),
+            max_history_memory: args
+                .max_history_memory
+                .or(file.max_history_memory)
+                .unwrap_or(d.max_history_memory),
         };
         config.validate()?;
         Ok(config)
@@ -367,6 +709,7 @@ impl Config {
             ("longpoll_timeout", self.longpoll_timeout),
             ("keepalive", self.keepalive),
             ("ws_ping_interval", self.ws_ping_interval),
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
         ];
         for (name, value) in nonzero {
             if value.is_zero() {
@@ -382,6 +725,100 @@ impl Config {
                 message: "keys must not be empty".into(),
             });
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    name: "tls_key",
+                    message: "tls_cert is set: give its key too (both or neither)".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    name: "tls_cert",
+                    message: "tls_key is set: give its certificate too (both or neither)".into(),
+                })
+            }
+            _ => {}
+        }
+        self.validate_boundaries_and_limits()?;
+        self.validate_access()
+    }
+
+    fn validate_boundaries_and_limits(&self) -> Result<(), ConfigError> {
+        let invalid = |name, message: String| Err(ConfigError::Invalid { name, message });
+        let policy =
+            crate::browser::OriginPolicy::new(&self.allowed_origins, self.cors_credentials)
+                .map_err(|message| ConfigError::Invalid {
+                    name: "allowed_origins",
+                    message,
+                })?;
+        if self.cors_credentials && policy.allows_any() {
+            return invalid(
+                "cors_credentials",
+                "cannot be combined with allowed_origins = \"*\" (any site could read with the user's credentials)".into(),
+            );
+        }
+        let positive = [
+            ("max_connections", self.max_connections.unwrap_or(1)),
+            ("client_publish_rate", self.client_publish_rate as usize),
+            ("max_headers", self.max_headers),
+            ("max_history_memory", self.max_history_memory),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return invalid(name, "must be at least 1".into());
+            }
+        }
+        if self.max_header_size < 1024 {
+            return invalid("max_header_size", "must be at least 1024".into());
+        }
+        if self.max_url_length == 0 || self.max_url_length > self.max_header_size {
+            return invalid(
+                "max_url_length",
+                format!(
+                    "must be between 1 and max_header_size ({})",
+                    self.max_header_size
+                ),
+            );
+        }
+        for (name, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(name, "must be longer than zero".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the access-control settings: token keys load, namespaces are well formed.
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        if self.jwt_hmac_secret.as_ref().is_some_and(String::is_empty) {
+            return Err(ConfigError::Invalid {
+                name: "jwt_hmac_secret",
+                message: "must not be empty".into(),
+            });
+        }
+        crate::access::TokenVerifier::from_config(self)?;
+        for (name, ns) in &self.namespaces {
+            let invalid = |message: String| ConfigError::Invalid {
+                name: "namespaces",
+                message,
+            };
+            crate::access::validate_namespace_name(name)
+                .map_err(|e| invalid(format!("invalid namespace name {name:?}: {e}")))?;
+            if ns.history_size == Some(0) {
+                return Err(invalid(format!(
+                    "namespace {name:?}: history_size must be at least 1"
+                )));
+            }
+            if ns.history_ttl.is_some_and(|t| t.is_zero()) {
+                return Err(invalid(format!(
+                    "namespace {name:?}: history_ttl must be longer than zero"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -391,7 +828,13 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.into(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    parse_file(&text, path)
+}
+
+/// Parses a config file's text (every option, `[namespaces.NAME]` tables included); `path`
+/// names it in errors. The one parser behind [`Config::resolve`] and [`Config::from_toml_str`].
+fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.into(),
         message: e.to_string(),
     })
@@ -439,6 +882,174 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_come_as_a_pair_from_flags_environment_or_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_handshake_timeout = \"3s\"\n",
+        )
+        .expect("write");
+        let config_path = path.to_str().expect("utf8 path");
+        let config = Config::resolve(parse(&["--config", config_path, "--tls-key", "other.pem"]))
+            .expect("valid");
+        assert_eq!(config.tls_cert.as_deref(), Some(Path::new("c.pem")));
+        assert_eq!(
+            config.tls_key.as_deref(),
+            Some(Path::new("other.pem")),
+            "flag wins"
+        );
+        assert_eq!(config.tls_handshake_timeout, Duration::from_secs(3));
+        assert_eq!(
+            Config::default().tls_handshake_timeout,
+            Duration::from_secs(10)
+        );
+
+        for (args, missing) in [
+            (&["--tls-cert", "c.pem"][..], "tls_key"),
+            (&["--tls-key", "k.pem"][..], "tls_cert"),
+        ] {
+            match Config::resolve(parse(args)) {
+                Err(ConfigError::Invalid { name, .. }) => assert_eq!(name, missing),
+                other => panic!("{args:?} alone: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            Config::resolve(parse(&["--tls-handshake-timeout", "0s"])),
+            Err(ConfigError::Invalid {
+                name: "tls_handshake_timeout",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn boundary_and_limit_options_resolve_and_validate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "allowed_origins = [\"https://app.example.com\", \"https://*.example.org\"]\nmax_connections = 500\nidle_timeout = \"5s\"\nmax_history_memory = 1048576\n",
+        )
+        .expect("write");
+        let config_path = path.to_str().expect("utf8 path");
+        let config = Config::resolve(parse(&[
+            "--config",
+            config_path,
+            "--max-connections-per-ip",
+            "20",
+            "--header-read-timeout",
+            "2s",
+        ]))
+        .expect("valid");
+        assert_eq!(config.allowed_origins.len(), 2);
+        assert_eq!(config.max_connections, Some(500));
+        assert_eq!(config.max_connections_per_ip, 20);
+        assert_eq!(config.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.max_history_memory, 1 << 20);
+        assert_eq!(config.client_publish_rate, 10, "default remains");
+
+        for (args, name) in [
+            (
+                &["--allowed-origins", "app.example.com"][..],
+                "allowed_origins",
+            ),
+            (
+                &["--allowed-origins", "*", "--cors-credentials", "true"][..],
+                "cors_credentials",
+            ),
+            (&["--max-url-length", "100000"][..], "max_url_length"),
+            (&["--max-connections", "0"][..], "max_connections"),
+            (&["--client-publish-rate", "0"][..], "client_publish_rate"),
+            (&["--idle-timeout", "0s"][..], "idle_timeout"),
+        ] {
+            match Config::resolve(parse(args)) {
+                Err(ConfigError::Invalid { name: got, .. }) => assert_eq!(got, name, "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn namespaces_and_token_settings_come_from_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "private = true\njwt_hmac_secret = \"s3cr3t-value\"\npublish_from_loopback = false\n\
+             [namespaces.chat]\nhistory_size = 5\nhistory_ttl = \"30s\"\n\
+             [namespaces.public]\nprivate = false\nmax_subscribers = 3\nclient_publish = true\n",
+        )
+        .expect("write");
+        let config_path = path.to_str().expect("utf8 path");
+        let config = Config::resolve(parse(&["--config", config_path, "--max-subscribers", "9"]))
+            .expect("valid");
+        assert!(config.private && !config.publish_from_loopback);
+        assert_eq!(config.max_subscribers, 9);
+        assert_eq!(
+            config.namespaces["chat"],
+            NamespaceOptions {
+                history_size: Some(5),
+                history_ttl: Some(Duration::from_secs(30)),
+                ..NamespaceOptions::default()
+            }
+        );
+        assert_eq!(config.namespaces["public"].max_subscribers, Some(3));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cr3t-value"), "{debug}");
+        assert!(
+            debug.contains("jwt_hmac_secret: Some(\"<secret>\")"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn bad_namespaces_and_key_files_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            ServeArgs {
+                config: Some(path),
+                ..ServeArgs::default()
+            }
+        };
+        let unknown_key = file("a.toml", "[namespaces.chat]\nhistroy_size = 3\n");
+        assert!(matches!(
+            Config::resolve(unknown_key),
+            Err(ConfigError::Parse { .. })
+        ));
+        for (name, text) in [
+            ("b.toml", "[namespaces.\"a:b\"]\nprivate = true\n"),
+            ("c.toml", "[namespaces.\"a b\"]\nprivate = true\n"),
+            ("d.toml", "[namespaces.chat]\nhistory_size = 0\n"),
+            ("e.toml", "[namespaces.chat]\nhistory_ttl = \"0s\"\n"),
+        ] {
+            let result = Config::resolve(file(name, text));
+            assert!(
+                matches!(
+                    result,
+                    Err(ConfigError::Invalid {
+                        name: "namespaces",
+                        ..
+                    })
+                ),
+                "{text}: {result:?}"
+            );
+        }
+        let not_a_key = dir.path().join("not-a-key.pem");
+        std::fs::write(&not_a_key, "hello").expect("write");
+        for flag in ["--jwt-rsa-public-key", "--jwt-ec-public-key"] {
+            for path in [not_a_key.clone(), dir.path().join("missing.pem")] {
+                let path_text = path.to_str().expect("utf8 path");
+                let error = Config::resolve(parse(&[flag, path_text])).expect_err("refused");
+                assert!(error.to_string().contains(path_text), "{error}");
+            }
+        }
+    }
+
+    #[test]
     fn bad_files_and_values_are_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");
@@ -466,7 +1077,16 @@ mod tests {
                 .history_size,
             7
         );
+        // The same parser as a config file: main's options and namespace tables included.
+        let file_options = Config::from_toml_str(
+            "max_connections_per_ip = 9\n[namespaces.chat]\nhistory_size = 5\n",
+        )
+        .expect("valid");
+        assert_eq!(file_options.max_connections_per_ip, 9);
+        assert_eq!(file_options.namespaces["chat"].history_size, Some(5));
         for bad in [
+            "[namespaces.chat]\nhistroy_size = 3",
+            "[namespaces.\"a:b\"]\nprivate = true",
             "history_size = -1",
             "history_ttl = \"soon\"",
             "x = 1",

@@ -67,6 +67,12 @@ pub enum ApiError {
     /// The body exceeds the limit.
     #[error("body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The request URL exceeds `max-url-length`.
+    #[error("URL longer than {0} bytes")]
+    UriTooLong(usize),
+    /// The client exceeds a rate limit.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The server cannot serve this now (limits, shutdown, backend down).
     #[error("{0}")]
     Unavailable(String),
@@ -82,6 +88,8 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -96,7 +104,7 @@ impl ApiError {
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::TooManyRequests(_) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -114,7 +122,11 @@ impl ApiError {
 
 impl From<herald_core::EngineError> for ApiError {
     fn from(e: herald_core::EngineError) -> Self {
-        Self::Unavailable(e.to_string())
+        match e {
+            // A namespace's subscriber bound, as nchan's max_channel_subscribers: 403.
+            herald_core::EngineError::ChannelFull { .. } => Self::Forbidden(e.to_string()),
+            _ => Self::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -6,7 +6,10 @@
 //! over real sockets.
 #![doc = include_str!("../../../docs/protocol.md")]
 
+pub mod access;
+pub mod admission;
 pub mod app;
+pub mod browser;
 pub mod config;
 pub mod http;
 pub mod publish;
@@ -14,7 +17,9 @@ pub mod query;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod timeouts;
+pub mod tls;
 pub mod transport;
 
-pub use config::{Cli, Command, Config, ConfigError, ServeArgs};
+pub use config::{Cli, Command, Config, ConfigError, NamespaceOptions, ServeArgs};
 pub use server::RunningServer;

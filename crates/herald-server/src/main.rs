@@ -54,7 +54,7 @@ async fn run(config: Config) -> ExitCode {
     let server = match RunningServer::start(config).await {
         Ok(server) => server,
         Err(error) => {
-            tracing::error!(%error, "cannot listen");
+            tracing::error!(%error, "cannot start");
             return ExitCode::FAILURE;
         }
     };

@@ -1,6 +1,7 @@
 //! `POST /publish`: the backend's way in.
 //!
-//! Checks who is publishing (loopback, or a configured key), reads the body within the size
+//! Checks who is publishing (loopback, or a configured key: `access::keys`) and that every
+//! channel's namespace exists, reads the body within the size
 //! limit, validates it once into a payload and publishes it to each named channel. The answer
 //! reports each message's position and how many local subscribers it was handed to; it never
 //! waits for subscribers to read.
@@ -25,12 +26,16 @@ pub async fn handle(
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
-    authorize(&app.config.publish_keys, request.headers(), peer)?;
+    app.access.keys.authorize(request.headers(), peer)?;
     let query = SubscribeQuery::parse(
         request.uri().query(),
         app.config.max_channels_per_connection,
     )?;
     let cids = query.require_cids()?.to_vec();
+    // Every channel's namespace must exist before anything is published.
+    for cid in &cids {
+        app.access.namespace(cid)?;
+    }
     let max = app.config.max_body;
     let declared = request
         .headers()
@@ -97,82 +102,10 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media == "application/json" || media.ends_with("+json"))
 }
 
-/// Loopback may publish freely; anyone else needs one of the configured keys. A key that is
-/// presented must be valid, from loopback too.
-fn authorize(keys: &[String], headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .ok_or_else(|| ApiError::Unauthorized("Authorization must be `Bearer KEY`".into()))
-        })
-        .transpose()?;
-    match presented {
-        Some(key)
-            if keys
-                .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
-        {
-            Ok(())
-        }
-        Some(_) => Err(ApiError::Unauthorized("invalid publish key".into())),
-        None if peer.ip().to_canonical().is_loopback() => Ok(()),
-        None if keys.is_empty() => Err(ApiError::Forbidden(
-            "publishing is allowed from loopback only (no publish keys are configured)".into(),
-        )),
-        None => Err(ApiError::Forbidden(
-            "publishing from this address needs `Authorization: Bearer KEY`".into(),
-        )),
-    }
-}
-
-/// Compares secrets without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    fn headers(auth: Option<&'static str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(a) = auth {
-            h.insert(header::AUTHORIZATION, HeaderValue::from_static(a));
-        }
-        h
-    }
-
-    #[test]
-    fn loopback_publishes_without_a_key_others_need_one() {
-        let local: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let mapped: SocketAddr = "[::ffff:127.0.0.1]:1".parse().expect("addr");
-        let remote: SocketAddr = "10.0.0.1:1".parse().expect("addr");
-        let keys = vec!["k1".to_string(), "k2".to_string()];
-        assert!(authorize(&[], &headers(None), local).is_ok());
-        assert!(authorize(&[], &headers(None), mapped).is_ok());
-        assert!(matches!(
-            authorize(&[], &headers(None), remote),
-            Err(ApiError::Forbidden(_))
-        ));
-        assert!(matches!(
-            authorize(&keys, &headers(None), remote),
-            Err(ApiError::Forbidden(_))
-        ));
-        assert!(authorize(&keys, &headers(Some("Bearer k2")), remote).is_ok());
-        assert!(matches!(
-            authorize(&keys, &headers(Some("Bearer nope")), remote),
-            Err(ApiError::Unauthorized(_))
-        ));
-        assert!(matches!(
-            authorize(&keys, &headers(Some("Basic k1")), local),
-            Err(ApiError::Unauthorized(_))
-        ));
-    }
 
     #[test]
     fn json_media_types() {

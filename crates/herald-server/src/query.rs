@@ -35,6 +35,8 @@ pub struct SubscribeQuery {
     pub transport: Option<TransportParam>,
     /// `callback` (iframe).
     pub callback: Option<String>,
+    /// `token`: a subscriber token (JWT), for clients that cannot set `Authorization`.
+    pub token: Option<String>,
 }
 
 /// Longest query string accepted.
@@ -99,6 +101,7 @@ impl SubscribeQuery {
                     set_once(&mut query.transport, "transport", transport)?;
                 }
                 "callback" => set_once(&mut query.callback, "callback", value.into_owned())?,
+                "token" => set_once(&mut query.token, "token", value.into_owned())?,
                 // Cache busters (`_=…`, as jQuery adds) and other unknown parameters are
                 // ignored, as browsers and proxies add their own.
                 _ => {}
@@ -165,6 +168,7 @@ mod tests {
             "cid=a&limit=x",
             "cid=a&transport=carrier-pigeon",
             "cid=a&since=1&since=2",
+            "cid=a&token=x&token=y",
         ] {
             assert!(SubscribeQuery::parse(Some(bad), 64).is_err(), "{bad}");
         }

@@ -1,5 +1,7 @@
 //! Routes a request to its endpoint by path and method. Trailing slashes are accepted
-//! (`/listen/` as in the lecture); everything else unknown is a JSON 404 or 405.
+//! (`/listen/` as in the lecture); everything else unknown is a JSON 404 or 405. The
+//! subscriber endpoints (`/listen`, `/messages`) pass the browser-origin check first and
+//! answer CORS preflights (see `browser`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,18 +10,51 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::app::App;
+use crate::browser;
 use crate::http::{json, ApiError, Body};
 use crate::{publish, transport};
 
+/// The client's address, attached to WebSocket handshakes so that the connection keeps its
+/// per-IP count after the upgrade.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
 /// Answers one request.
-pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    app: Arc<App>,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let method = request.method().clone();
+    let url_length = url_length(request.uri());
+    if url_length > app.config.max_url_length {
+        let error = ApiError::UriTooLong(app.config.max_url_length);
+        tracing::debug!(%peer, %method, url_length, "request refused: URL too long");
+        return error.into_response();
+    }
+    if transport::wants_websocket(request.headers()) {
+        request.extensions_mut().insert(ClientAddr(peer));
+    }
     let path = request.uri().path();
     let path = if path.len() > 1 {
         path.strip_suffix('/').unwrap_or(path)
     } else {
         path
     };
-    let method = request.method().clone();
+    let subscriber_endpoint = matches!(path, "/listen" | "/messages");
+    let origin = if subscriber_endpoint {
+        match app.browser.check(request.headers()) {
+            Ok(origin) => origin,
+            Err(e) => {
+                tracing::debug!(%peer, %method, error = %e, "request refused");
+                let mut response = e.into_response();
+                browser::vary_origin(&mut response);
+                return response;
+            }
+        }
+    } else {
+        None
+    };
     let result = match path {
         "/publish" => match method {
             Method::POST => publish::handle(&app, request, peer).await,
@@ -27,11 +62,13 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
         },
         "/listen" => match method {
             Method::GET => transport::listen(&app, request).await,
-            _ => Err(not_allowed(&method, "GET")),
+            Method::OPTIONS => app.browser.preflight(request.headers()),
+            _ => Err(not_allowed(&method, "GET, OPTIONS")),
         },
         "/messages" => match method {
             Method::GET => transport::poll::handle(&app, &request).await,
-            _ => Err(not_allowed(&method, "GET")),
+            Method::OPTIONS => app.browser.preflight(request.headers()),
+            _ => Err(not_allowed(&method, "GET, OPTIONS")),
         },
         "/health" => match method {
             Method::GET => Ok(health(&app)),
@@ -45,10 +82,24 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
         },
         other => Err(ApiError::NotFound(other.chars().take(200).collect())),
     };
-    result.unwrap_or_else(|e| {
+    let mut response = result.unwrap_or_else(|e| {
         tracing::debug!(%peer, %method, status = %e.status(), error = %e, "request refused");
         e.into_response()
-    })
+    });
+    if subscriber_endpoint && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        browser::vary_origin(&mut response);
+        if let Some(origin) = origin {
+            app.browser.allow(&mut response, origin);
+        }
+    }
+    response
+}
+
+/// Length of the request target as the client sent it (origin form: path and query).
+fn url_length(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
 }
 
 fn not_allowed(method: &Method, allow: &'static str) -> ApiError {

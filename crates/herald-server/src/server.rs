@@ -5,6 +5,9 @@
 //! for them. Accept errors (such as running out of file descriptors) are logged and retried
 //! after a pause, never in a tight loop. Shutdown: stop accepting, tell every stream to end
 //! with a reconnect hint, let in-flight requests finish, and give up after the grace period.
+//!
+//! With TLS configured, each connection's task first completes the handshake (see `tls`),
+//! bounded in time, then serves HTTP over the encrypted stream in the same way.
 
 use std::convert::Infallible;
 use std::io;
@@ -14,19 +17,28 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use herald_core::Signals;
 
+use crate::admission::ConnectionSlot;
 use crate::app::App;
 use crate::config::Config;
 use crate::registry::Kind;
 use crate::router;
+use crate::timeouts::HeadTimer;
+use crate::tls;
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's own read buffer limit (it must be at least 8 KiB); a larger `max-header-size`
+/// raises it.
+const MAX_BUF_SIZE: usize = 64 * 1024;
+/// hyper's default header count; another value makes hyper allocate the header array per
+/// request, so it is only set when configured.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// How long data we sent may stay unacknowledged (including a zero receive window) before the
 /// kernel drops the connection. A subscriber that stops reading cannot hold a socket, its
 /// buffers and its subscriptions forever: its outbox overflows, and this ends the socket.
@@ -40,15 +52,29 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Binds `config.listen` and starts serving in the background.
+    /// Binds `config.listen` and starts serving in the background. With `tls_cert` and
+    /// `tls_key` set, loads them first; a file that cannot be used is an `InvalidInput` error
+    /// naming it.
     pub async fn start(config: Config) -> io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let app = App::try_new(config)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let listener = TcpListener::bind(app.config.listen).await?;
         let addr = listener.local_addr()?;
-        let app = App::new(config);
-        tracing::info!(%addr, "herald listening");
+        if let Some(cert) = app.config.tls_cert.as_ref().filter(|_| tls.is_some()) {
+            tracing::info!(cert = %cert.display(), "TLS is on: serving https and wss");
+        }
+        tracing::info!(%addr, max_connections = app.admission.max_total(), "herald listening");
         spawn_sweeper(Arc::clone(&app));
+        tokio::spawn(Arc::clone(&app.access.expiry).run(app.shutdown.clone()));
         spawn_tickers(&app);
-        let task = tokio::spawn(serve(listener, Arc::clone(&app)));
+        let task = tokio::spawn(serve(listener, Arc::clone(&app), tls));
         Ok(Self { addr, app, task })
     }
 
@@ -105,12 +131,18 @@ fn spawn_tickers(app: &Arc<App>) {
     }
 }
 
-async fn serve(listener: TcpListener, app: Arc<App>) {
+async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
     loop {
         tokio::select! {
             () = app.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(&app, stream, peer),
+                Ok((stream, peer)) => match app.admit_connection(peer.ip()) {
+                    Ok(slot) => serve_connection(&app, stream, peer, slot, tls.as_ref()),
+                    Err(refusal) => {
+                        tracing::debug!(%peer, ?refusal, "connection refused");
+                        app.admission.refuse(stream, refusal, tls.as_ref());
+                    }
+                },
                 Err(error) => {
                     // EMFILE/ENFILE and friends: back off instead of spinning.
                     tracing::warn!(%error, "accept failed; pausing before the next accept");
@@ -134,7 +166,13 @@ async fn serve(listener: TcpListener, app: Arc<App>) {
     }
 }
 
-fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr) {
+fn serve_connection(
+    app: &Arc<App>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    tls: Option<&TlsAcceptor>,
+) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
@@ -143,32 +181,69 @@ fn serve_connection(app: &Arc<App>, stream: TcpStream, peer: SocketAddr) {
     {
         tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
     }
-    let guard = app.track_connection();
-    let service_app = Arc::clone(app);
+    let task_app = Arc::clone(app);
+    match tls {
+        None => {
+            app.tasks
+                .spawn(serve_http(task_app, TokioIo::new(stream), peer, slot));
+        }
+        Some(acceptor) => {
+            let acceptor = acceptor.clone();
+            app.tasks.spawn(async move {
+                let limit = task_app.config.tls_handshake_timeout;
+                let handshake = tls::handshake(&acceptor, stream, limit);
+                let stream = tokio::select! {
+                    result = handshake => match result {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            // Scanners and port probes do this all day: not worth more.
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                    },
+                    () = task_app.shutdown.cancelled() => return,
+                };
+                serve_http(task_app, TokioIo::new(stream), peer, slot).await;
+            });
+        }
+    }
+}
+
+/// Serves HTTP/1 (and upgrades) on one connection's byte stream, plain or TLS, until it ends.
+async fn serve_http<I>(app: Arc<App>, io: TokioIo<I>, peer: SocketAddr, slot: ConnectionSlot)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service_app = Arc::clone(&app);
     let service = service_fn(move |request| {
         let app = Arc::clone(&service_app);
         async move { Ok::<_, Infallible>(router::handle(app, request, peer).await) }
     });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    let shutdown = app.shutdown.clone();
-    app.tasks.spawn(async move {
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            () = shutdown.cancelled() => {
-                // Finish the request in flight (streams end themselves), then close.
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(error) = result {
-            tracing::debug!(%peer, %error, "connection ended with an error");
+    let config = &app.config;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(HeadTimer::new(
+            config.header_read_timeout,
+            config.idle_timeout,
+        ))
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(MAX_BUF_SIZE.max(config.max_header_size))
+        .max_header_size(config.max_header_size);
+    if config.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(config.max_headers);
+    }
+    let connection = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = app.shutdown.cancelled() => {
+            // Finish the request in flight (streams end themselves), then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
-        drop(guard);
-    });
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+    drop(slot);
 }

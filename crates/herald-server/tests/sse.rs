@@ -135,7 +135,11 @@ async fn prelude_has_retry_and_the_start_cursor() {
 
 #[tokio::test]
 async fn a_published_message_arrives_as_id_and_envelope() {
-    let server = common::start().await;
+    // `chat:5` is in namespace `chat`, which must be configured.
+    let server = common::start_with(|c| {
+        c.namespaces.insert("chat".into(), Default::default());
+    })
+    .await;
     let (mut reader, start) = subscribe(&server, "cid=chat:5", None).await;
     let published = server
         .publish_json("chat:5", &json!({"text": "hi", "n": [1, 2]}))

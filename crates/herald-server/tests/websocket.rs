@@ -561,7 +561,11 @@ fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
 
 #[tokio::test]
 async fn first_frame_is_subscribed_then_each_message_is_one_exact_envelope() {
-    let server = common::start().await;
+    // `chat:5` is in namespace `chat`, which must be configured.
+    let server = common::start_with(|c| {
+        c.namespaces.insert("chat".into(), Default::default());
+    })
+    .await;
     let mut ws = connect(&server, "/listen?cid=chat:5").await;
     let epoch = assert_subscribed(&next_json(&mut ws).await, "chat:5", 0);
 
@@ -684,7 +688,9 @@ async fn transport_ws_trailing_slash_and_unknown_parameters_all_upgrade() {
 
 #[tokio::test]
 async fn browser_style_handshake_headers_are_accepted() {
-    let server = common::start().await;
+    // The page's origin is another site: it must be on the allowlist (see tests/browser.rs).
+    let server =
+        common::start_with(|c| c.allowed_origins = vec!["http://example.com".into()]).await;
     // Firefox sends `Connection: keep-alive, Upgrade`; header values are case-insensitive; an
     // offered extension the server does not implement is simply not accepted.
     let headers = [
@@ -839,9 +845,9 @@ async fn bad_cid_or_cursor_is_400_before_upgrading() {
     let server = common::start_with(|c| c.max_channels_per_connection = 2).await;
     server.publish("a", "one").await;
     for target in [
-        "/listen",
         "/listen?since=0",
         "/listen?cid=",
+        "/listen?cid=nope:1",
         "/listen?cid=a%20b",
         "/listen?cid=a/b",
         &format!("/listen?cid={}", "x".repeat(256)),

@@ -12,6 +12,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use herald_core::{Gap, Message, Subscriptions};
 
+use crate::access::Identity;
 use crate::app::App;
 use crate::http::{boxed, ApiError, Body};
 use crate::query::SubscribeQuery;
@@ -87,7 +88,11 @@ pub fn is_valid_callback(name: &str) -> bool {
 }
 
 /// Opens a forever-iframe stream.
-pub async fn handle(app: &Arc<App>, query: &SubscribeQuery) -> Result<Response<Body>, ApiError> {
+pub async fn handle(
+    app: &Arc<App>,
+    query: &SubscribeQuery,
+    identity: Option<Arc<Identity>>,
+) -> Result<Response<Body>, ApiError> {
     let callback = query.callback.as_deref().unwrap_or(DEFAULT_CALLBACK);
     if !is_valid_callback(callback) {
         return Err(ApiError::BadRequest(format!(
@@ -96,7 +101,8 @@ pub async fn handle(app: &Arc<App>, query: &SubscribeQuery) -> Result<Response<B
         )));
     }
     let cursors = query.cursors(None)?;
-    let (session, backlog) = Session::open(app, Kind::Stream, &query.cids, &cursors).await?;
+    let (session, backlog) =
+        Session::open(app, Kind::Stream, identity, &query.cids, &cursors).await?;
     let mut prelude = String::from(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>herald</title></head><body>\n<!--",
     );
@@ -121,6 +127,11 @@ pub async fn handle(app: &Arc<App>, query: &SubscribeQuery) -> Result<Response<B
         HeaderValue::from_static("nosniff"),
     );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // Only the server's own pages and allowed origins may embed the stream.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        app.browser.frame_ancestors().clone(),
+    );
     Ok(response)
 }
 

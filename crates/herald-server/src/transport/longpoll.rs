@@ -11,6 +11,7 @@ use std::sync::Arc;
 use herald_core::{Accept, Gap, Signals};
 use http::Response;
 
+use crate::access::Identity;
 use crate::app::App;
 use crate::http::{ApiError, Body};
 use crate::query::SubscribeQuery;
@@ -20,9 +21,14 @@ use super::poll::array_response;
 use super::session::{Event, Session};
 
 /// Handles one long-poll request.
-pub async fn handle(app: &Arc<App>, query: &SubscribeQuery) -> Result<Response<Body>, ApiError> {
+pub async fn handle(
+    app: &Arc<App>,
+    query: &SubscribeQuery,
+    identity: Option<Arc<Identity>>,
+) -> Result<Response<Body>, ApiError> {
     let cursors = query.cursors(None)?;
-    let (mut session, backlog) = Session::open(app, Kind::LongPoll, &query.cids, &cursors).await?;
+    let (mut session, backlog) =
+        Session::open(app, Kind::LongPoll, identity, &query.cids, &cursors).await?;
     let mut messages = Vec::new();
     let mut gaps: Vec<Gap> = Vec::new();
     for event in backlog {

@@ -34,7 +34,6 @@ pub async fn listen(
         request.uri().query(),
         app.config.max_channels_per_connection,
     )?;
-    query.require_cids()?;
     let headers = request.headers();
     let transport = match query.transport {
         Some(t) => t,
@@ -43,11 +42,17 @@ pub async fn listen(
         None if query.callback.is_some() => TransportParam::Iframe,
         None => TransportParam::LongPoll,
     };
+    // A WebSocket may start without channels: they come by `subscribe` commands (after an
+    // `auth` command, for private ones).
+    if transport != TransportParam::WebSocket {
+        query.require_cids()?;
+    }
+    let identity = app.access.identify(query.token.as_deref(), headers)?;
     match transport {
-        TransportParam::WebSocket => websocket::upgrade(app, request, query).await,
-        TransportParam::Sse => sse::handle(app, &request, &query).await,
-        TransportParam::Iframe => iframe::handle(app, &query).await,
-        TransportParam::LongPoll => longpoll::handle(app, &query).await,
+        TransportParam::WebSocket => websocket::upgrade(app, request, query, identity).await,
+        TransportParam::Sse => sse::handle(app, &request, &query, identity).await,
+        TransportParam::Iframe => iframe::handle(app, &query, identity).await,
+        TransportParam::LongPoll => longpoll::handle(app, &query, identity).await,
     }
 }
 

@@ -38,6 +38,13 @@ pub async fn handle(
         app.config.max_channels_per_connection,
     )?;
     let cids = query.require_cids()?;
+    // No session: the token is checked on every poll.
+    let identity = app
+        .access
+        .identify(query.token.as_deref(), request.headers())?;
+    for cid in cids {
+        app.access.may_subscribe(identity.as_deref(), cid)?;
+    }
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit > MAX_LIMIT {
         return Err(ApiError::BadRequest(format!(

@@ -4,6 +4,10 @@
 //! the backlog as [`Event`]s that go through the same [`Session::accept`] path as live
 //! messages, so backlog and live stream are encoded by one code path and meet without loss or
 //! duplicates. Dropping the session removes it from the hub, whatever ended the connection.
+//!
+//! Every subscription passes [`crate::access::Access::may_subscribe`] with the session's identity (the
+//! verified token, if any). A streaming session with a token is on the server's expiry
+//! schedule and learns of its token's deadline through an `EXPIRE` outbox signal.
 
 use std::sync::Arc;
 
@@ -14,9 +18,11 @@ use herald_core::{
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::access::{ExpiryEntry, ExpirySchedule, Identity};
 use crate::app::App;
 use crate::http::ApiError;
 use crate::registry::{Kind, Registration};
+use crate::transport::websocket::publish_rate::PublishRate;
 
 /// Something to send to the client, in order.
 #[derive(Debug)]
@@ -33,8 +39,18 @@ pub struct Session {
     outbox: Arc<Outbox>,
     // Shared with a WebSocket's direct delivery path, which advances positions itself.
     subscriptions: Arc<Mutex<Subscriptions>>,
-    max_channels: usize,
+    // Boxed: most connections have no token, and this keeps theirs one pointer wide. (The
+    // access rules and limits come from the `App` passed to each call, not stored here: every
+    // idle WebSocket holds a session.)
+    auth: Option<Box<SessionAuth>>,
+    publish_rate: PublishRate,
     _registration: Registration,
+}
+
+/// The verified token of a session and its place on the expiry schedule.
+struct SessionAuth {
+    identity: Arc<Identity>,
+    expiry: Option<ExpiryEntry>,
 }
 
 impl Session {
@@ -51,24 +67,31 @@ impl Session {
             engine: app.engine.clone(),
             outbox,
             subscriptions: Arc::new(Mutex::new(Subscriptions::new())),
-            max_channels: app.config.max_channels_per_connection,
+            auth: None,
+            publish_rate: PublishRate::default(),
             _registration: registration,
         }
     }
 
-    /// A session subscribed to `cids` from `cursors` (same length), with the backlog of all of
-    /// them in channel order.
+    /// A session with `identity` (if any) subscribed to `cids` from `cursors` (same length),
+    /// with the backlog of all of them in channel order.
     pub async fn open(
         app: &App,
         kind: Kind,
+        identity: Option<Arc<Identity>>,
         cids: &[ChannelId],
         cursors: &[ChannelCursor],
     ) -> Result<(Self, Vec<Event>), ApiError> {
         let mut session = Self::new(app, kind);
+        if let Some(identity) = identity {
+            // A long poll is checked on every request and ends by itself: not scheduled.
+            let expiry = (kind != Kind::LongPoll).then_some(&app.access.expiry);
+            session.authenticate(identity, expiry);
+        }
         let mut gaps = Vec::new();
         let mut per_channel = Vec::with_capacity(cids.len());
         for (cid, cursor) in cids.iter().zip(cursors) {
-            let (_, backlog) = session.subscribe(cid, *cursor).await?;
+            let (_, backlog) = session.subscribe(app, cid, *cursor).await?;
             let mut messages = Vec::with_capacity(backlog.len());
             for event in backlog {
                 match event {
@@ -87,20 +110,25 @@ impl Session {
     /// backlog (a gap first, if any).
     pub async fn subscribe(
         &mut self,
+        app: &App,
         cid: &ChannelId,
         cursor: ChannelCursor,
     ) -> Result<(Position, Vec<Event>), ApiError> {
+        let max_channels = app.config.max_channels_per_connection;
         let at_limit = {
             let subscriptions = self.subscriptions.lock();
-            !subscriptions.contains(cid) && subscriptions.len() >= self.max_channels
+            !subscriptions.contains(cid) && subscriptions.len() >= max_channels
         };
         if at_limit {
             return Err(ApiError::BadRequest(format!(
-                "too many channels: at most {} per connection",
-                self.max_channels
+                "too many channels: at most {max_channels} per connection"
             )));
         }
-        let read = self.engine.subscribe(&self.outbox, cid, cursor).await?;
+        let policy = app.access.may_subscribe(self.identity(), cid)?;
+        let read = self
+            .engine
+            .subscribe_bounded(&self.outbox, cid, cursor, policy.max_subscribers)
+            .await?;
         let start = read.messages.first().map_or(read.position, |m| Position {
             epoch: m.epoch(),
             offset: m.offset() - 1,
@@ -115,6 +143,52 @@ impl Session {
         Ok((start, events))
     }
 
+    /// The verified token the session holds, if any.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.auth.as_deref().map(|auth| &*auth.identity)
+    }
+
+    /// Gives the session `identity` (a verified token) and, with `expiry`, schedules the end
+    /// of the connection at the token's deadline.
+    pub fn authenticate(&mut self, identity: Arc<Identity>, expiry: Option<&Arc<ExpirySchedule>>) {
+        let expiry = expiry.map(|schedule| schedule.schedule(identity.deadline_ms(), &self.outbox));
+        // Replacing the old entry drops it from the schedule.
+        self.auth = Some(Box::new(SessionAuth { identity, expiry }));
+    }
+
+    /// Replaces the session's token with `identity` (a refresh): its rights replace the old
+    /// ones, and every channel they no longer allow is unsubscribed. Returns those channels.
+    pub fn replace_identity(&mut self, app: &App, identity: Arc<Identity>) -> Vec<ChannelId> {
+        self.authenticate(identity, Some(&app.access.expiry));
+        let denied: Vec<ChannelId> = self
+            .subscriptions
+            .lock()
+            .channels()
+            .filter(|cid| app.access.may_subscribe(self.identity(), cid).is_err())
+            .cloned()
+            .collect();
+        for cid in &denied {
+            self.unsubscribe(cid);
+        }
+        denied
+    }
+
+    /// Called on an `EXPIRE` signal: true if the session's token has expired (the connection
+    /// must end). Otherwise (refreshed meanwhile, or the clock moved) the deadline is put back
+    /// on the schedule.
+    pub fn token_expired(&mut self) -> bool {
+        let Some(auth) = self.auth.as_deref() else {
+            return false;
+        };
+        if auth.identity.is_expired(herald_core::now_ms()) {
+            return true;
+        }
+        let identity = Arc::clone(&auth.identity);
+        let schedule = auth.expiry.as_ref().map(|e| Arc::clone(e.schedule()));
+        self.authenticate(identity, schedule.as_ref());
+        false
+    }
+
     /// Stops following `cid`; returns true if it was followed.
     pub fn unsubscribe(&mut self, cid: &ChannelId) -> bool {
         self.engine.unsubscribe(&self.outbox, cid);
@@ -124,6 +198,11 @@ impl Session {
     /// Decides what to do with a message and advances the channel's position.
     pub fn accept(&mut self, message: &Message) -> Accept {
         self.subscriptions.lock().accept(message)
+    }
+
+    /// The client's publish budget (WebSocket `publish` commands).
+    pub fn publish_rate(&mut self) -> &mut PublishRate {
+        &mut self.publish_rate
     }
 
     /// The connection's queue.

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use herald_core::{Gap, Message, Subscriptions};
 
+use crate::access::Identity;
 use crate::app::App;
 use crate::http::{boxed, ApiError, Body};
 use crate::query::SubscribeQuery;
@@ -62,6 +63,7 @@ pub async fn handle(
     app: &Arc<App>,
     request: &Request<Incoming>,
     query: &SubscribeQuery,
+    identity: Option<Arc<Identity>>,
 ) -> Result<Response<Body>, ApiError> {
     let last_event_id = request
         .headers()
@@ -72,7 +74,8 @@ pub async fn handle(
         })
         .transpose()?;
     let cursors = query.cursors(last_event_id)?;
-    let (session, backlog) = Session::open(app, Kind::Stream, &query.cids, &cursors).await?;
+    let (session, backlog) =
+        Session::open(app, Kind::Stream, identity, &query.cids, &cursors).await?;
     let prelude = format!(
         "retry: {}\nid: {}\n\n",
         app.config.sse_retry.as_millis(),

@@ -5,7 +5,8 @@
 //! returns it as one chunk (one write). A lone message on a single-channel stream is returned
 //! as the shared bytes encoded at publish time, without a copy. The server's keep-alive ticker
 //! and shutdown arrive as outbox signals: a keep-alive goes out on a tick only if nothing was
-//! written since the previous one, and `CLOSE` ends the stream with a disconnect notice. The
+//! written since the previous one, and `CLOSE` ends the stream with a disconnect notice, as
+//! does `EXPIRE` once the stream's token has expired. The
 //! [`StreamFormat`] decides the bytes.
 
 use std::convert::Infallible;
@@ -136,6 +137,10 @@ impl<F: StreamFormat> http_body::Body for EventStream<F> {
                     if signals.contains(Signals::CLOSE) {
                         this.finished = true;
                         return data(this.format.disconnect("server shutting down", true));
+                    }
+                    if signals.contains(Signals::EXPIRE) && this.session.token_expired() {
+                        this.finished = true;
+                        return data(this.format.disconnect("token expired", true));
                     }
                     if let Some(chunk) = this.encode_batch() {
                         this.wrote_since_tick = true;

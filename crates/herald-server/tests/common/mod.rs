@@ -3,6 +3,8 @@
 //! to it over real sockets.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod raw;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;

@@ -1,8 +1,9 @@
 //! The client command protocol over WebSocket text frames, and the server's JSON replies.
 //!
-//! Commands are JSON objects with a `type` (`subscribe`, `unsubscribe`, `publish`, `ping`) and
-//! an optional `ref` echoed in the reply. A bad command is answered with an error frame and the
-//! connection stays open; see docs/protocol.md.
+//! Commands are JSON objects with a `type` (`subscribe`, `unsubscribe`, `publish`, `ping`,
+//! `auth`, `refresh`) and an optional `ref` echoed in the reply. A bad command is answered with
+//! an error frame and the connection stays open — except an `auth` with an invalid token, which
+//! closes it (4001); see docs/protocol.md.
 
 use std::sync::Arc;
 
@@ -15,8 +16,10 @@ use herald_core::{parse_entry, Accept, ChannelCursor, ChannelId, Message, Payloa
 use crate::app::App;
 use crate::http::ApiError;
 use crate::transport::session::{Event, Session};
+use crate::transport::websocket::frame::close_code;
 
 use super::frame;
+use super::publish_rate::Verdict;
 
 /// A client command. Fields a command does not use are ignored.
 #[derive(Debug, Deserialize)]
@@ -29,8 +32,24 @@ struct Command<'a> {
     since: Option<serde_json::Value>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
+    token: Option<serde_json::Value>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
+}
+
+/// A command that ends the connection: the close code and reason.
+pub type Closing = (u16, &'static str);
+
+/// How a command fails: an error reply (the connection stays), or the end of the connection.
+enum Failure {
+    Reply(ApiError),
+    Close(Closing),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Self::Reply(e)
+    }
 }
 
 /// Only the `ref` of a command that failed to parse as a whole.
@@ -89,6 +108,7 @@ pub fn encode_message(session: &mut Session, message: &Arc<Message>, out: &mut V
 }
 
 /// A command, parsed and validated: everything that can be checked without server state.
+/// Access rights, the publish rate and token signatures need the server (`run`, `auth`).
 #[derive(Debug)]
 pub enum Action {
     /// `subscribe`: the channel and where to start.
@@ -99,6 +119,10 @@ pub enum Action {
     Publish(ChannelId, Payload),
     /// `ping`.
     Ping,
+    /// `auth`: the token (not yet verified).
+    Auth(String),
+    /// `refresh`: the new token (not yet verified).
+    Refresh(String),
 }
 
 /// A command's `ref`, as sent.
@@ -126,6 +150,16 @@ pub fn parse(text: &str) -> Result<(Action, Reference<'_>), (ApiError, Reference
     action(&command)
         .map(|action| (action, reference))
         .map_err(|e| (e, reference))
+}
+
+fn token(command: &Command<'_>) -> Result<String, ApiError> {
+    command
+        .token
+        .as_ref()
+        .ok_or_else(|| ApiError::BadRequest(format!("{} needs a token", command.kind)))?
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::BadRequest("token must be a string".into()))
 }
 
 fn action(command: &Command<'_>) -> Result<Action, ApiError> {
@@ -168,23 +202,55 @@ fn action(command: &Command<'_>) -> Result<Action, ApiError> {
             Ok(Action::Publish(cid, payload))
         }
         "ping" => Ok(Action::Ping),
+        "auth" => Ok(Action::Auth(token(command)?)),
+        "refresh" => Ok(Action::Refresh(token(command)?)),
         other => Err(ApiError::BadRequest(format!(
-            "unknown command type {:?}: use subscribe, unsubscribe, publish or ping",
+            "unknown command type {:?}: use subscribe, unsubscribe, publish, ping, auth or refresh",
             other.chars().take(64).collect::<String>()
         ))),
     }
 }
 
-/// Executes one command text and returns the frames to send.
-pub async fn execute(app: &App, session: &mut Session, text: &str) -> Vec<Bytes> {
+/// Executes one command text and returns the frames to send, or how to close the connection.
+pub async fn execute(app: &App, session: &mut Session, text: &str) -> Result<Vec<Bytes>, Closing> {
     let (action, reference) = match parse(text) {
         Ok(parsed) => parsed,
-        Err((e, reference)) => return vec![error_reply(reference, &e.to_string())],
+        Err((e, reference)) => return Ok(vec![error_reply(reference, &e.to_string())]),
     };
     match run(app, session, action, reference).await {
-        Ok(frames) => frames,
-        Err(e) => vec![error_reply(reference, &e.to_string())],
+        Ok(frames) => Ok(frames),
+        Err(Failure::Reply(e)) => Ok(vec![error_reply(reference, &e.to_string())]),
+        Err(Failure::Close(closing)) => Err(closing),
     }
+}
+
+/// `auth`: gives a connection without a token its identity; an invalid token ends it.
+fn auth(
+    app: &App,
+    session: &mut Session,
+    token: &str,
+    reference: Option<&RawValue>,
+) -> Result<Vec<Bytes>, Failure> {
+    if session.identity().is_some() {
+        return Err(ApiError::BadRequest(
+            "already authenticated: use refresh to replace the token".into(),
+        )
+        .into());
+    }
+    let identity = match app.access.tokens.verify(token) {
+        Ok(identity) => Arc::new(identity),
+        Err(e) if e.expired => {
+            return Err(Failure::Close((close_code::INVALID_TOKEN, "token expired")))
+        }
+        Err(_) => return Err(Failure::Close((close_code::INVALID_TOKEN, "invalid token"))),
+    };
+    let frame = reply(
+        "authed",
+        reference,
+        serde_json::json!({ "sub": identity.sub, "exp": identity.exp }),
+    );
+    session.authenticate(identity, Some(&app.access.expiry));
+    Ok(vec![frame])
 }
 
 async fn run(
@@ -192,20 +258,20 @@ async fn run(
     session: &mut Session,
     action: Action,
     reference: Option<&RawValue>,
-) -> Result<Vec<Bytes>, ApiError> {
+) -> Result<Vec<Bytes>, Failure> {
     match action {
         Action::Subscribe(cid, cursor) => {
             if session.subscriptions().contains(&cid) {
-                return Err(ApiError::BadRequest(format!("already subscribed to {cid}")));
+                return Err(ApiError::BadRequest(format!("already subscribed to {cid}")).into());
             }
-            let (start, backlog) = session.subscribe(&cid, cursor).await?;
+            let (start, backlog) = session.subscribe(app, &cid, cursor).await?;
             let mut frames = vec![subscribed(&cid, start, reference)];
             encode_events(session, backlog, &mut frames);
             Ok(frames)
         }
         Action::Unsubscribe(cid) => {
             if !session.unsubscribe(&cid) {
-                return Err(ApiError::BadRequest(format!("not subscribed to {cid}")));
+                return Err(ApiError::BadRequest(format!("not subscribed to {cid}")).into());
             }
             Ok(vec![reply(
                 "unsubscribed",
@@ -214,12 +280,20 @@ async fn run(
             )])
         }
         Action::Publish(cid, payload) => {
-            if !app.config.client_publish {
-                return Err(ApiError::Forbidden(
-                    "publishing from clients is disabled on this server".into(),
-                ));
+            app.access
+                .may_publish_from_client(session.identity(), &cid)?;
+            let rate = app.config.client_publish_rate;
+            if session.publish_rate().check(rate) != Verdict::Allowed {
+                return Err(ApiError::TooManyRequests(format!(
+                    "client-publish-rate exceeded: at most {rate} publishes per second"
+                ))
+                .into());
             }
-            let published = app.engine.publish(&cid, &payload).await?;
+            let published = app
+                .engine
+                .publish(&cid, &payload)
+                .await
+                .map_err(ApiError::from)?;
             let position = published.message.position();
             Ok(vec![reply(
                 "published",
@@ -232,5 +306,37 @@ async fn run(
             )])
         }
         Action::Ping => Ok(vec![reply("pong", reference, serde_json::json!({}))]),
+        Action::Auth(token) => auth(app, session, &token, reference),
+        Action::Refresh(token) => {
+            let Some(current) = session.identity() else {
+                return Err(ApiError::BadRequest(
+                    "refresh needs a token to replace: send auth first".into(),
+                )
+                .into());
+            };
+            let identity = app.access.tokens.verify(&token).map_err(ApiError::from)?;
+            if identity.sub != current.sub {
+                return Err(ApiError::Forbidden(
+                    "a refreshed token must be for the same sub".into(),
+                )
+                .into());
+            }
+            let mut frames = vec![reply(
+                "refreshed",
+                reference,
+                serde_json::json!({ "exp": identity.exp }),
+            )];
+            for cid in session.replace_identity(app, Arc::new(identity)) {
+                frames.push(reply(
+                    "unsubscribed",
+                    None,
+                    serde_json::json!({
+                        "cid": cid.as_str(),
+                        "reason": "not allowed by the refreshed token",
+                    }),
+                ));
+            }
+            Ok(frames)
+        }
     }
 }

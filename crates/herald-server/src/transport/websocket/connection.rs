@@ -6,34 +6,34 @@
 //! reads go to a stack buffer and only a partial frame is kept on the heap.
 //!
 //! Outgoing messages mostly do not pass through this task at all. The connection installs a
-//! [`DirectWriter`] on its outbox: when nothing is queued and the task is not writing, the
-//! publisher writes the message's shared frame to the socket itself with one non-blocking
-//! `write` — no wake-up, no scheduling. Whatever that cannot finish (a full socket buffer, a
-//! message that is not simply the next one of its channel) goes through the outbox to this
-//! task, which writes it in order. The outbox's busy flag keeps the two writers from ever
-//! interleaving bytes.
+//! `DirectWriter` (see `socket`) on its outbox: when nothing is queued and the task is not
+//! writing, the publisher writes the message's shared frame to the socket itself with one
+//! non-blocking `write` — no wake-up, no scheduling. Whatever that cannot finish (a full
+//! socket buffer, a message that is not simply the next one of its channel) goes through the
+//! outbox to this task, which writes it in order. The outbox's busy flag keeps the two writers
+//! from ever interleaving bytes.
+//!
+//! The connection is written against [`WsSocket`] and runs on plain TCP ([`run`]) or TLS
+//! ([`run_tls`]); only TCP has the direct writer (see `socket`).
 
-use std::future::poll_fn;
-use std::io;
+use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use herald_core::{DirectDelivery, DirectOutcome, Message, Signals, Subscriptions};
-use parking_lot::Mutex;
+use herald_core::{Message, Signals};
 use tokio::net::TcpStream;
 
 use crate::app::App;
+use crate::tls::TlsStream;
 use crate::transport::session::Session;
 
 use super::commands;
 use super::frame::{self, close_code, FrameReader, Incoming};
+use super::socket::WsSocket;
 
 /// How long the closing handshake may take.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Size of the on-stack read buffer.
-const READ_CHUNK: usize = 4096;
 
 /// Why the connection ends.
 enum End {
@@ -45,81 +45,78 @@ enum End {
     Echo(Option<u16>),
 }
 
-/// Writes a message's frame from the publisher's thread; see the module documentation.
-struct DirectWriter {
-    socket: Arc<TcpStream>,
-    subscriptions: Arc<Mutex<Subscriptions>>,
-}
-
-impl DirectDelivery for DirectWriter {
-    fn deliver(&self, message: &Arc<Message>) -> DirectOutcome {
-        let mut subscriptions = self.subscriptions.lock();
-        if !subscriptions.is_next(message) {
-            // Duplicates, gaps and unknown channels need the connection's judgement.
-            return DirectOutcome::Queue;
-        }
-        let frame = message.websocket_frame();
-        let outcome = match self.socket.try_write(&frame) {
-            Ok(n) if n == frame.len() => DirectOutcome::Done,
-            Ok(n) => DirectOutcome::Partial(frame.slice(n..)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => DirectOutcome::Partial(frame),
-            // A broken socket: the task finds out on its side and ends the connection.
-            Err(_) => return DirectOutcome::Queue,
-        };
-        subscriptions.accept(message);
-        outcome
-    }
-}
-
-/// Serves the connection until it ends.
-pub async fn run(
+/// Serves a connection over plain TCP until it ends.
+pub fn run(
     app: Arc<App>,
     socket: TcpStream,
     leftover: Vec<u8>,
     session: Session,
     opening: Vec<Bytes>,
+) -> impl Future<Output = ()> + Send {
+    run_on(app, Arc::new(socket), leftover, session, opening)
+}
+
+/// Serves a connection over TLS until it ends.
+pub fn run_tls(
+    app: Arc<App>,
+    socket: TlsStream,
+    leftover: Vec<u8>,
+    session: Session,
+    opening: Vec<Bytes>,
+) -> impl Future<Output = ()> + Send {
+    run_on(app, Box::new(socket), leftover, session, opening)
+}
+
+/// Serves a connection on any [`WsSocket`] until it ends ([`run`] and [`run_tls`] pick the
+/// socket type).
+pub(super) async fn run_on<S: WsSocket>(
+    app: Arc<App>,
+    socket: S,
+    leftover: Vec<u8>,
+    session: Session,
+    opening: Vec<Bytes>,
 ) {
-    let _guard = app.track_connection();
     let reader = FrameReader::new(app.config.max_body);
     let mut connection = Connection {
         app,
-        socket: Arc::new(socket),
+        socket,
         inbox: leftover,
         reader,
         session,
         batch: Vec::new(),
     };
     let pending = connection.session.outbox().begin_write();
-    let end = match connection.write(pending, opening).await {
+    let (end, unsent) = match connection.write(pending, opening).await {
         Ok(()) => {
-            let direct = DirectWriter {
-                socket: Arc::clone(&connection.socket),
-                subscriptions: connection.session.shared_subscriptions(),
-            };
-            connection
-                .session
-                .outbox()
-                .set_direct(Some(Arc::new(direct)));
+            let direct = connection
+                .socket
+                .direct_writer(connection.session.shared_subscriptions());
+            if direct.is_some() {
+                connection.session.outbox().set_direct(direct);
+            }
             connection.serve().await
         }
-        Err(end) => end,
+        Err(end) => (end, None),
     };
     connection.session.outbox().set_direct(None);
     // Boxed: it runs once, at the end, and would otherwise enlarge every idle connection.
-    Box::pin(connection.finish(end)).await;
+    Box::pin(connection.finish(end, unsent)).await;
 }
 
-struct Connection {
+struct Connection<S> {
     app: Arc<App>,
-    socket: Arc<TcpStream>,
+    socket: S,
     inbox: Vec<u8>,
     reader: FrameReader,
     session: Session,
     batch: Vec<Arc<Message>>,
 }
 
-impl Connection {
-    async fn serve(&mut self) -> End {
+impl<S: WsSocket> Connection<S> {
+    /// Serves until the connection ends. Returns why, and the rest of a direct delivery that
+    /// was taken to be written but was not (the connection ended first): it must still go out
+    /// before a close frame, or the peer would read the close frame inside a torn message.
+    async fn serve(&mut self) -> (End, Option<Bytes>) {
         let mut heard_from_peer = true;
         loop {
             // Everything already received first (the handshake may have carried frames).
@@ -133,14 +130,16 @@ impl Connection {
                         let pending = self.session.outbox().begin_write();
                         let frames = match self.on_incoming(incoming).await {
                             Ok(frames) => frames,
-                            Err(end) => return end,
+                            Err(end) => return (end, pending),
                         };
                         if let Err(end) = self.write(pending, frames).await {
-                            return end;
+                            return (end, None);
                         }
                     }
                     Ok(None) => break,
-                    Err(violation) => return End::Close(violation.code, violation.reason),
+                    Err(violation) => {
+                        return (End::Close(violation.code, violation.reason), None);
+                    }
                 }
             }
             if self.inbox.is_empty() && self.inbox.capacity() > 0 {
@@ -148,18 +147,23 @@ impl Connection {
             }
 
             let (pending, frames) = tokio::select! {
-                read = read_some(&self.socket, &mut self.inbox) => match read {
-                    Ok(0) | Err(_) => return End::Gone,
+                read = self.socket.read_some(&mut self.inbox) => match read {
+                    Ok(0) | Err(_) => return (End::Gone, None),
                     Ok(_) => continue,
                 },
                 // A successful drain marks this task as writing until `write` ends.
                 drained = self.session.outbox().drain(&mut self.batch) => {
                     let Ok(drained) = drained else {
                         tracing::info!("closing a slow WebSocket consumer");
-                        return End::Close(close_code::SLOW_CONSUMER, "slow consumer");
+                        return (End::Close(close_code::SLOW_CONSUMER, "slow consumer"), None);
                     };
                     if drained.signals.contains(Signals::CLOSE) {
-                        return End::Close(close_code::GOING_AWAY, "server shutting down");
+                        let end = End::Close(close_code::GOING_AWAY, "server shutting down");
+                        return (end, drained.pending);
+                    }
+                    if drained.signals.contains(Signals::EXPIRE) && self.session.token_expired() {
+                        let end = End::Close(close_code::TOKEN_EXPIRED, "token expired");
+                        return (end, drained.pending);
                     }
                     let mut frames = Vec::with_capacity(self.batch.len() + 1);
                     for message in self.batch.drain(..) {
@@ -167,7 +171,8 @@ impl Connection {
                     }
                     if drained.signals.contains(Signals::TICK) {
                         if !heard_from_peer {
-                            return End::Close(close_code::POLICY, "ping timeout");
+                            let end = End::Close(close_code::POLICY, "ping timeout");
+                            return (end, drained.pending);
                         }
                         heard_from_peer = false;
                         frames.push(frame::ping());
@@ -176,7 +181,7 @@ impl Connection {
                 }
             };
             if let Err(end) = self.write(pending, frames).await {
-                return end;
+                return (end, None);
             }
         }
     }
@@ -186,7 +191,20 @@ impl Connection {
             // Boxed: commands are rare, and inlining their future would enlarge every idle
             // connection's task by its size.
             Incoming::Text(text) => {
-                Ok(Box::pin(commands::execute(&self.app, &mut self.session, &text)).await)
+                let frames = Box::pin(commands::execute(&self.app, &mut self.session, &text))
+                    .await
+                    .map_err(|(code, reason)| End::Close(code, reason))?;
+                if self
+                    .session
+                    .publish_rate()
+                    .is_flood(self.app.config.client_publish_rate)
+                {
+                    return Err(End::Close(
+                        close_code::PUBLISH_FLOOD,
+                        "publish rate exceeded again and again",
+                    ));
+                }
+                Ok(frames)
             }
             Incoming::Binary(_) => Err(End::Close(
                 close_code::UNSUPPORTED,
@@ -222,27 +240,27 @@ impl Connection {
         result
     }
 
-    async fn write_bytes(&self, bytes: Bytes, limit: Duration) -> Result<(), End> {
+    async fn write_bytes(&mut self, bytes: Bytes, limit: Duration) -> Result<(), End> {
         if bytes.is_empty() {
             return Ok(());
         }
         // Fast path: the socket almost always takes the whole batch at once, with no timer.
         let written = match self.socket.try_write(&bytes) {
-            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) if n == bytes.len() && !self.socket.has_unflushed() => return Ok(()),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => return Err(End::Gone),
         };
         // Slow path, boxed so its timer does not enlarge every idle connection's state.
         let rest = bytes.slice(written..);
-        match Box::pin(tokio::time::timeout(limit, write_all(&self.socket, rest))).await {
+        match Box::pin(tokio::time::timeout(limit, self.socket.write_all(rest))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(End::Gone),
         }
     }
 
-    async fn finish(&mut self, end: End) {
-        // Whatever a direct delivery left half-written must go out before a close frame.
+    async fn finish(&mut self, end: End, unsent: Option<Bytes>) {
+        // Whatever a direct delivery left half-written must go out before a close frame:
+        // the rest `serve` had already taken (`unsent`), then anything still in the outbox.
         let pending = self.session.outbox().begin_write();
         let close = match end {
             End::Gone => None,
@@ -251,8 +269,8 @@ impl Connection {
         };
         if let Some(close) = close {
             let mut bytes = BytesMut::new();
-            if let Some(pending) = pending {
-                bytes.extend_from_slice(&pending);
+            for part in unsent.iter().chain(&pending) {
+                bytes.extend_from_slice(part);
             }
             bytes.extend_from_slice(&close);
             let sent = self.write_bytes(bytes.freeze(), CLOSE_TIMEOUT).await;
@@ -261,21 +279,25 @@ impl Connection {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.await_close()).await;
             }
         }
-        let _ = socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Write);
+        self.socket.shutdown_write().await;
     }
 
     async fn await_close(&mut self) {
-        await_peer_close(&self.socket, &mut self.inbox, self.app.config.max_body).await;
+        await_peer_close(&mut self.socket, &mut self.inbox, self.app.config.max_body).await;
     }
 }
 
 /// After sending a close frame: reads (and ignores) what the peer still sends until its close
 /// frame, a violation or the end of the stream.
-pub(super) async fn await_peer_close(socket: &TcpStream, inbox: &mut Vec<u8>, max_body: usize) {
+pub(super) async fn await_peer_close<S: WsSocket>(
+    socket: &mut S,
+    inbox: &mut Vec<u8>,
+    max_body: usize,
+) {
     inbox.clear();
     let mut reader = FrameReader::new(max_body);
     loop {
-        match read_some(socket, inbox).await {
+        match socket.read_some(inbox).await {
             Ok(0) | Err(_) => return,
             Ok(_) => loop {
                 match reader.next(inbox) {
@@ -286,44 +308,6 @@ pub(super) async fn await_peer_close(socket: &TcpStream, inbox: &mut Vec<u8>, ma
             },
         }
     }
-}
-
-/// Writes all of `bytes`, waiting for the socket to become writable as needed.
-pub(super) async fn write_all(socket: &TcpStream, mut bytes: Bytes) -> io::Result<()> {
-    while !bytes.is_empty() {
-        socket.writable().await?;
-        match socket.try_write(&bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                let _ = bytes.split_to(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Reads what is available into `inbox` through a stack buffer, so nothing is allocated while
-/// waiting. Resolves to the number of bytes read (0 at end of stream).
-pub(super) fn read_some<'a>(
-    socket: &'a TcpStream,
-    inbox: &'a mut Vec<u8>,
-) -> impl std::future::Future<Output = io::Result<usize>> + 'a {
-    poll_fn(move |cx| loop {
-        if let Err(e) = std::task::ready!(socket.poll_read_ready(cx)) {
-            return Poll::Ready(Err(e));
-        }
-        let mut stack = [0u8; READ_CHUNK];
-        match socket.try_read(&mut stack) {
-            Ok(n) => {
-                inbox.extend_from_slice(&stack[..n]);
-                return Poll::Ready(Ok(n));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    })
 }
 
 #[cfg(test)]
@@ -345,5 +329,63 @@ mod tests {
         let future = super::run(app.clone(), socket, Vec::new(), session, Vec::new());
         let size = std::mem::size_of_val(&future);
         assert!(size <= 768, "connection future is {size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use std::sync::Arc;
+
+    use tokio_rustls::rustls;
+
+    /// The TLS connection's future holds its stream boxed, so it stays within the same bound
+    /// as the TCP one; the TLS state beside it (rustls' connection, read and write buffers) is
+    /// reported too, as the extra memory a WSS connection costs.
+    #[tokio::test]
+    async fn idle_tls_connection_state_is_measured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, generated.cert.pem()).expect("write cert");
+        std::fs::write(&key_path, generated.signing_key.serialize_pem()).expect("write key");
+        let acceptor = crate::tls::acceptor(&cert_path, &key_path).expect("acceptor");
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(generated.cert.der().clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            connector
+                .connect(name, tcp)
+                .await
+                .expect("client handshake")
+        };
+        let server = async {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            acceptor.accept(tcp).await.expect("server handshake")
+        };
+        let (_client, socket) = tokio::join!(client, server);
+
+        let app = crate::app::App::new(crate::config::Config::default());
+        let session =
+            crate::transport::session::Session::new(&app, crate::registry::Kind::WebSocket);
+        let tls_state = std::mem::size_of_val(&socket);
+        let future = super::run_tls(app.clone(), socket, Vec::new(), session, Vec::new());
+        let size = std::mem::size_of_val(&future);
+        eprintln!("idle WSS connection: future {size} bytes + boxed TLS stream {tls_state} bytes");
+        assert!(size <= 768, "TLS connection future is {size} bytes");
     }
 }

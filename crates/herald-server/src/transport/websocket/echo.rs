@@ -6,19 +6,21 @@
 //! instead, so this endpoint exists to put Herald's OWN codec under the suite: the same
 //! handshake checks, the same [`FrameReader`], the same frame writers and the same closing
 //! handshake as a subscriber connection (see `connection`), with an echo in place of the
-//! command protocol. Messages are limited by `max-body` like every WebSocket message.
+//! command protocol. Messages are limited by `max-body` like every WebSocket message. It runs
+//! on plain TCP and on TLS alike (the same [`WsSocket`] as `connection`), and holds a
+//! connection slot like any WebSocket.
 
 use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming as RequestBody;
-use tokio::net::TcpStream;
 
 use crate::app::App;
 use crate::http::{ApiError, Body};
 
-use super::connection::{await_peer_close, read_some, write_all, CLOSE_TIMEOUT};
+use super::connection::{await_peer_close, CLOSE_TIMEOUT};
 use super::frame::{self, close_code, FrameReader, Incoming};
+use super::socket::WsSocket;
 
 /// Validates the handshake, answers `101` and echoes on the upgraded connection.
 pub async fn upgrade(
@@ -29,22 +31,35 @@ pub async fn upgrade(
         Ok(accept) => accept,
         Err(refusal) => return refusal.into_result(),
     };
-    let max_body = app.config.max_body;
-    let tracked = Arc::clone(app);
-    super::spawn_upgraded(app, &mut request, move |socket, leftover| async move {
-        let _guard = tracked.track_connection();
-        echo(socket, leftover, max_body).await;
-    });
+    let echo = Echo {
+        max_body: app.config.max_body,
+    };
+    super::spawn_upgraded(app, &mut request, echo);
     Ok(super::switching_protocols(&accept))
 }
 
+/// An echo connection, ready to run once the socket is taken back.
+struct Echo {
+    max_body: usize,
+}
+
+impl super::Serve for Echo {
+    fn serve<S: WsSocket>(
+        self,
+        socket: S,
+        leftover: Vec<u8>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        echo(socket, leftover, self.max_body)
+    }
+}
+
 /// Echoes messages until the peer closes, vanishes or breaks the protocol.
-async fn echo(socket: TcpStream, mut inbox: Vec<u8>, max_body: usize) {
+async fn echo<S: WsSocket>(mut socket: S, mut inbox: Vec<u8>, max_body: usize) {
     let mut reader = FrameReader::new(max_body);
     let close = loop {
         let incoming = match reader.next(&mut inbox) {
             Ok(Some(incoming)) => incoming,
-            Ok(None) => match read_some(&socket, &mut inbox).await {
+            Ok(None) => match socket.read_some(&mut inbox).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => continue,
             },
@@ -60,19 +75,19 @@ async fn echo(socket: TcpStream, mut inbox: Vec<u8>, max_body: usize) {
                 break Some((frame::close(code, ""), false));
             }
         };
-        if write_all(&socket, reply).await.is_err() {
+        if socket.write_all(reply).await.is_err() {
             return;
         }
     };
     if let Some((close, await_peer)) = close {
-        let sent = tokio::time::timeout(CLOSE_TIMEOUT, write_all(&socket, close)).await;
+        let sent = tokio::time::timeout(CLOSE_TIMEOUT, socket.write_all(close)).await;
         if matches!(sent, Ok(Ok(()))) && await_peer {
             let _ = tokio::time::timeout(
                 CLOSE_TIMEOUT,
-                await_peer_close(&socket, &mut inbox, max_body),
+                await_peer_close(&mut socket, &mut inbox, max_body),
             )
             .await;
         }
     }
-    let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Write);
+    socket.shutdown_write().await;
 }

@@ -41,6 +41,12 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// Herald: the consumer fell too far behind.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// Herald: an `auth` command carried an invalid token.
+    pub const INVALID_TOKEN: u16 = 4001;
+    /// Herald: the connection's token expired and was not refreshed.
+    pub const TOKEN_EXPIRED: u16 = 4002;
+    /// Herald: the client kept publishing over `client-publish-rate`.
+    pub const PUBLISH_FLOOD: u16 = 4029;
 }
 
 /// A complete message or control frame from the client.

@@ -1,16 +1,22 @@
 //! WebSocket (RFC 6455) on `GET /listen` with `Upgrade: websocket`: full duplex.
 //!
 //! The handshake is answered by hyper; channels named in the URL are subscribed *before* the
-//! `101`, so a bad cid or cursor is a plain HTTP error. After the upgrade the raw socket is
-//! taken back from hyper and one task per connection runs [`connection`]: pre-built frames out,
-//! the JSON command protocol (docs/protocol.md) in, pings on the server's shared ticker.
+//! `101`, so a bad cid, cursor or token is a plain HTTP error. A handshake may also name no
+//! channel at all: the client then sends `auth` and `subscribe` commands. After the upgrade
+//! the raw socket is taken back from hyper and one task per connection runs [`connection`]:
+//! pre-built frames out, the JSON command protocol (docs/protocol.md) in, pings on the
+//! server's shared ticker. The socket is plain TCP or, with TLS configured, the TLS stream
+//! over it (see `socket`).
 
 pub mod commands;
 pub mod connection;
 #[cfg(feature = "conformance")]
 pub mod echo;
 pub mod frame;
+pub mod publish_rate;
+pub mod socket;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,12 +25,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::access::Identity;
 use crate::app::App;
 use crate::http::{boxed, ApiError, Body};
 use crate::query::SubscribeQuery;
 use crate::registry::Kind;
+use crate::tls::TlsStream;
 
 use super::session::Session;
+use socket::WsSocket;
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
 pub fn accept_key(key: &[u8]) -> String {
@@ -51,24 +60,49 @@ pub async fn upgrade(
     app: &Arc<App>,
     mut request: Request<Incoming>,
     query: SubscribeQuery,
+    identity: Option<Arc<Identity>>,
 ) -> Result<Response<Body>, ApiError> {
     let accept = match check_handshake(request.headers()) {
         Ok(accept) => accept,
         Err(refusal) => return refusal.into_result(),
     };
+    if query.cids.is_empty() && (query.since.is_some() || query.last_event_id.is_some()) {
+        return Err(ApiError::BadRequest(
+            "a cursor without cid: name the channels, or send it with each subscribe command"
+                .into(),
+        ));
+    }
     let cursors = query.cursors(None)?;
     let mut session = Session::new(app, Kind::WebSocket);
+    if let Some(identity) = identity {
+        session.authenticate(identity, Some(&app.access.expiry));
+    }
     let mut opening = Vec::new();
     for (cid, cursor) in query.cids.iter().zip(cursors) {
-        let (start, backlog) = session.subscribe(cid, cursor).await?;
+        let (start, backlog) = session.subscribe(app, cid, cursor).await?;
         opening.push(commands::subscribed(cid, start, None));
         commands::encode_events(&mut session, backlog, &mut opening);
     }
-    let task_app = Arc::clone(app);
-    spawn_upgraded(app, &mut request, move |socket, leftover| {
-        connection::run(task_app, socket, leftover, session, opening)
-    });
+    let listen = Listen {
+        app: Arc::clone(app),
+        session,
+        opening,
+    };
+    spawn_upgraded(app, &mut request, listen);
     Ok(switching_protocols(&accept))
+}
+
+/// A subscriber connection on `/listen`, ready to run once the socket is taken back.
+struct Listen {
+    app: Arc<App>,
+    session: Session,
+    opening: Vec<Bytes>,
+}
+
+impl Serve for Listen {
+    fn serve<S: WsSocket>(self, socket: S, leftover: Vec<u8>) -> impl Future<Output = ()> + Send {
+        connection::run_on(self.app, socket, leftover, self.session, self.opening)
+    }
 }
 
 /// Why a handshake is refused.
@@ -146,15 +180,25 @@ fn switching_protocols(accept: &str) -> Response<Body> {
     response
 }
 
-/// Once hyper has sent the `101`, takes the raw socket back and runs `serve` on it (with the
-/// bytes the client sent after its handshake) as a tracked task.
-fn spawn_upgraded<F, Fut>(app: &Arc<App>, request: &mut Request<Incoming>, serve: F)
-where
-    F: FnOnce(TcpStream, Vec<u8>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let on_upgrade = hyper::upgrade::on(request);
+/// What runs on an upgraded connection, whichever stream (plain TCP or TLS) it came on.
+trait Serve: Send + 'static {
+    /// Runs on `socket`, starting with the bytes the client sent after its handshake.
+    fn serve<S: WsSocket>(self, socket: S, leftover: Vec<u8>) -> impl Future<Output = ()> + Send;
+}
+
+/// Once hyper has sent the `101`, takes the socket back (plain TCP, else TLS) and runs
+/// `service` on it, with the bytes the client sent after its handshake, as a tracked task
+/// that holds a connection slot until it ends.
+fn spawn_upgraded(app: &Arc<App>, request: &mut Request<Incoming>, service: impl Serve) {
+    let on_upgrade = hyper::upgrade::on(&mut *request);
+    // Counted from now until the WebSocket closes (its HTTP connection ends with the upgrade).
+    let peer_ip = request
+        .extensions()
+        .get::<crate::router::ClientAddr>()
+        .map(|addr| addr.0.ip());
+    let slot = app.track_connection_from(peer_ip);
     app.tasks.spawn(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -163,18 +207,26 @@ where
             }
         };
         // Take the socket back from hyper: no boxing, no buffers kept from the handshake.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                // Copy what the client sent after its handshake and release hyper's read
-                // buffer (8 KiB) at once: `read_buf` points into it.
-                let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+        // Copy what the client sent after its handshake and release hyper's read buffer
+        // (8 KiB) at once: `read_buf` points into it.
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
                 let leftover = read_buf.to_vec();
                 drop(read_buf);
-                serve(io.into_inner(), leftover).await;
+                // Shared with the connection's direct writer (see `socket`).
+                service.serve(Arc::new(io.into_inner()), leftover).await;
+                return;
             }
-            // Connections are plain TCP today; a transport layer that wraps the socket (TLS)
-            // must give the WebSocket path a socket it can write to without blocking.
-            Err(_) => tracing::error!("WebSocket upgrade on a connection that is not plain TCP"),
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<TlsStream>>() {
+            Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
+                let leftover = read_buf.to_vec();
+                drop(read_buf);
+                // Boxed: the idle connection future stays as small as the TCP one.
+                service.serve(Box::new(io.into_inner()), leftover).await;
+            }
+            Err(_) => tracing::error!("WebSocket upgrade on a connection of an unknown kind"),
         }
     });
 }

@@ -1,0 +1,210 @@
+//! The byte stream a WebSocket connection runs on, plain TCP or TLS, behind one small trait.
+//!
+//! [`connection`](super::connection) is written once against [`WsSocket`] and compiled for each
+//! stream, so the plain-TCP path keeps its exact code: reads through a stack buffer with
+//! `poll_read_ready` + `try_read`, writes with `try_write`, and a [`DirectWriter`] that lets
+//! the publisher write frames straight into an idle socket from its own thread.
+//!
+//! A TLS stream cannot do that last part: rustls needs `&mut` access for every record it
+//! encrypts and may hold encrypted bytes in its own buffer. So a TLS connection installs no
+//! direct writer: messages go through the outbox and the connection's task writes them (the
+//! delivery path SSE and iframe streams use). Its reads still go through a stack buffer. The
+//! stream is boxed, so the idle connection future stays as small as the TCP one; rustls' state
+//! and buffers live on the heap beside it: about 7 KiB per idle connection (1.2 KiB of
+//! connection state, rustls' 4 KiB record buffer, its queues), where a plain socket costs none.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use herald_core::{DirectDelivery, DirectOutcome, Message, Subscriptions};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::tls::TlsStream;
+
+/// Size of the on-stack read buffer.
+const READ_CHUNK: usize = 4096;
+
+/// What a WebSocket connection needs from its stream.
+pub trait WsSocket: Send + Sync + 'static {
+    /// Reads what is available into `inbox` through a stack buffer, so nothing is allocated
+    /// while waiting. Resolves to the number of bytes read (0 at end of stream). Dropping the
+    /// future loses nothing.
+    fn read_some<'a>(
+        &'a mut self,
+        inbox: &'a mut Vec<u8>,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// Writes as much of `bytes` as the stream takes without waiting; returns how much.
+    /// Taken bytes may still wait in the stream's own buffer; see [`Self::has_unflushed`].
+    fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize>;
+
+    /// True when bytes taken by [`Self::try_write`] still wait to reach the socket.
+    fn has_unflushed(&self) -> bool;
+
+    /// Writes all of `bytes` and everything still buffered, waiting as needed.
+    fn write_all(&mut self, bytes: Bytes) -> impl Future<Output = io::Result<()>> + Send + '_;
+
+    /// Ends the sending direction (after a TLS `close_notify`); waits at most briefly.
+    fn shutdown_write(&mut self) -> impl Future<Output = ()> + Send + '_;
+
+    /// The direct writer for the publisher's thread, if this stream supports one.
+    fn direct_writer(
+        &self,
+        subscriptions: Arc<Mutex<Subscriptions>>,
+    ) -> Option<Arc<dyn DirectDelivery>>;
+}
+
+/// Writes a message's frame from the publisher's thread; see `connection`'s module
+/// documentation.
+struct DirectWriter {
+    socket: Arc<TcpStream>,
+    subscriptions: Arc<Mutex<Subscriptions>>,
+}
+
+impl DirectDelivery for DirectWriter {
+    fn deliver(&self, message: &Arc<Message>) -> DirectOutcome {
+        let mut subscriptions = self.subscriptions.lock();
+        if !subscriptions.is_next(message) {
+            // Duplicates, gaps and unknown channels need the connection's judgement.
+            return DirectOutcome::Queue;
+        }
+        let frame = message.websocket_frame();
+        let outcome = match TcpStream::try_write(&self.socket, &frame) {
+            Ok(n) if n == frame.len() => DirectOutcome::Done,
+            Ok(n) => DirectOutcome::Partial(frame.slice(n..)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => DirectOutcome::Partial(frame),
+            // A broken socket: the task finds out on its side and ends the connection.
+            Err(_) => return DirectOutcome::Queue,
+        };
+        subscriptions.accept(message);
+        outcome
+    }
+}
+
+/// Plain TCP, shared with the [`DirectWriter`].
+impl WsSocket for Arc<TcpStream> {
+    fn read_some<'a>(
+        &'a mut self,
+        inbox: &'a mut Vec<u8>,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        let socket: &'a TcpStream = self;
+        poll_fn(move |cx| loop {
+            if let Err(e) = std::task::ready!(socket.poll_read_ready(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            let mut stack = [0u8; READ_CHUNK];
+            match socket.try_read(&mut stack) {
+                Ok(n) => {
+                    inbox.extend_from_slice(&stack[..n]);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        })
+    }
+
+    fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match TcpStream::try_write(self, bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
+        }
+    }
+
+    fn has_unflushed(&self) -> bool {
+        false
+    }
+
+    async fn write_all(&mut self, mut bytes: Bytes) -> io::Result<()> {
+        while !bytes.is_empty() {
+            self.writable().await?;
+            match TcpStream::try_write(self, &bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let _ = bytes.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn shutdown_write(&mut self) {
+        let _ = socket2::SockRef::from(&**self).shutdown(std::net::Shutdown::Write);
+    }
+
+    fn direct_writer(
+        &self,
+        subscriptions: Arc<Mutex<Subscriptions>>,
+    ) -> Option<Arc<dyn DirectDelivery>> {
+        Some(Arc::new(DirectWriter {
+            socket: Arc::clone(self),
+            subscriptions,
+        }))
+    }
+}
+
+/// TLS over TCP, owned by the connection's task alone.
+impl WsSocket for Box<TlsStream> {
+    fn read_some<'a>(
+        &'a mut self,
+        inbox: &'a mut Vec<u8>,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        poll_fn(move |cx| {
+            let mut stack = [0u8; READ_CHUNK];
+            let mut buf = ReadBuf::new(&mut stack);
+            std::task::ready!(Pin::new(&mut **self).poll_read(cx, &mut buf))?;
+            inbox.extend_from_slice(buf.filled());
+            Poll::Ready(Ok(buf.filled().len()))
+        })
+    }
+
+    fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        // Encrypt and send what fits now; rustls registers no wake-up we would rely on, and
+        // whatever stays buffered is flushed by `write_all`.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut stream = Pin::new(&mut **self);
+        let mut written = 0;
+        while written < bytes.len() {
+            match stream.as_mut().poll_write(&mut cx, &bytes[written..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        match stream.poll_flush(&mut cx) {
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Ready(Ok(())) | Poll::Pending => Ok(written),
+        }
+    }
+
+    fn has_unflushed(&self) -> bool {
+        self.get_ref().1.wants_write()
+    }
+
+    async fn write_all(&mut self, bytes: Bytes) -> io::Result<()> {
+        AsyncWriteExt::write_all(&mut **self, &bytes).await?;
+        AsyncWriteExt::flush(&mut **self).await
+    }
+
+    async fn shutdown_write(&mut self) {
+        // Sends close_notify, flushes, then shuts the TCP sending side.
+        let _ = tokio::time::timeout(
+            super::connection::CLOSE_TIMEOUT,
+            AsyncWriteExt::shutdown(&mut **self),
+        )
+        .await;
+    }
+
+    fn direct_writer(&self, _: Arc<Mutex<Subscriptions>>) -> Option<Arc<dyn DirectDelivery>> {
+        None
+    }
+}
