@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use herald_core::{Message, Signals};
 use tokio::net::TcpStream;
 
+use crate::admission::ConnectionSlot;
 use crate::app::App;
 use crate::tls::TlsStream;
 use crate::transport::session::Session;
@@ -52,8 +53,9 @@ pub fn run(
     leftover: Vec<u8>,
     session: Session,
     opening: Vec<Bytes>,
+    slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send {
-    run_on(app, Arc::new(socket), leftover, session, opening)
+    run_on(app, Arc::new(socket), leftover, session, opening, slot)
 }
 
 /// Serves a connection over TLS until it ends.
@@ -63,8 +65,9 @@ pub fn run_tls(
     leftover: Vec<u8>,
     session: Session,
     opening: Vec<Bytes>,
+    slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send {
-    run_on(app, Box::new(socket), leftover, session, opening)
+    run_on(app, Box::new(socket), leftover, session, opening, slot)
 }
 
 /// Serves a connection on any [`WsSocket`] until it ends ([`run`] and [`run_tls`] pick the
@@ -75,6 +78,7 @@ pub(super) async fn run_on<S: WsSocket>(
     leftover: Vec<u8>,
     session: Session,
     opening: Vec<Bytes>,
+    slot: ConnectionSlot,
 ) {
     let reader = FrameReader::new(app.config.max_body);
     let mut connection = Connection {
@@ -84,6 +88,7 @@ pub(super) async fn run_on<S: WsSocket>(
         reader,
         session,
         batch: Vec::new(),
+        _slot: slot,
     };
     let pending = connection.session.outbox().begin_write();
     let (end, unsent) = match connection.write(pending, opening).await {
@@ -110,6 +115,8 @@ struct Connection<S> {
     reader: FrameReader,
     session: Session,
     batch: Vec<Arc<Message>>,
+    /// Counts the connection against the connection limits until it ends.
+    _slot: ConnectionSlot,
 }
 
 impl<S: WsSocket> Connection<S> {
@@ -326,7 +333,8 @@ mod tests {
         let (socket, _) = listener.accept().await.expect("accept");
         let session =
             crate::transport::session::Session::new(&app, crate::registry::Kind::WebSocket);
-        let future = super::run(app.clone(), socket, Vec::new(), session, Vec::new());
+        let slot = app.track_connection_from(None);
+        let future = super::run(app.clone(), socket, Vec::new(), session, Vec::new(), slot);
         let size = std::mem::size_of_val(&future);
         assert!(size <= 768, "connection future is {size} bytes");
     }
@@ -383,7 +391,8 @@ mod tls_tests {
         let session =
             crate::transport::session::Session::new(&app, crate::registry::Kind::WebSocket);
         let tls_state = std::mem::size_of_val(&socket);
-        let future = super::run_tls(app.clone(), socket, Vec::new(), session, Vec::new());
+        let slot = app.track_connection_from(None);
+        let future = super::run_tls(app.clone(), socket, Vec::new(), session, Vec::new(), slot);
         let size = std::mem::size_of_val(&future);
         eprintln!("idle WSS connection: future {size} bytes + boxed TLS stream {tls_state} bytes");
         assert!(size <= 768, "TLS connection future is {size} bytes");

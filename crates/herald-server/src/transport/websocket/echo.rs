@@ -48,13 +48,19 @@ impl super::Serve for Echo {
         self,
         socket: S,
         leftover: Vec<u8>,
+        slot: crate::admission::ConnectionSlot,
     ) -> impl std::future::Future<Output = ()> + Send {
-        echo(socket, leftover, self.max_body)
+        echo(socket, leftover, self.max_body, slot)
     }
 }
 
 /// Echoes messages until the peer closes, vanishes or breaks the protocol.
-async fn echo<S: WsSocket>(mut socket: S, mut inbox: Vec<u8>, max_body: usize) {
+async fn echo<S: WsSocket>(
+    mut socket: S,
+    mut inbox: Vec<u8>,
+    max_body: usize,
+    _slot: crate::admission::ConnectionSlot,
+) {
     let mut reader = FrameReader::new(max_body);
     let close = loop {
         let incoming = match reader.next(&mut inbox) {

@@ -22,10 +22,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 
 use crate::access::Identity;
+use crate::admission::ConnectionSlot;
 use crate::app::App;
 use crate::http::{boxed, ApiError, Body};
 use crate::query::SubscribeQuery;
@@ -100,8 +103,13 @@ struct Listen {
 }
 
 impl Serve for Listen {
-    fn serve<S: WsSocket>(self, socket: S, leftover: Vec<u8>) -> impl Future<Output = ()> + Send {
-        connection::run_on(self.app, socket, leftover, self.session, self.opening)
+    fn serve<S: WsSocket>(
+        self,
+        socket: S,
+        leftover: Vec<u8>,
+        slot: ConnectionSlot,
+    ) -> impl Future<Output = ()> + Send {
+        connection::run_on(self.app, socket, leftover, self.session, self.opening, slot)
     }
 }
 
@@ -182,8 +190,14 @@ fn switching_protocols(accept: &str) -> Response<Body> {
 
 /// What runs on an upgraded connection, whichever stream (plain TCP or TLS) it came on.
 trait Serve: Send + 'static {
-    /// Runs on `socket`, starting with the bytes the client sent after its handshake.
-    fn serve<S: WsSocket>(self, socket: S, leftover: Vec<u8>) -> impl Future<Output = ()> + Send;
+    /// Runs on `socket`, starting with the bytes the client sent after its handshake, and
+    /// holds the connection's `slot` until it ends.
+    fn serve<S: WsSocket>(
+        self,
+        socket: S,
+        leftover: Vec<u8>,
+        slot: ConnectionSlot,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Once hyper has sent the `101`, takes the socket back (plain TCP, else TLS) and runs
@@ -197,42 +211,108 @@ fn spawn_upgraded(app: &Arc<App>, request: &mut Request<Incoming>, service: impl
         .get::<crate::router::ClientAddr>()
         .map(|addr| addr.0.ip());
     let slot = app.track_connection_from(peer_ip);
-    app.tasks.spawn(async move {
-        let _slot = slot;
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%error, "WebSocket upgrade failed");
-                return;
-            }
-        };
-        // Take the socket back from hyper: no boxing, no buffers kept from the handshake.
-        // Copy what the client sent after its handshake and release hyper's read buffer
-        // (8 KiB) at once: `read_buf` points into it.
-        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
-                let leftover = read_buf.to_vec();
-                drop(read_buf);
-                // Shared with the connection's direct writer (see `socket`).
-                service.serve(Arc::new(io.into_inner()), leftover).await;
-                return;
-            }
-            Err(upgraded) => upgraded,
-        };
-        match upgraded.downcast::<TokioIo<TlsStream>>() {
-            Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
-                let leftover = read_buf.to_vec();
-                drop(read_buf);
-                // Boxed: the idle connection future stays as small as the TCP one.
-                service.serve(Box::new(io.into_inner()), leftover).await;
-            }
-            Err(_) => tracing::error!("WebSocket upgrade on a connection of an unknown kind"),
+    app.tasks
+        .spawn(run_upgraded(app.tasks.clone(), on_upgrade, slot, service));
+}
+
+/// Waits for hyper to finish the upgrade, takes the socket back and starts `service` on it as
+/// a task of its own. This short-lived task then ends, so an idle WebSocket holds only the
+/// connection's own future — not this one's state, which the compiler would keep beside it
+/// (moved-out arguments keep their slots in an `async fn`'s state).
+async fn run_upgraded(
+    tasks: TaskTracker,
+    on_upgrade: OnUpgrade,
+    slot: ConnectionSlot,
+    service: impl Serve,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%error, "WebSocket upgrade failed");
+            return;
         }
-    });
+    };
+    match take_socket(upgraded) {
+        Some(Taken::Tcp(socket, leftover)) => {
+            tasks.spawn(service.serve(socket, leftover, slot));
+        }
+        Some(Taken::Tls(socket, leftover)) => {
+            tasks.spawn(service.serve(socket, leftover, slot));
+        }
+        None => tracing::error!("WebSocket upgrade on a connection of an unknown kind"),
+    }
+}
+
+/// The socket taken back from hyper after the upgrade, with the bytes the client sent after
+/// its handshake.
+enum Taken {
+    /// Plain TCP, shared with the connection's direct writer (see `socket`).
+    Tcp(Arc<TcpStream>, Vec<u8>),
+    /// TLS, boxed so that the idle connection future stays as small as the TCP one.
+    Tls(Box<TlsStream>, Vec<u8>),
+}
+
+/// Takes the socket back from hyper: no buffers kept from the handshake. What the client sent
+/// after its handshake is copied and hyper's read buffer (8 KiB) released at once: `read_buf`
+/// points into it.
+///
+/// A plain function, not part of the task's `async` block: a TLS stream is over a kilobyte,
+/// and a local of that size in the block would stay in every connection's task state (the
+/// compiler keeps its slot across the `await` that follows), costing each idle WebSocket about
+/// 1.5 KB more (measured with the idle scenario of `bench/compare.sh`).
+fn take_socket(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
+            let leftover = read_buf.to_vec();
+            return Some(Taken::Tcp(Arc::new(io.into_inner()), leftover));
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<TlsStream>>() {
+        Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
+            let leftover = read_buf.to_vec();
+            Some(Taken::Tls(Box::new(io.into_inner()), leftover))
+        }
+        Err(_) => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    /// Every idle WebSocket holds the connection task started by `run_upgraded`; the memory
+    /// budget per idle connection (BENCHMARKS.md) depends on it staying small, on TCP and TLS
+    /// alike.
+    #[tokio::test]
+    async fn idle_websocket_tasks_stay_small() {
+        use super::Serve as _;
+        let app = crate::app::App::new(crate::config::Config::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (socket, _) = listener.accept().await.expect("accept");
+        let listen = || super::Listen {
+            app: app.clone(),
+            session: super::Session::new(&app, crate::registry::Kind::WebSocket),
+            opening: Vec::new(),
+        };
+        let slot = || app.track_connection_from(None);
+        let tcp = listen().serve(std::sync::Arc::new(socket), Vec::new(), slot());
+        let size = std::mem::size_of_val(&tcp);
+        assert!(size <= 768, "TCP connection task future is {size} bytes");
+        let mut request = http::Request::new(());
+        let upgrade = super::run_upgraded(
+            app.tasks.clone(),
+            hyper::upgrade::on(&mut request),
+            slot(),
+            listen(),
+        );
+        let size = std::mem::size_of_val(&upgrade);
+        assert!(size <= 512, "upgrade task future is {size} bytes");
+    }
+
     #[test]
     fn accept_key_matches_rfc6455_example() {
         assert_eq!(
