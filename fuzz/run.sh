@@ -43,6 +43,10 @@ seed ws_frames '\x03\x81\x82\x01\x02\x03\x04\x69\x6b' \
 seed config 'history_size = 7\nhistory_ttl = "5s"\nlisten = "127.0.0.1:9"\npublish_keys = ["a"]\n' \
     'max_body = 0' 'keepalive = "1h"\nclient_publish = true\n' \
     'allowed_origins = ["https://*.example.com"]\n[namespaces.chat]\nhistory_size = 5\nprivate = true\n'
+# Mode byte 0: raw token text; 1: claim bytes signed with the target's HS256 secret.
+seed token '\x00eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.AAAA' '\x00a.b.c' '\x00' \
+    '\x01{"sub":"u1","exp":4102444800,"channels":["room5","chat:*"],"publish":["*"]}' \
+    '\x01{"sub":"u1","exp":1}' '\x01{"sub":7,"exp":"x","channels":[""]}'
 
 cargo +nightly fuzz build || exit 1
 mkdir -p logs
