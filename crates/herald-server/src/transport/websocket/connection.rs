@@ -317,6 +317,20 @@ pub(super) async fn await_peer_close<S: WsSocket>(
     }
 }
 
+/// A connected loopback TCP pair, (client end, server end), for the tests that measure a
+/// connection's state.
+#[cfg(test)]
+pub(crate) async fn connected_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (server, _) = listener.accept().await.expect("accept");
+    (client, server)
+}
+
 #[cfg(test)]
 mod tests {
     /// Every idle WebSocket holds this future; the memory budget per idle connection
@@ -324,13 +338,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connection_state_stays_small() {
         let app = crate::app::App::new(crate::config::Config::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let _client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (socket, _) = listener.accept().await.expect("accept");
+        let (_client, socket) = super::connected_pair().await;
         let session =
             crate::transport::session::Session::new(&app, crate::registry::Kind::WebSocket);
         let slot = app.track_connection_from(None);
@@ -369,22 +377,15 @@ mod tls_tests {
             .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (client_tcp, server_tcp) = super::connected_pair().await;
         let client = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
             let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
             connector
-                .connect(name, tcp)
+                .connect(name, client_tcp)
                 .await
                 .expect("client handshake")
         };
-        let server = async {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            acceptor.accept(tcp).await.expect("server handshake")
-        };
+        let server = async { acceptor.accept(server_tcp).await.expect("server handshake") };
         let (_client, socket) = tokio::join!(client, server);
 
         let app = crate::app::App::new(crate::config::Config::default());

@@ -286,13 +286,7 @@ mod tests {
     async fn idle_websocket_tasks_stay_small() {
         use super::Serve as _;
         let app = crate::app::App::new(crate::config::Config::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let _client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (socket, _) = listener.accept().await.expect("accept");
+        let (_client, socket) = super::connection::connected_pair().await;
         let listen = || super::Listen {
             app: app.clone(),
             session: super::Session::new(&app, crate::registry::Kind::WebSocket),
