@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
-use common::{expect_error, now_ms, SseReader, TestServer};
+use common::{expect_error, now_ms, ws_next_json, SseReader, TestServer};
 use herald_server::{Config, NamespaceOptions};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -474,14 +474,14 @@ async fn max_subscribers_is_enforced_per_channel() {
         json!({"type": "subscribe", "cid": "duo:1", "ref": 1}),
     )
     .await;
-    let reply = next_json(&mut ws).await;
+    let reply = ws_next_json(&mut ws, STEP).await;
     assert_eq!(reply["type"], "error", "{reply}");
     assert_eq!(reply["ref"], 1);
     // One leaves: there is room again.
     drop(first);
     common::wait_for_subscribers(&server, "duo:1", 1).await;
     send(&mut ws, json!({"type": "subscribe", "cid": "duo:1"})).await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
     drop(second);
 }
 
@@ -557,20 +557,6 @@ async fn send(ws: &mut Ws, value: Value) {
     ws.send(Message::text(value.to_string())).await.unwrap();
 }
 
-async fn next_json(ws: &mut Ws) -> Value {
-    tokio::time::timeout(STEP, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a frame in time")
-}
-
 /// Reads until the server closes; returns the close code and reason.
 async fn next_close(ws: &mut Ws) -> (u16, String) {
     tokio::time::timeout(STEP, async {
@@ -606,9 +592,9 @@ async fn websocket_handshake_checks_the_token_before_upgrading() {
     }
     let t = token("u", &["priv:w"]);
     let mut ws = connect(&server, &format!("/listen?cid=priv:w&token={t}")).await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
     server.publish("priv:w", "hi").await;
-    assert_eq!(next_json(&mut ws).await["data"], "hi");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "hi");
 }
 
 #[tokio::test]
@@ -621,7 +607,7 @@ async fn websocket_auth_command_then_subscribe() {
         json!({"type": "subscribe", "cid": "priv:c", "ref": "a"}),
     )
     .await;
-    let reply = next_json(&mut ws).await;
+    let reply = ws_next_json(&mut ws, STEP).await;
     assert_eq!(
         (reply["type"].as_str(), reply["ref"].as_str()),
         (Some("error"), Some("a"))
@@ -635,26 +621,30 @@ async fn websocket_auth_command_then_subscribe() {
         &json!({"sub": "user-7", "exp": now_secs() + 600, "channels": ["priv:c"], "extra": 1}),
     );
     send(&mut ws, json!({"type": "auth", "token": t, "ref": 2})).await;
-    let authed = next_json(&mut ws).await;
+    let authed = ws_next_json(&mut ws, STEP).await;
     assert_eq!(
         authed,
         json!({"type": "authed", "sub": "user-7", "exp": now_secs_of(&t), "ref": 2})
     );
     send(&mut ws, json!({"type": "auth", "token": t})).await;
-    assert_eq!(next_json(&mut ws).await["type"], "error", "auth twice");
+    assert_eq!(
+        ws_next_json(&mut ws, STEP).await["type"],
+        "error",
+        "auth twice"
+    );
     send(&mut ws, json!({"type": "subscribe", "cid": "priv:d"})).await;
-    let reply = next_json(&mut ws).await;
+    let reply = ws_next_json(&mut ws, STEP).await;
     assert!(
         reply["error"].as_str().unwrap().contains("does not allow"),
         "{reply}"
     );
     send(&mut ws, json!({"type": "subscribe", "cid": "priv:c"})).await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
     send(&mut ws, json!({"type": "subscribe", "cid": "y:1"})).await;
-    let reply = next_json(&mut ws).await;
+    let reply = ws_next_json(&mut ws, STEP).await;
     assert_eq!(reply["error"], "unknown namespace \"y\" in channel \"y:1\"");
     server.publish("priv:c", "in").await;
-    assert_eq!(next_json(&mut ws).await["data"], "in");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "in");
 }
 
 fn now_secs_of(token: &str) -> u64 {
@@ -679,7 +669,7 @@ async fn websocket_auth_with_a_bad_token_closes_4001() {
         (expired.as_str(), "token expired"),
     ] {
         let mut ws = connect(&server, "/listen?cid=plain").await;
-        assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+        assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
         send(&mut ws, json!({"type": "auth", "token": t})).await;
         assert_eq!(next_close(&mut ws).await, (4001, reason.to_string()));
     }
@@ -691,9 +681,9 @@ async fn websocket_ends_with_4002_when_its_token_expires() {
     let server = start().await;
     let t = expiring_token("u", &["priv:*"], 2);
     let mut ws = connect(&server, &format!("/listen?cid=priv:x&token={t}")).await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
     server.publish("priv:x", "before").await;
-    assert_eq!(next_json(&mut ws).await["data"], "before");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "before");
     assert_eq!(
         next_close(&mut ws).await,
         (4002, "token expired".to_string())
@@ -711,7 +701,7 @@ async fn websocket_refresh_extends_and_replaces_rights() {
     )
     .await;
     for _ in 0..3 {
-        assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+        assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
     }
     // Refresh errors leave the connection and its rights as they were.
     let stranger = token("someone-else", &["*"]);
@@ -720,13 +710,13 @@ async fn websocket_refresh_extends_and_replaces_rights() {
         json!({"type": "refresh", "token": stranger, "ref": 1}),
     )
     .await;
-    let reply = next_json(&mut ws).await;
+    let reply = ws_next_json(&mut ws, STEP).await;
     assert_eq!(
         (reply["type"].as_str(), reply["ref"].as_i64()),
         (Some("error"), Some(1))
     );
     send(&mut ws, json!({"type": "refresh", "token": "bad"})).await;
-    assert_eq!(next_json(&mut ws).await["type"], "error");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "error");
     // A newer token that no longer covers priv:b.
     let newer = token("u", &["priv:a"]);
     send(
@@ -734,12 +724,12 @@ async fn websocket_refresh_extends_and_replaces_rights() {
         json!({"type": "refresh", "token": newer, "ref": 2}),
     )
     .await;
-    let refreshed = next_json(&mut ws).await;
+    let refreshed = ws_next_json(&mut ws, STEP).await;
     assert_eq!(
         refreshed,
         json!({"type": "refreshed", "exp": now_secs_of(&newer), "ref": 2})
     );
-    let unsubscribed = next_json(&mut ws).await;
+    let unsubscribed = ws_next_json(&mut ws, STEP).await;
     assert_eq!(
         unsubscribed,
         json!({"type": "unsubscribed", "cid": "priv:b", "reason": "not allowed by the refreshed token"})
@@ -748,11 +738,11 @@ async fn websocket_refresh_extends_and_replaces_rights() {
     // Past the first token's deadline the connection still lives and delivers.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     send(&mut ws, json!({"type": "ping"})).await;
-    assert_eq!(next_json(&mut ws).await["type"], "pong");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "pong");
     server.publish("priv:a", "still here").await;
-    assert_eq!(next_json(&mut ws).await["data"], "still here");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "still here");
     server.publish("pub:c", "public").await;
-    assert_eq!(next_json(&mut ws).await["data"], "public");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "public");
 }
 
 #[tokio::test]
@@ -764,7 +754,7 @@ async fn refresh_needs_a_token_to_replace() {
         json!({"type": "refresh", "token": token("u", &[])}),
     )
     .await;
-    let reply = next_json(&mut ws).await;
+    let reply = ws_next_json(&mut ws, STEP).await;
     assert!(
         reply["error"].as_str().unwrap().contains("auth first"),
         "{reply}"
@@ -800,7 +790,7 @@ async fn client_publish_follows_namespace_and_token_rights() {
             json!({"type": "publish", "cid": cid, "data": {"n": 1}}),
         )
         .await;
-        let reply = next_json(&mut ws).await;
+        let reply = ws_next_json(&mut ws, STEP).await;
         let expected = if allowed { "published" } else { "error" };
         assert_eq!(reply["type"], expected, "{cid}: {reply}");
     }
@@ -936,7 +926,7 @@ async fn streams_leave_the_expiry_schedule_when_they_end_and_tokenless_ones_neve
     let plain = open("cid=plain".into()).await.unwrap();
     let with_token = open(format!("cid=priv:q&token={t}")).await.unwrap();
     let mut ws = connect(&server, &format!("/listen?cid=pub:q&token={t}")).await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
     // A long poll with a token is checked per request, not scheduled.
     let longpoll = tokio::spawn({
         let request = server

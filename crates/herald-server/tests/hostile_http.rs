@@ -8,11 +8,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-mod raw;
 
 use std::net::SocketAddr;
 
-use raw::{await_connections, exchange, health, Bystander, RawResponse};
+use common::raw::{await_connections, exchange, health, Bystander, RawResponse};
 
 /// What a case must get back.
 #[derive(Debug, Clone, Copy)]

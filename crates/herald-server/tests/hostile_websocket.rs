@@ -6,15 +6,14 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-mod raw;
 
 use serde_json::{json, Value};
 
-use common::TestServer;
-use raw::{
-    await_connections, exchange, frame, health, masked_frame, upgrade_request, RawWs, OP_BINARY,
-    OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
+use common::raw::{
+    self, await_connections, exchange, frame, health, masked_frame, upgrade_request, RawWs,
+    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
 };
+use common::TestServer;
 
 /// What the server must do with the bytes a case sends after the handshake.
 #[derive(Debug, Clone, Copy)]

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::raw::{self, RawResponse};
-use common::TestServer;
+use common::{ws_next_json, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -27,24 +27,9 @@ async fn ws_subscribe(server: &TestServer, cid: &str) -> Ws {
     let (mut ws, _) = connect_async(server.ws_url(&format!("/listen?cid={cid}")))
         .await
         .unwrap();
-    let subscribed = next_json(&mut ws).await;
+    let subscribed = ws_next_json(&mut ws, STEP).await;
     assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
     ws
-}
-
-/// The next text frame as JSON (pings skipped); panics after [`STEP`].
-async fn next_json(ws: &mut Ws) -> Value {
-    tokio::time::timeout(STEP, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a frame in time")
 }
 
 /// The close code the server ends `ws` with, skipping any frames before it.
@@ -65,7 +50,7 @@ async fn close_code(ws: &mut Ws) -> Option<u16> {
 /// Asserts that `ws` receives exactly the text messages `m1..=mN` of `cid`, in order.
 async fn expect_messages(ws: &mut Ws, cid: &str, n: usize) {
     for i in 1..=n {
-        let envelope = next_json(ws).await;
+        let envelope = ws_next_json(ws, STEP).await;
         assert_eq!(envelope["cid"], cid, "{envelope}");
         assert_eq!(envelope["data"], format!("m{i}"), "{envelope}");
     }
@@ -112,7 +97,7 @@ impl Publisher {
     async fn next(&mut self, cid: &str) {
         self.sent += 1;
         let body = format!("m{}", self.sent);
-        let response = raw::exchange(
+        let response = raw::roundtrip(
             &mut self.stream,
             &mut self.buf,
             &raw::publish(cid, &body, self.addr),
@@ -252,13 +237,13 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     let mut buf = Vec::new();
     let request = raw::get("/health", addr, &[]);
     assert_eq!(
-        raw::exchange(&mut stream, &mut buf, &request).await.status,
+        raw::roundtrip(&mut stream, &mut buf, &request).await.status,
         200
     );
     // Longer than the header-read timeout, shorter than the idle timeout: still open.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
-        raw::exchange(&mut stream, &mut buf, &request).await.status,
+        raw::roundtrip(&mut stream, &mut buf, &request).await.status,
         200
     );
     let closed = raw::wait_closed(&mut stream, Duration::from_secs(5))
@@ -332,10 +317,10 @@ async fn client_publishes_over_the_rate_get_error_frames_and_a_flood_is_closed_w
 
     // A burst of the rate is accepted, the next one is refused with an error naming the limit.
     ws_publish(&mut publisher, "room", 1).await;
-    let reply = next_json(&mut publisher).await;
+    let reply = ws_next_json(&mut publisher, STEP).await;
     assert_eq!(reply["type"], "published", "{reply}");
     ws_publish(&mut publisher, "room", 2).await;
-    let reply = next_json(&mut publisher).await;
+    let reply = ws_next_json(&mut publisher, STEP).await;
     assert_eq!(reply["type"], "error", "{reply}");
     assert_eq!(reply["ref"], 2);
     assert!(
@@ -364,7 +349,7 @@ async fn client_publishes_over_the_rate_get_error_frames_and_a_flood_is_closed_w
     // The subscriber got only the accepted messages, and keeps getting the server's.
     let published = server.publish("room", "after").await;
     assert_eq!(published["id"], 2, "refused publishes took no ids");
-    let envelope = next_json(&mut subscriber).await;
+    let envelope = ws_next_json(&mut subscriber, STEP).await;
     assert_eq!(envelope["data"], "after", "{envelope}");
 }
 

@@ -28,7 +28,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use common::{wait_for_subscribers, TestServer};
+use common::{wait_for_subscribers, ws_next_json, TestServer};
 
 /// How long any single expected event may take before a test fails.
 const STEP: Duration = Duration::from_secs(10);
@@ -190,21 +190,6 @@ impl TlsServer {
         assert_eq!(response.status(), 200);
         assert_eq!(body_json(response).await["status"], "ok");
     }
-}
-
-/// The next text frame as JSON (pings and pongs are skipped).
-async fn next_json(ws: &mut Wss) -> Value {
-    tokio::time::timeout(STEP, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a frame in time")
 }
 
 async fn send_json(ws: &mut Wss, value: &Value) {
@@ -471,11 +456,11 @@ async fn wss_gets_backlog_live_messages_and_command_replies() {
         Some(&b"http/1.1"[..]),
         "ALPN http/1.1"
     );
-    let subscribed = next_json(&mut ws).await;
+    let subscribed = ws_next_json(&mut ws, STEP).await;
     assert_eq!(subscribed["type"], "subscribed");
     assert_eq!(subscribed["id"], 0);
     for i in 1..=3 {
-        let envelope = next_json(&mut ws).await;
+        let envelope = ws_next_json(&mut ws, STEP).await;
         assert_eq!(envelope["id"], i);
         assert_eq!(envelope["data"], format!("old{i}"));
     }
@@ -484,16 +469,19 @@ async fn wss_gets_backlog_live_messages_and_command_replies() {
         server.publish("room", &format!("live{i}")).await;
     }
     for i in 4..=200 {
-        let envelope = next_json(&mut ws).await;
+        let envelope = ws_next_json(&mut ws, STEP).await;
         assert_eq!(envelope["id"], i);
         assert_eq!(envelope["data"], format!("live{i}"));
     }
 
     // Commands and their replies.
     send_json(&mut ws, &json!({"type": "ping", "ref": 7})).await;
-    assert_eq!(next_json(&mut ws).await, json!({"type": "pong", "ref": 7}));
+    assert_eq!(
+        ws_next_json(&mut ws, STEP).await,
+        json!({"type": "pong", "ref": 7})
+    );
     send_json(&mut ws, &json!({"type": "subscribe", "cid": "other"})).await;
-    let reply = next_json(&mut ws).await;
+    let reply = ws_next_json(&mut ws, STEP).await;
     assert_eq!(reply["type"], "subscribed");
     assert_eq!(reply["cid"], "other");
     send_json(
@@ -502,7 +490,10 @@ async fn wss_gets_backlog_live_messages_and_command_replies() {
     )
     .await;
     // The reply and the envelope of our own publish, in either order.
-    let (a, b) = (next_json(&mut ws).await, next_json(&mut ws).await);
+    let (a, b) = (
+        ws_next_json(&mut ws, STEP).await,
+        ws_next_json(&mut ws, STEP).await,
+    );
     let (reply, envelope) = if a["type"] == "published" {
         (a, b)
     } else {
@@ -511,14 +502,14 @@ async fn wss_gets_backlog_live_messages_and_command_replies() {
     assert_eq!(reply["type"], "published");
     assert_eq!(envelope["data"], json!({"n": 1}));
     send_json(&mut ws, &json!({"type": "nonsense"})).await;
-    assert_eq!(next_json(&mut ws).await["type"], "error");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "error");
 
     // A second subscriber on the same channel: both get the message.
     let mut second = server.wss("/listen?cid=room").await;
-    assert_eq!(next_json(&mut second).await["type"], "subscribed");
+    assert_eq!(ws_next_json(&mut second, STEP).await["type"], "subscribed");
     server.publish("room", "both").await;
-    assert_eq!(next_json(&mut ws).await["data"], "both");
-    assert_eq!(next_json(&mut second).await["data"], "both");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "both");
+    assert_eq!(ws_next_json(&mut second, STEP).await["data"], "both");
 
     ws.close(None).await.unwrap();
     assert_eq!(close_code(&mut ws).await, Some(1000), "close echoed");
@@ -572,7 +563,7 @@ async fn wss_peer_that_never_answers_pings_is_closed_with_1008() {
 
     // A peer that answers stays: tungstenite answers each ping while it reads.
     let mut alive = server.wss("/listen?cid=alive").await;
-    assert_eq!(next_json(&mut alive).await["type"], "subscribed");
+    assert_eq!(ws_next_json(&mut alive, STEP).await["type"], "subscribed");
     let mut pings = 0;
     while pings < 4 {
         match tokio::time::timeout(STEP, alive.next())
@@ -584,7 +575,7 @@ async fn wss_peer_that_never_answers_pings_is_closed_with_1008() {
         }
     }
     server.publish("alive", "still here").await;
-    assert_eq!(next_json(&mut alive).await["data"], "still here");
+    assert_eq!(ws_next_json(&mut alive, STEP).await["data"], "still here");
 }
 
 #[tokio::test]
@@ -597,7 +588,7 @@ async fn wss_slow_consumer_is_closed_with_4008() {
     .await;
     let body = |i: u64| format!("{i:05}:{}", "z".repeat(60_000));
     let mut laggard = server.wss("/listen?cid=flood").await;
-    assert_eq!(next_json(&mut laggard).await["type"], "subscribed");
+    assert_eq!(ws_next_json(&mut laggard, STEP).await["type"], "subscribed");
     // Far more than the socket buffers hold, while the laggard does not read.
     for i in 1..=MESSAGES {
         assert_eq!(server.publish("flood", &body(i)).await["id"], i);
@@ -629,7 +620,7 @@ async fn wss_slow_consumer_is_closed_with_4008() {
 async fn shutdown_closes_wss_with_1001() {
     let server = start_tls(|_| {}).await;
     let mut ws = server.wss("/listen?cid=bye").await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
     let TlsServer { inner, .. } = server;
     let shutdown = tokio::spawn(inner.server.shutdown());
     assert_eq!(close_code(&mut ws).await, Some(1001));
@@ -648,7 +639,7 @@ async fn shutdown_closes_wss_with_1001() {
 async fn plain_http_on_the_tls_port_gets_a_400_and_others_are_unaffected() {
     let server = start_tls(|_| {}).await;
     let mut ws = server.wss("/listen?cid=calm").await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
 
     let mut plain = TcpStream::connect(server.addr()).await.unwrap();
     plain
@@ -688,7 +679,7 @@ async fn plain_http_on_the_tls_port_gets_a_400_and_others_are_unaffected() {
 
     // Everyone else is served as before.
     server.publish("calm", "undisturbed").await;
-    assert_eq!(next_json(&mut ws).await["data"], "undisturbed");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "undisturbed");
     server.assert_healthy().await;
 }
 

@@ -16,6 +16,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
+use common::raw::{
+    client_frame, parse_frame, read_response, RawFrame, RawResponse, ACCEPT, KEY, OP_CLOSE,
+    OP_CONT as OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+};
 use common::TestServer;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -230,46 +234,9 @@ async fn assert_still_serves(server: &TestServer) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raw TCP WebSocket client: handshakes and frames exactly as written here.
+// Raw TCP WebSocket client (frames and responses parsed by common::raw): handshakes and
+// frames exactly as written here.
 // ---------------------------------------------------------------------------------------------
-
-/// The sample key of RFC 6455 §1.3 and its accept value.
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Asserts a JSON error response with `status`.
-    fn assert_json_error(&self, status: u16) {
-        assert_eq!(self.status, status, "{self:?}");
-        let content_type = self.header("content-type").unwrap_or("");
-        assert!(content_type.starts_with("application/json"), "{self:?}");
-        let body: Value = serde_json::from_slice(&self.body).unwrap();
-        assert!(
-            body["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "{body}"
-        );
-    }
-}
 
 /// The handshake headers of a valid WebSocket request.
 fn ws_headers() -> Vec<(&'static str, &'static str)> {
@@ -299,47 +266,7 @@ async fn raw_request(
     tokio::time::timeout(STEP, read_response(stream, buf))
         .await
         .expect("HTTP response in time")
-}
-
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> RawResponse {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed before the response head");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-    buf.drain(..head_end + 4);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let length = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
-    while buf.len() < length {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed inside the body");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = buf.drain(..length).collect();
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
+        .expect("connection closed before the response head")
 }
 
 /// A request on a fresh connection.
@@ -348,20 +275,6 @@ async fn raw_get(server: &TestServer, target: &str, headers: &[(&str, &str)]) ->
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut buf = Vec::new();
     raw_request(&mut stream, &mut buf, &addr.to_string(), target, headers).await
-}
-
-#[derive(Debug)]
-struct RawFrame {
-    fin: bool,
-    opcode: u8,
-    payload: Vec<u8>,
-}
-
-impl RawFrame {
-    fn close_code(&self) -> Option<u16> {
-        (self.opcode == OP_CLOSE && self.payload.len() >= 2)
-            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
-    }
 }
 
 /// A WebSocket client that writes and reads frames byte by byte, and does nothing on its own
@@ -404,7 +317,8 @@ impl RawWs {
         let mut buf = Vec::new();
         let response = tokio::time::timeout(STEP, read_response(&mut stream, &mut buf))
             .await
-            .expect("handshake response in time");
+            .expect("handshake response in time")
+            .expect("connection closed before the response head");
         assert_eq!(response.status, 101, "{response:?}");
         assert_eq!(response.header("sec-websocket-accept"), Some(ACCEPT));
         Self { stream, buf }
@@ -480,79 +394,6 @@ impl RawWs {
             }
         }
     }
-}
-
-/// A client frame: masked (as RFC 6455 requires of clients) unless `masked` is false.
-fn client_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![(u8::from(fin) << 7) | opcode];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => frame.push(mask_bit | u8::try_from(n).unwrap()),
-        n if n <= 0xFFFF => {
-            frame.push(mask_bit | 126);
-            frame.extend_from_slice(&u16::try_from(n).unwrap().to_be_bytes());
-        }
-        n => {
-            frame.push(mask_bit | 127);
-            frame.extend_from_slice(&u64::try_from(n).unwrap().to_be_bytes());
-        }
-    }
-    if masked {
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    } else {
-        frame.extend_from_slice(payload);
-    }
-    frame
-}
-
-/// Parses one server frame (unmasked, as RFC 6455 requires) from the start of `buf`.
-fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    assert_eq!(buf[1] & 0x80, 0, "server frames must not be masked");
-    let (length, mut at) = match buf[1] & 0x7F {
-        126 => {
-            if buf.len() < 4 {
-                return None;
-            }
-            let n = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-            assert!(
-                n >= 126,
-                "length {n} not in the minimal form (RFC 6455 §5.2)"
-            );
-            (n, 4)
-        }
-        127 => {
-            if buf.len() < 10 {
-                return None;
-            }
-            let mut n = [0u8; 8];
-            n.copy_from_slice(&buf[2..10]);
-            let n = u64::from_be_bytes(n);
-            assert!(
-                n > 0xFFFF,
-                "length {n} not in the minimal form (RFC 6455 §5.2)"
-            );
-            (usize::try_from(n).unwrap(), 10)
-        }
-        n => (usize::from(n), 2),
-    };
-    if buf.len() < at + length {
-        return None;
-    }
-    let payload = buf[at..at + length].to_vec();
-    at += length;
-    Some((
-        RawFrame {
-            fin: buf[0] & 0x80 != 0,
-            opcode: buf[0] & 0x0F,
-            payload,
-        },
-        at,
-    ))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -241,3 +241,28 @@ pub async fn wait_for_subscribers(server: &TestServer, cid: &str, n: usize) {
     .await
     .unwrap_or_else(|_| panic!("{cid} never had {n} subscribers (has {})", hub_count()));
 }
+
+/// The next text frame of a WebSocket client (plain or TLS) as JSON, pings and pongs
+/// skipped; panics on any other frame, at the end of the stream or after `within`.
+pub async fn ws_next_json<S>(ws: &mut S, within: Duration) -> Value
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a frame in time")
+}
