@@ -2199,23 +2199,6 @@ async fn health_connections(server: &TestServer) -> u64 {
     body["connections"].as_u64().unwrap()
 }
 
-/// Polls `/health` until `connections` is `expected` (an event the server only reports by
-/// polling); fails after a few seconds.
-async fn await_health_connections(server: &TestServer, expected: u64) {
-    let started = Instant::now();
-    loop {
-        let now = health_connections(server).await;
-        if now == expected {
-            return;
-        }
-        assert!(
-            started.elapsed() < STEP,
-            "/health reports {now} connections, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn closed_and_vanished_connections_are_released() {
     let server = common::start().await;
@@ -2230,7 +2213,7 @@ async fn closed_and_vanished_connections_are_released() {
         assert_subscribed(&raw.next_json().await, "gone", 0);
         vanishing.push(raw);
     }
-    await_health_connections(&server, baseline + 5).await;
+    common::raw::await_connections(&server, baseline + 5).await;
     assert_eq!(server.publish("gone", "x").await["subscribers"], 5);
 
     for mut ws in polite {
@@ -2256,7 +2239,7 @@ async fn closed_and_vanished_connections_are_released() {
         assert_eq!(response.status, 101);
         drop(stream);
     }
-    await_health_connections(&server, baseline).await;
+    common::raw::await_connections(&server, baseline).await;
     assert_eq!(server.publish("gone", "y").await["subscribers"], 0);
     assert_still_serves(&server).await;
 }
