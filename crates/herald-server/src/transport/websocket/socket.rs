@@ -2,7 +2,7 @@
 //!
 //! [`connection`](super::connection) is written once against [`WsSocket`] and compiled for each
 //! stream, so the plain-TCP path keeps its exact code: reads through a stack buffer with
-//! `poll_read_ready` + `try_read`, writes with `try_write`, and a [`DirectWriter`] that lets
+//! `poll_read_ready` + `try_read`, writes with `try_write`, and a `DirectWriter` that lets
 //! the publisher write frames straight into an idle socket from its own thread.
 //!
 //! A TLS stream cannot do that last part: rustls needs `&mut` access for every record it
@@ -87,7 +87,7 @@ impl DirectDelivery for DirectWriter {
     }
 }
 
-/// Plain TCP, shared with the [`DirectWriter`].
+/// Plain TCP, shared with the `DirectWriter`.
 impl WsSocket for Arc<TcpStream> {
     fn read_some<'a>(
         &'a mut self,
