@@ -3,7 +3,9 @@
 //!
 //! clap reads flags and environment together (a flag wins over its variable); the file fills
 //! whatever neither set; [`Config`] is the single resolved, validated result the server runs
-//! with. Every option is documented once, on its flag, and shows up in `herald serve --help`.
+//! with. Every option is declared and documented once, in [`Options`] (flag, variable and file
+//! key at once), and shows up in `herald serve --help`; its default is written once, in
+//! `Config::with_defaults`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -111,7 +113,6 @@ options! {
     #[derive(Debug, Default, Args, Deserialize)]
     #[serde(default, deny_unknown_fields)]
     pub struct Options {
-
         /// Address to listen on; port 0 picks a free port (the address is logged).
         /// [default: 127.0.0.1:8000]
         #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
@@ -951,6 +952,35 @@ mod tests {
                 let error = Config::resolve(parse(&[flag, path_text])).expect_err("refused");
                 assert!(error.to_string().contains(path_text), "{error}");
             }
+        }
+    }
+
+    #[test]
+    fn one_declaration_serves_flags_and_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "publish_keys = [\"file\"]\nallowed_origins = [\"https://a.example\"]\nkeepalive = \"3s\"\n",
+        )
+        .expect("write");
+        let config_path = path.to_str().expect("utf8 path");
+        let config = Config::resolve(parse(&["--config", config_path, "--publish-key", "flag"]))
+            .expect("valid");
+        assert_eq!(
+            config.publish_keys,
+            ["flag"],
+            "a flag's list replaces the file's"
+        );
+        assert_eq!(config.allowed_origins, ["https://a.example"]);
+        assert_eq!(config.keepalive, Duration::from_secs(3));
+        // The file's own path is not a key of the file; a bad duration points at its key.
+        for (text, key) in [
+            ("config = \"x.toml\"", "config"),
+            ("keepalive = \"soon\"", "keepalive"),
+        ] {
+            let error = Config::from_toml_str(text).expect_err(text).to_string();
+            assert!(error.contains(key), "{error}");
         }
     }
 
