@@ -3,7 +3,9 @@
 //!
 //! clap reads flags and environment together (a flag wins over its variable); the file fills
 //! whatever neither set; [`Config`] is the single resolved, validated result the server runs
-//! with. Every option is documented once, on its flag, and shows up in `herald serve --help`.
+//! with. Every option is declared and documented once, in [`Options`] (flag, variable and file
+//! key at once), and shows up in `herald serve --help`; its default is written once, in
+//! `Config::with_defaults`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// Herald: a real-time message push server.
 ///
@@ -33,273 +35,307 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-/// Options of `herald serve`. Each may also come from the environment variable shown, or from
-/// the `--config` file under the same name with `_` for `-`. Durations take units: `250ms`,
-/// `30s`, `10m`.
+/// Arguments of `herald serve`: the config file's path, and every option.
 #[derive(Debug, Default, Args)]
 pub struct ServeArgs {
     /// TOML file with options (keys as the long flags with `_` for `-`).
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address to listen on; port 0 picks a free port (the address is logged).
-    /// [default: 127.0.0.1:8000]
-    #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    /// The options set by flags and environment variables.
+    #[command(flatten)]
+    pub options: Options,
+}
 
-    /// Messages kept per channel for resuming and polling. [default: 100]
-    #[arg(long, env = "HERALD_HISTORY_SIZE", value_name = "N")]
-    pub history_size: Option<usize>,
+/// Declares [`Options`] once and generates its merge: each field, listed once, becomes a flag
+/// with its variable (clap), a key of the config file (serde) and a line of
+/// [`Options::or_from`].
+macro_rules! options {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident {
+            $($(#[$field_attr:meta])* pub $field:ident: $type:ty,)*
+        }
+    ) => {
+        $(#[$attr])*
+        pub struct $name {
+            $($(#[$field_attr])* pub $field: $type,)*
+        }
 
-    /// How long a message stays in history. [default: 10m]
-    #[arg(long, env = "HERALD_HISTORY_TTL", value_name = "DURATION", value_parser = parse_duration)]
-    pub history_ttl: Option<Duration>,
+        impl $name {
+            /// Each option set here, else the one set in `lower` (flags and environment over
+            /// the file).
+            pub fn or_from(self, lower: Self) -> Self {
+                Self {
+                    $($field: Fallback::or_from(self.$field, lower.$field),)*
+                }
+            }
+        }
+    };
+}
 
-    /// Most channels the server keeps at once; new channels beyond it are refused (503).
-    /// [default: 1000000]
-    #[arg(long, env = "HERALD_MAX_CHANNELS", value_name = "N")]
-    pub max_channels: Option<usize>,
+/// An option's value that a lower-precedence source fills when this one left it unset.
+trait Fallback {
+    /// `self` if set, else `lower`.
+    fn or_from(self, lower: Self) -> Self;
+}
 
-    /// Most channels one connection (or one publish) may name. [default: 64]
-    #[arg(long, env = "HERALD_MAX_CHANNELS_PER_CONNECTION", value_name = "N")]
-    pub max_channels_per_connection: Option<usize>,
+impl<T> Fallback for Option<T> {
+    fn or_from(self, lower: Self) -> Self {
+        self.or(lower)
+    }
+}
 
-    /// Largest publish body, and largest WebSocket message, in bytes. [default: 65536]
-    #[arg(long, env = "HERALD_MAX_BODY", value_name = "BYTES")]
-    pub max_body: Option<usize>,
+impl<T> Fallback for Vec<T> {
+    fn or_from(self, lower: Self) -> Self {
+        if self.is_empty() {
+            lower
+        } else {
+            self
+        }
+    }
+}
 
-    /// A key that lets non-loopback clients publish (`Authorization: Bearer KEY`). Repeat the
-    /// flag, or separate keys with commas in the variable, to accept several (rotation).
-    #[arg(
-        long = "publish-key",
-        env = "HERALD_PUBLISH_KEYS",
-        value_name = "KEY",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub publish_keys: Vec<String>,
+impl<K, V> Fallback for BTreeMap<K, V> {
+    fn or_from(self, lower: Self) -> Self {
+        if self.is_empty() {
+            lower
+        } else {
+            self
+        }
+    }
+}
 
-    /// Let WebSocket clients publish with the `publish` command. [default: false]
-    #[arg(long, env = "HERALD_CLIENT_PUBLISH", value_name = "BOOL")]
-    pub client_publish: Option<bool>,
+options! {
+    /// Options of `herald serve`. Each may also come from the environment variable shown, or
+    /// from the `--config` file under the same name with `_` for `-` (unknown keys are an
+    /// error, so a typo is not silently ignored). Durations take units: `250ms`, `30s`, `10m`.
+    #[derive(Debug, Default, Args, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct Options {
+        /// Address to listen on; port 0 picks a free port (the address is logged).
+        /// [default: 127.0.0.1:8000]
+        #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
+        pub listen: Option<SocketAddr>,
 
-    /// How long a long-poll request waits for a message before answering `[]`. [default: 30s]
-    #[arg(long, env = "HERALD_LONGPOLL_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub longpoll_timeout: Option<Duration>,
+        /// Messages kept per channel for resuming and polling. [default: 100]
+        #[arg(long, env = "HERALD_HISTORY_SIZE", value_name = "N")]
+        pub history_size: Option<usize>,
 
-    /// Interval of keep-alive comments on SSE and iframe streams. [default: 15s]
-    #[arg(long, env = "HERALD_KEEPALIVE", value_name = "DURATION", value_parser = parse_duration)]
-    pub keepalive: Option<Duration>,
+        /// How long a message stays in history. [default: 10m]
+        #[serde(deserialize_with = "duration")]
+        #[arg(long, env = "HERALD_HISTORY_TTL", value_name = "DURATION", value_parser = parse_duration)]
+        pub history_ttl: Option<Duration>,
 
-    /// Reconnect delay suggested to SSE clients (`retry:`). [default: 2s]
-    #[arg(long, env = "HERALD_SSE_RETRY", value_name = "DURATION", value_parser = parse_duration)]
-    pub sse_retry: Option<Duration>,
+        /// Most channels the server keeps at once; new channels beyond it are refused (503).
+        /// [default: 1000000]
+        #[arg(long, env = "HERALD_MAX_CHANNELS", value_name = "N")]
+        pub max_channels: Option<usize>,
 
-    /// Interval of WebSocket pings; a peer that misses one is closed. [default: 25s]
-    #[arg(long, env = "HERALD_WS_PING_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
-    pub ws_ping_interval: Option<Duration>,
+        /// Most channels one connection (or one publish) may name. [default: 64]
+        #[arg(long, env = "HERALD_MAX_CHANNELS_PER_CONNECTION", value_name = "N")]
+        pub max_channels_per_connection: Option<usize>,
 
-    /// Messages that may wait for one connection before it is dropped as a slow consumer.
-    /// [default: 1024]
-    #[arg(long, env = "HERALD_OUTBOX_CAPACITY", value_name = "N")]
-    pub outbox_capacity: Option<usize>,
+        /// Largest publish body, and largest WebSocket message, in bytes. [default: 65536]
+        #[arg(long, env = "HERALD_MAX_BODY", value_name = "BYTES")]
+        pub max_body: Option<usize>,
 
-    /// How long shutdown waits for connections to close before exiting. [default: 10s]
-    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub shutdown_timeout: Option<Duration>,
+        /// A key that lets non-loopback clients publish (`Authorization: Bearer KEY`). Repeat the
+        /// flag, or separate keys with commas in the variable, to accept several (rotation).
+        #[arg(
+            long = "publish-key",
+            env = "HERALD_PUBLISH_KEYS",
+            value_name = "KEY",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        pub publish_keys: Vec<String>,
 
-    /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `herald_server=debug`).
-    /// [default: info]
-    #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
-    pub log: Option<String>,
+        /// Let WebSocket clients publish with the `publish` command. [default: false]
+        #[arg(long, env = "HERALD_CLIENT_PUBLISH", value_name = "BOOL")]
+        pub client_publish: Option<bool>,
 
-    // --- Access control: publisher keys, subscriber tokens, namespace defaults ---
-    /// Let loopback clients publish without a key; `false`: loopback needs a key too.
-    /// [default: true]
-    #[arg(long, env = "HERALD_PUBLISH_FROM_LOOPBACK", value_name = "BOOL")]
-    pub publish_from_loopback: Option<bool>,
+        /// How long a long-poll request waits for a message before answering `[]`. [default: 30s]
+        #[serde(deserialize_with = "duration")]
+        #[arg(long, env = "HERALD_LONGPOLL_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+        pub longpoll_timeout: Option<Duration>,
 
-    /// Secret that verifies HS256 subscriber tokens (JWT). Prefer the variable or the file: a
-    /// flag's value is visible to other local users in the process list.
-    #[arg(
-        long,
-        env = "HERALD_JWT_HMAC_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    pub jwt_hmac_secret: Option<String>,
+        /// Interval of keep-alive comments on SSE and iframe streams. [default: 15s]
+        #[serde(deserialize_with = "duration")]
+        #[arg(long, env = "HERALD_KEEPALIVE", value_name = "DURATION", value_parser = parse_duration)]
+        pub keepalive: Option<Duration>,
 
-    /// PEM file with the RSA public key that verifies RS256 subscriber tokens.
-    #[arg(long, env = "HERALD_JWT_RSA_PUBLIC_KEY", value_name = "FILE")]
-    pub jwt_rsa_public_key: Option<PathBuf>,
+        /// Reconnect delay suggested to SSE clients (`retry:`). [default: 2s]
+        #[serde(deserialize_with = "duration")]
+        #[arg(long, env = "HERALD_SSE_RETRY", value_name = "DURATION", value_parser = parse_duration)]
+        pub sse_retry: Option<Duration>,
 
-    /// PEM file with the P-256 public key that verifies ES256 subscriber tokens.
-    #[arg(long, env = "HERALD_JWT_EC_PUBLIC_KEY", value_name = "FILE")]
-    pub jwt_ec_public_key: Option<PathBuf>,
+        /// Interval of WebSocket pings; a peer that misses one is closed. [default: 25s]
+        #[serde(deserialize_with = "duration")]
+        #[arg(long, env = "HERALD_WS_PING_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+        pub ws_ping_interval: Option<Duration>,
 
-    /// Required `aud` claim of subscriber tokens (not checked when unset).
-    #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUD")]
-    pub jwt_audience: Option<String>,
+        /// Messages that may wait for one connection before it is dropped as a slow consumer.
+        /// [default: 1024]
+        #[arg(long, env = "HERALD_OUTBOX_CAPACITY", value_name = "N")]
+        pub outbox_capacity: Option<usize>,
 
-    /// Required `iss` claim of subscriber tokens (not checked when unset).
-    #[arg(long, env = "HERALD_JWT_ISSUER", value_name = "ISS")]
-    pub jwt_issuer: Option<String>,
+        /// How long shutdown waits for connections to close before exiting. [default: 10s]
+        #[serde(deserialize_with = "duration")]
+        #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+        pub shutdown_timeout: Option<Duration>,
 
-    /// Channels without a namespace need a token to be subscribed to. Namespaces
-    /// (`[namespaces.NAME]` in the config file) set their own. [default: false]
-    #[arg(long, env = "HERALD_PRIVATE", value_name = "BOOL")]
-    pub private: Option<bool>,
+        /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `herald_server=debug`).
+        /// [default: info]
+        #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
+        pub log: Option<String>,
 
-    /// Most subscribers of one channel without a namespace; 0 = unlimited. [default: 0]
-    #[arg(long, env = "HERALD_MAX_SUBSCRIBERS", value_name = "N")]
-    pub max_subscribers: Option<usize>,
-    // TLS: both files or neither.
-    /// PEM certificate chain (leaf first): the listener speaks HTTPS and WSS instead of plain
-    /// HTTP and WS. Needs `--tls-key`.
-    #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
+        // --- Access control: publisher keys, subscriber tokens, namespace defaults ---
+        /// Let loopback clients publish without a key; `false`: loopback needs a key too.
+        /// [default: true]
+        #[arg(long, env = "HERALD_PUBLISH_FROM_LOOPBACK", value_name = "BOOL")]
+        pub publish_from_loopback: Option<bool>,
 
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
-    #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
+        /// Secret that verifies HS256 subscriber tokens (JWT). Prefer the variable or the file: a
+        /// flag's value is visible to other local users in the process list.
+        #[arg(
+            long,
+            env = "HERALD_JWT_HMAC_SECRET",
+            value_name = "SECRET",
+            hide_env_values = true
+        )]
+        pub jwt_hmac_secret: Option<String>,
 
-    /// How long a client may take to complete the TLS handshake before it is dropped.
-    /// [default: 10s]
-    #[arg(long, env = "HERALD_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub tls_handshake_timeout: Option<Duration>,
-    // --- Browser boundaries and limits ---
-    /// A browser origin allowed to subscribe from another site (`https://app.example.com`,
-    /// `http://localhost:3000`, `https://*.example.com` for its subdomains, `*` for any).
-    /// Repeat the flag, or separate origins with commas in the variable. Requests without an
-    /// `Origin` and same-origin pages are always allowed. [default: none]
-    #[arg(
-        long = "allowed-origins",
-        env = "HERALD_ALLOWED_ORIGINS",
-        value_name = "ORIGIN",
-        value_delimiter = ','
-    )]
-    pub allowed_origins: Vec<String>,
+        /// PEM file with the RSA public key that verifies RS256 subscriber tokens.
+        #[arg(long, env = "HERALD_JWT_RSA_PUBLIC_KEY", value_name = "FILE")]
+        pub jwt_rsa_public_key: Option<PathBuf>,
 
-    /// Send `Access-Control-Allow-Credentials: true` to allowed origins (cookies and HTTP
-    /// authentication on cross-site requests). Not combinable with `*`. [default: false]
-    #[arg(long, env = "HERALD_CORS_CREDENTIALS", value_name = "BOOL")]
-    pub cors_credentials: Option<bool>,
+        /// PEM file with the P-256 public key that verifies ES256 subscriber tokens.
+        #[arg(long, env = "HERALD_JWT_EC_PUBLIC_KEY", value_name = "FILE")]
+        pub jwt_ec_public_key: Option<PathBuf>,
 
-    /// Most open client connections (HTTP and WebSocket); more are answered 503 and closed.
-    /// [default: the open-files limit minus 5% headroom]
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
-    pub max_connections: Option<usize>,
+        /// Required `aud` claim of subscriber tokens (not checked when unset).
+        #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUD")]
+        pub jwt_audience: Option<String>,
 
-    /// Most open connections from one IP address; more are answered 429 and closed.
-    /// 0 turns the limit off. [default: 0]
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
-    pub max_connections_per_ip: Option<usize>,
+        /// Required `iss` claim of subscriber tokens (not checked when unset).
+        #[arg(long, env = "HERALD_JWT_ISSUER", value_name = "ISS")]
+        pub jwt_issuer: Option<String>,
 
-    /// Publishes per second one WebSocket client may send (token bucket, bursts of the same
-    /// size); more are answered with an error frame. [default: 10]
-    #[arg(long, env = "HERALD_CLIENT_PUBLISH_RATE", value_name = "N")]
-    pub client_publish_rate: Option<u32>,
+        /// Channels without a namespace need a token to be subscribed to. Namespaces
+        /// (`[namespaces.NAME]` in the config file) set their own. [default: false]
+        #[arg(long, env = "HERALD_PRIVATE", value_name = "BOOL")]
+        pub private: Option<bool>,
 
-    /// Largest request head (request line and headers) in bytes; larger is answered 431.
-    /// [default: 32768]
-    #[arg(long, env = "HERALD_MAX_HEADER_SIZE", value_name = "BYTES")]
-    pub max_header_size: Option<usize>,
+        /// Most subscribers of one channel without a namespace; 0 = unlimited. [default: 0]
+        #[arg(long, env = "HERALD_MAX_SUBSCRIBERS", value_name = "N")]
+        pub max_subscribers: Option<usize>,
+        // TLS: both files or neither.
+        /// PEM certificate chain (leaf first): the listener speaks HTTPS and WSS instead of plain
+        /// HTTP and WS. Needs `--tls-key`.
+        #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE")]
+        pub tls_cert: Option<PathBuf>,
 
-    /// Most headers in one request; more is answered 431. [default: 100]
-    #[arg(long, env = "HERALD_MAX_HEADERS", value_name = "N")]
-    pub max_headers: Option<usize>,
+        /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+        #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE")]
+        pub tls_key: Option<PathBuf>,
 
-    /// Longest request URL (path and query) in bytes; longer is answered 414. [default: 16384]
-    #[arg(long, env = "HERALD_MAX_URL_LENGTH", value_name = "BYTES")]
-    pub max_url_length: Option<usize>,
+        /// How long a client may take to complete the TLS handshake before it is dropped.
+        /// [default: 10s]
+        #[serde(deserialize_with = "duration")]
+        #[arg(long, env = "HERALD_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+        pub tls_handshake_timeout: Option<Duration>,
+        // --- Browser boundaries and limits ---
+        /// A browser origin allowed to subscribe from another site (`https://app.example.com`,
+        /// `http://localhost:3000`, `https://*.example.com` for its subdomains, `*` for any).
+        /// Repeat the flag, or separate origins with commas in the variable. Requests without an
+        /// `Origin` and same-origin pages are always allowed. [default: none]
+        #[arg(
+            long = "allowed-origins",
+            env = "HERALD_ALLOWED_ORIGINS",
+            value_name = "ORIGIN",
+            value_delimiter = ','
+        )]
+        pub allowed_origins: Vec<String>,
 
-    /// How long a new connection may take to send its first complete request head (slowloris).
-    /// [default: 10s]
-    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub header_read_timeout: Option<Duration>,
+        /// Send `Access-Control-Allow-Credentials: true` to allowed origins (cookies and HTTP
+        /// authentication on cross-site requests). Not combinable with `*`. [default: false]
+        #[arg(long, env = "HERALD_CORS_CREDENTIALS", value_name = "BOOL")]
+        pub cors_credentials: Option<bool>,
 
-    /// How long a keep-alive connection may wait, after a response, until the next request
-    /// head is complete; then it is closed. [default: 60s]
-    #[arg(long, env = "HERALD_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
+        /// Most open client connections (HTTP and WebSocket); more are answered 503 and closed.
+        /// [default: the open-files limit minus 5% headroom]
+        #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+        pub max_connections: Option<usize>,
 
-    /// Most bytes of message envelopes kept in history across all channels; beyond it the
-    /// publishing channel's oldest messages are dropped (resuming clients get a `gap`).
-    /// [default: 268435456]
-    #[arg(long, env = "HERALD_MAX_HISTORY_MEMORY", value_name = "BYTES")]
-    pub max_history_memory: Option<usize>,
+        /// Most open connections from one IP address; more are answered 429 and closed.
+        /// 0 turns the limit off. [default: 0]
+        #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+        pub max_connections_per_ip: Option<usize>,
+
+        /// Publishes per second one WebSocket client may send (token bucket, bursts of the same
+        /// size); more are answered with an error frame. [default: 10]
+        #[arg(long, env = "HERALD_CLIENT_PUBLISH_RATE", value_name = "N")]
+        pub client_publish_rate: Option<u32>,
+
+        /// Largest request head (request line and headers) in bytes; larger is answered 431.
+        /// [default: 32768]
+        #[arg(long, env = "HERALD_MAX_HEADER_SIZE", value_name = "BYTES")]
+        pub max_header_size: Option<usize>,
+
+        /// Most headers in one request; more is answered 431. [default: 100]
+        #[arg(long, env = "HERALD_MAX_HEADERS", value_name = "N")]
+        pub max_headers: Option<usize>,
+
+        /// Longest request URL (path and query) in bytes; longer is answered 414. [default: 16384]
+        #[arg(long, env = "HERALD_MAX_URL_LENGTH", value_name = "BYTES")]
+        pub max_url_length: Option<usize>,
+
+        /// How long a new connection may take to send its first complete request head (slowloris).
+        /// [default: 10s]
+        #[serde(deserialize_with = "duration")]
+        #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+        pub header_read_timeout: Option<Duration>,
+
+        /// How long a keep-alive connection may wait, after a response, until the next request
+        /// head is complete; then it is closed. [default: 60s]
+        #[serde(deserialize_with = "duration")]
+        #[arg(long, env = "HERALD_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+        pub idle_timeout: Option<Duration>,
+
+        /// Most bytes of message envelopes kept in history across all channels; beyond it the
+        /// publishing channel's oldest messages are dropped (resuming clients get a `gap`).
+        /// [default: 268435456]
+        #[arg(long, env = "HERALD_MAX_HISTORY_MEMORY", value_name = "BYTES")]
+        pub max_history_memory: Option<usize>,
+
+    /// Namespaces by name: `[namespaces.NAME]` tables, in the config file only.
+    #[arg(skip)]
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
+}
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 250ms, 30s, 10m)"))
 }
 
-/// The same options as read from a TOML file. Unknown keys are an error, so a typo is not
-/// silently ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    history_size: Option<usize>,
-    history_ttl: Option<String>,
-    max_channels: Option<usize>,
-    max_channels_per_connection: Option<usize>,
-    max_body: Option<usize>,
-    publish_keys: Option<Vec<String>>,
-    client_publish: Option<bool>,
-    longpoll_timeout: Option<String>,
-    keepalive: Option<String>,
-    sse_retry: Option<String>,
-    ws_ping_interval: Option<String>,
-    outbox_capacity: Option<usize>,
-    shutdown_timeout: Option<String>,
-    log: Option<String>,
-    // TLS
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_handshake_timeout: Option<String>,
-    // Browser boundaries and limits.
-    allowed_origins: Option<Vec<String>>,
-    cors_credentials: Option<bool>,
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<usize>,
-    client_publish_rate: Option<u32>,
-    max_header_size: Option<usize>,
-    max_headers: Option<usize>,
-    max_url_length: Option<usize>,
-    header_read_timeout: Option<String>,
-    idle_timeout: Option<String>,
-    max_history_memory: Option<usize>,
-    // Access control.
-    publish_from_loopback: Option<bool>,
-    jwt_hmac_secret: Option<String>,
-    jwt_rsa_public_key: Option<PathBuf>,
-    jwt_ec_public_key: Option<PathBuf>,
-    jwt_audience: Option<String>,
-    jwt_issuer: Option<String>,
-    private: Option<bool>,
-    max_subscribers: Option<usize>,
-    namespaces: Option<BTreeMap<String, NamespaceFile>>,
-}
-
-/// One `[namespaces.NAME]` table of the config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NamespaceFile {
-    history_size: Option<usize>,
-    history_ttl: Option<String>,
-    private: Option<bool>,
-    client_publish: Option<bool>,
-    max_subscribers: Option<usize>,
+/// Reads a duration in the config file with the flags' parser (`"5s"`).
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// The options of one namespace (channels `NAME:…`); unset options take the top-level
 /// (default namespace) value.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct NamespaceOptions {
     /// Messages kept per channel.
     pub history_size: Option<usize>,
     /// Age limit of history.
+    #[serde(deserialize_with = "duration")]
     pub history_ttl: Option<Duration>,
     /// Subscribing needs a token that covers the channel.
     pub private: Option<bool>,
@@ -396,46 +432,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
-            history_size: 100,
-            history_ttl: Duration::from_secs(600),
-            max_channels: 1_000_000,
-            max_channels_per_connection: 64,
-            max_body: 64 * 1024,
-            publish_keys: Vec::new(),
-            client_publish: false,
-            longpoll_timeout: Duration::from_secs(30),
-            keepalive: Duration::from_secs(15),
-            sse_retry: Duration::from_secs(2),
-            ws_ping_interval: Duration::from_secs(25),
-            outbox_capacity: 1024,
-            shutdown_timeout: Duration::from_secs(10),
-            log: "info".into(),
-            publish_from_loopback: true,
-            jwt_hmac_secret: None,
-            jwt_rsa_public_key: None,
-            jwt_ec_public_key: None,
-            jwt_audience: None,
-            jwt_issuer: None,
-            private: false,
-            max_subscribers: 0,
-            namespaces: BTreeMap::new(),
-            tls_cert: None,
-            tls_key: None,
-            tls_handshake_timeout: Duration::from_secs(10),
-            allowed_origins: Vec::new(),
-            cors_credentials: false,
-            max_connections: None,
-            max_connections_per_ip: 0,
-            client_publish_rate: 10,
-            max_header_size: 32 * 1024,
-            max_headers: 100,
-            max_url_length: 16 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_history_memory: 256 * 1024 * 1024,
-        }
+        Self::with_defaults(Options::default())
     }
 }
 
@@ -529,157 +526,66 @@ impl Config {
     pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => Options::default(),
         };
-        Self::merge(args, file)
+        Self::from_options(args.options.or_from(file))
     }
 
     /// The settings a TOML config file's text gives over the defaults, validated: the pure
     /// step of [`Config::resolve`] (also the fuzzing entry point).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        Self::merge(ServeArgs::default(), parse_file(text, Path::new(""))?)
+        Self::from_options(parse_file(text, Path::new(""))?)
     }
 
-    fn merge(args: ServeArgs, file: FileConfig) -> Result<Self, ConfigError> {
-        let d = Self::default();
-        let dur =
-            |name: &'static str, text: Option<String>| -> Result<Option<Duration>, ConfigError> {
-                text.map(|t| {
-                    parse_duration(&t).map_err(|message| ConfigError::Invalid { name, message })
-                })
-                .transpose()
-            };
-        let config = Self {
-            listen: args.listen.or(file.listen).unwrap_or(d.listen),
-            history_size: args
-                .history_size
-                .or(file.history_size)
-                .unwrap_or(d.history_size),
-            history_ttl: args
-                .history_ttl
-                .or(dur("history_ttl", file.history_ttl)?)
-                .unwrap_or(d.history_ttl),
-            max_channels: args
-                .max_channels
-                .or(file.max_channels)
-                .unwrap_or(d.max_channels),
-            max_channels_per_connection: args
-                .max_channels_per_connection
-                .or(file.max_channels_per_connection)
-                .unwrap_or(d.max_channels_per_connection),
-            max_body: args.max_body.or(file.max_body).unwrap_or(d.max_body),
-            publish_keys: if args.publish_keys.is_empty() {
-                file.publish_keys.unwrap_or_default()
-            } else {
-                args.publish_keys
-            },
-            client_publish: args
-                .client_publish
-                .or(file.client_publish)
-                .unwrap_or(d.client_publish),
-            longpoll_timeout: args
-                .longpoll_timeout
-                .or(dur("longpoll_timeout", file.longpoll_timeout)?)
-                .unwrap_or(d.longpoll_timeout),
-            keepalive: args
-                .keepalive
-                .or(dur("keepalive", file.keepalive)?)
-                .unwrap_or(d.keepalive),
-            sse_retry: args
-                .sse_retry
-                .or(dur("sse_retry", file.sse_retry)?)
-                .unwrap_or(d.sse_retry),
-            ws_ping_interval: args
-                .ws_ping_interval
-                .or(dur("ws_ping_interval", file.ws_ping_interval)?)
-                .unwrap_or(d.ws_ping_interval),
-            outbox_capacity: args
-                .outbox_capacity
-                .or(file.outbox_capacity)
-                .unwrap_or(d.outbox_capacity),
-            shutdown_timeout: args
-                .shutdown_timeout
-                .or(dur("shutdown_timeout", file.shutdown_timeout)?)
-                .unwrap_or(d.shutdown_timeout),
-            log: args.log.or(file.log).unwrap_or(d.log),
-            publish_from_loopback: args
-                .publish_from_loopback
-                .or(file.publish_from_loopback)
-                .unwrap_or(d.publish_from_loopback),
-            jwt_hmac_secret: args.jwt_hmac_secret.or(file.jwt_hmac_secret),
-            jwt_rsa_public_key: args.jwt_rsa_public_key.or(file.jwt_rsa_public_key),
-            jwt_ec_public_key: args.jwt_ec_public_key.or(file.jwt_ec_public_key),
-            jwt_audience: args.jwt_audience.or(file.jwt_audience),
-            jwt_issuer: args.jwt_issuer.or(file.jwt_issuer),
-            private: args.private.or(file.private).unwrap_or(d.private),
-            max_subscribers: args
-                .max_subscribers
-                .or(file.max_subscribers)
-                .unwrap_or(d.max_subscribers),
-            namespaces: file
-                .namespaces
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(name, ns)| {
-                    let options = NamespaceOptions {
-                        history_size: ns.history_size,
-                        history_ttl: dur("namespaces.*.history_ttl", ns.history_ttl)?,
-                        private: ns.private,
-                        client_publish: ns.client_publish,
-                        max_subscribers: ns.max_subscribers,
-                    };
-                    Ok((name, options))
-                })
-                .collect::<Result<_, ConfigError>>()?,
-            tls_cert: args.tls_cert.or(file.tls_cert),
-            tls_key: args.tls_key.or(file.tls_key),
-            tls_handshake_timeout: args
-                .tls_handshake_timeout
-                .or(dur("tls_handshake_timeout", file.tls_handshake_timeout)?)
-                .unwrap_or(d.tls_handshake_timeout),
-            allowed_origins: if args.allowed_origins.is_empty() {
-                file.allowed_origins.unwrap_or_default()
-            } else {
-                args.allowed_origins
-            },
-            cors_credentials: args
-                .cors_credentials
-                .or(file.cors_credentials)
-                .unwrap_or(d.cors_credentials),
-            max_connections: args.max_connections.or(file.max_connections),
-            max_connections_per_ip: args
-                .max_connections_per_ip
-                .or(file.max_connections_per_ip)
-                .unwrap_or(d.max_connections_per_ip),
-            client_publish_rate: args
-                .client_publish_rate
-                .or(file.client_publish_rate)
-                .unwrap_or(d.client_publish_rate),
-            max_header_size: args
-                .max_header_size
-                .or(file.max_header_size)
-                .unwrap_or(d.max_header_size),
-            max_headers: args
-                .max_headers
-                .or(file.max_headers)
-                .unwrap_or(d.max_headers),
-            max_url_length: args
-                .max_url_length
-                .or(file.max_url_length)
-                .unwrap_or(d.max_url_length),
-            header_read_timeout: args
-                .header_read_timeout
-                .or(dur("header_read_timeout", file.header_read_timeout)?)
-                .unwrap_or(d.header_read_timeout),
-            idle_timeout: args
-                .idle_timeout
-                .or(dur("idle_timeout", file.idle_timeout)?)
-                .unwrap_or(d.idle_timeout),
-            max_history_memory: args
-                .max_history_memory
-                .or(file.max_history_memory)
-                .unwrap_or(d.max_history_memory),
-        };
+    /// The settings the options give, each unset one taken from its default: the one place
+    /// the defaults are written (also [`Config::default`]). Not validated.
+    fn with_defaults(options: Options) -> Self {
+        let o = options;
+        Self {
+            listen: o.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8000))),
+            history_size: o.history_size.unwrap_or(100),
+            history_ttl: o.history_ttl.unwrap_or(Duration::from_secs(600)),
+            max_channels: o.max_channels.unwrap_or(1_000_000),
+            max_channels_per_connection: o.max_channels_per_connection.unwrap_or(64),
+            max_body: o.max_body.unwrap_or(64 * 1024),
+            publish_keys: o.publish_keys,
+            client_publish: o.client_publish.unwrap_or(false),
+            longpoll_timeout: o.longpoll_timeout.unwrap_or(Duration::from_secs(30)),
+            keepalive: o.keepalive.unwrap_or(Duration::from_secs(15)),
+            sse_retry: o.sse_retry.unwrap_or(Duration::from_secs(2)),
+            ws_ping_interval: o.ws_ping_interval.unwrap_or(Duration::from_secs(25)),
+            outbox_capacity: o.outbox_capacity.unwrap_or(1024),
+            shutdown_timeout: o.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            log: o.log.unwrap_or_else(|| "info".into()),
+            publish_from_loopback: o.publish_from_loopback.unwrap_or(true),
+            jwt_hmac_secret: o.jwt_hmac_secret,
+            jwt_rsa_public_key: o.jwt_rsa_public_key,
+            jwt_ec_public_key: o.jwt_ec_public_key,
+            jwt_audience: o.jwt_audience,
+            jwt_issuer: o.jwt_issuer,
+            private: o.private.unwrap_or(false),
+            max_subscribers: o.max_subscribers.unwrap_or(0),
+            namespaces: o.namespaces,
+            tls_cert: o.tls_cert,
+            tls_key: o.tls_key,
+            tls_handshake_timeout: o.tls_handshake_timeout.unwrap_or(Duration::from_secs(10)),
+            allowed_origins: o.allowed_origins,
+            cors_credentials: o.cors_credentials.unwrap_or(false),
+            max_connections: o.max_connections,
+            max_connections_per_ip: o.max_connections_per_ip.unwrap_or(0),
+            client_publish_rate: o.client_publish_rate.unwrap_or(10),
+            max_header_size: o.max_header_size.unwrap_or(32 * 1024),
+            max_headers: o.max_headers.unwrap_or(100),
+            max_url_length: o.max_url_length.unwrap_or(16 * 1024),
+            header_read_timeout: o.header_read_timeout.unwrap_or(Duration::from_secs(10)),
+            idle_timeout: o.idle_timeout.unwrap_or(Duration::from_secs(60)),
+            max_history_memory: o.max_history_memory.unwrap_or(256 * 1024 * 1024),
+        }
+    }
+
+    /// [`Config::with_defaults`], validated.
+    fn from_options(options: Options) -> Result<Self, ConfigError> {
+        let config = Self::with_defaults(options);
         config.validate()?;
         Ok(config)
     }
@@ -823,7 +729,7 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<Options, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.into(),
         source,
@@ -833,7 +739,7 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 /// Parses a config file's text (every option, `[namespaces.NAME]` tables included); `path`
 /// names it in errors. The one parser behind [`Config::resolve`] and [`Config::from_toml_str`].
-fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+fn parse_file(text: &str, path: &Path) -> Result<Options, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.into(),
         message: e.to_string(),
@@ -1046,6 +952,35 @@ mod tests {
                 let error = Config::resolve(parse(&[flag, path_text])).expect_err("refused");
                 assert!(error.to_string().contains(path_text), "{error}");
             }
+        }
+    }
+
+    #[test]
+    fn one_declaration_serves_flags_and_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "publish_keys = [\"file\"]\nallowed_origins = [\"https://a.example\"]\nkeepalive = \"3s\"\n",
+        )
+        .expect("write");
+        let config_path = path.to_str().expect("utf8 path");
+        let config = Config::resolve(parse(&["--config", config_path, "--publish-key", "flag"]))
+            .expect("valid");
+        assert_eq!(
+            config.publish_keys,
+            ["flag"],
+            "a flag's list replaces the file's"
+        );
+        assert_eq!(config.allowed_origins, ["https://a.example"]);
+        assert_eq!(config.keepalive, Duration::from_secs(3));
+        // The file's own path is not a key of the file; a bad duration points at its key.
+        for (text, key) in [
+            ("config = \"x.toml\"", "config"),
+            ("keepalive = \"soon\"", "keepalive"),
+        ] {
+            let error = Config::from_toml_str(text).expect_err(text).to_string();
+            assert!(error.contains(key), "{error}");
         }
     }
 

@@ -21,5 +21,5 @@ pub mod timeouts;
 pub mod tls;
 pub mod transport;
 
-pub use config::{Cli, Command, Config, ConfigError, NamespaceOptions, ServeArgs};
+pub use config::{Cli, Command, Config, ConfigError, NamespaceOptions, Options, ServeArgs};
 pub use server::RunningServer;
