@@ -25,11 +25,7 @@ pub struct Engine {
 impl Engine {
     /// An engine with in-process history: the embedded default.
     pub fn in_memory(limits: HistoryLimits) -> Self {
-        Self::in_memory_with_hub(limits, Arc::new(Hub::new()))
-    }
-
-    /// An engine with in-process history delivering into `hub`.
-    pub fn in_memory_with_hub(limits: HistoryLimits, hub: Arc<Hub>) -> Self {
+        let hub = Arc::new(Hub::new());
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub), limits));
         Self::with_broker(hub, broker)
     }

@@ -97,23 +97,28 @@ impl ChannelLog {
         }
     }
 
-    /// Drops messages older than this channel's TTL; returns the bytes freed.
-    fn expire(&mut self, now: u64) -> usize {
+    /// Drops the messages beyond this channel's count bound and those older than its TTL;
+    /// returns the bytes freed.
+    fn trim(&mut self, now: u64) -> usize {
         let ttl_ms = self.ttl_ms;
-        let mut freed = 0;
-        while self
-            .messages
-            .front()
-            .is_some_and(|m| m.time_ms().saturating_add(ttl_ms) <= now)
-        {
-            freed += self.pop_oldest();
-        }
-        freed
+        let mut over = self.messages.len().saturating_sub(self.size);
+        self.drop_oldest_while(|m| {
+            if over > 0 {
+                over -= 1;
+                return true;
+            }
+            m.time_ms().saturating_add(ttl_ms) <= now
+        })
     }
 
-    /// Drops the oldest message; returns the bytes freed.
-    fn pop_oldest(&mut self) -> usize {
-        self.messages.pop_front().map_or(0, |m| retained_size(&m))
+    /// Drops the oldest messages while `drop` says so of each; returns the bytes freed. Every
+    /// way a message leaves history goes through here, so the bytes are counted in one place.
+    fn drop_oldest_while(&mut self, mut drop: impl FnMut(&Message) -> bool) -> usize {
+        let mut freed = 0;
+        while self.messages.front().is_some_and(|m| drop(m)) {
+            freed += self.messages.pop_front().map_or(0, |m| retained_size(&m));
+        }
+        freed
     }
 
     fn position(&self) -> Position {
@@ -202,10 +207,7 @@ impl MemoryBroker {
     ) -> Self {
         Self {
             hub,
-            limits: HistoryLimits {
-                size: limits.size.max(1),
-                ..limits
-            },
+            limits,
             resolver,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -222,6 +224,20 @@ impl MemoryBroker {
     fn release(&self, bytes: usize) {
         if bytes > 0 {
             self.retained.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `added` bytes in and `freed` out in one update of the shared counter; returns
+    /// the new total.
+    fn account(&self, added: usize, freed: usize) -> usize {
+        if added >= freed {
+            let net = added - freed;
+            self.retained.fetch_add(net, Ordering::Relaxed) + net
+        } else {
+            let net = freed - added;
+            self.retained
+                .fetch_sub(net, Ordering::Relaxed)
+                .saturating_sub(net)
         }
     }
 
@@ -266,23 +282,17 @@ impl MemoryBroker {
         log.touched_ms = now;
         let message = Message::new(cid.clone(), log.position(), now, payload);
         log.messages.push_back(Arc::clone(&message));
-        let size = retained_size(&message);
-        let mut freed = 0;
-        if log.messages.len() > log.size {
-            freed += log.pop_oldest();
-        }
-        freed += log.expire(now);
-        let total = (self.retained.fetch_add(size, Ordering::Relaxed) + size).saturating_sub(freed);
+        let freed = log.trim(now);
+        let total = self.account(retained_size(&message), freed);
         if total > self.limits.max_memory {
             // Make room from this channel's own history, oldest first.
             let mut excess = total - self.limits.max_memory;
-            while excess > 0 && !log.messages.is_empty() {
-                let popped = log.pop_oldest();
-                freed += popped;
-                excess = excess.saturating_sub(popped);
-            }
+            self.release(log.drop_oldest_while(|m| {
+                let more = excess > 0;
+                excess = excess.saturating_sub(retained_size(m));
+                more
+            }));
         }
-        self.release(freed);
         // Still under the channel lock: the hub sees this channel's messages in order.
         let subscribers = self.hub.deliver(&message, hot);
         Ok(Published {
@@ -301,7 +311,7 @@ impl MemoryBroker {
         let log = self.log(cid, now)?;
         let mut log = log.lock();
         log.touched_ms = now;
-        self.release(log.expire(now));
+        self.release(log.trim(now));
         Ok(log.read(cid, cursor, limit.max(1)))
     }
 }
@@ -333,15 +343,11 @@ impl Broker for MemoryBroker {
             let before = shard.len();
             shard.retain(|cid, log| {
                 let mut log = log.lock();
-                self.release(log.expire(now));
-                let keep = !log.messages.is_empty()
+                self.release(log.trim(now));
+                // A forgotten channel holds no message, so no bytes.
+                !log.messages.is_empty()
                     || self.hub.subscriber_count(cid) > 0
-                    || log.touched_ms.saturating_add(log.ttl_ms) > now;
-                if !keep {
-                    // Whatever a forgotten channel still held no longer counts.
-                    self.release(log.messages.drain(..).map(|m| retained_size(&m)).sum());
-                }
-                keep
+                    || log.touched_ms.saturating_add(log.ttl_ms) > now
             });
             self.channels
                 .fetch_sub(before - shard.len(), Ordering::Relaxed);

@@ -76,11 +76,9 @@ impl Subscriptions {
     /// True if `message` is exactly the next one of a followed channel (same epoch, next
     /// offset): the one case that needs no decision.
     pub fn is_next(&self, message: &Message) -> bool {
-        self.entries.iter().any(|(c, p)| {
-            c == message.cid()
-                && p.epoch == message.epoch()
-                && p.offset.checked_add(1) == Some(message.offset())
-        })
+        self.entries
+            .iter()
+            .any(|(c, p)| c == message.cid() && follows(p, message.position()))
     }
 
     /// Decides what to do with `message` and, unless it is dropped, advances the channel's
@@ -90,18 +88,13 @@ impl Subscriptions {
             return Accept::NotSubscribed;
         };
         let incoming = message.position();
-        let decision = if incoming.epoch != position.epoch {
-            Accept::GapThenDeliver(Gap {
-                cid: message.cid().clone(),
-                epoch: incoming.epoch,
-                first: incoming.offset,
-                requested: ChannelCursor::Exact(*position),
-            })
-        } else if incoming.offset <= position.offset {
+        let same_epoch = incoming.epoch == position.epoch;
+        let decision = if same_epoch && incoming.offset <= position.offset {
             return Accept::Duplicate;
-        } else if incoming.offset == position.offset + 1 {
+        } else if follows(position, incoming) {
             Accept::Deliver
         } else {
+            // Another epoch, or offsets skipped.
             Accept::GapThenDeliver(Gap {
                 cid: message.cid().clone(),
                 epoch: incoming.epoch,
@@ -118,6 +111,11 @@ impl Subscriptions {
     pub fn cursor(&self) -> String {
         format_cursor(self.entries.iter().map(|(_, p)| p))
     }
+}
+
+/// True if `incoming` comes right after `position`: same epoch, next offset.
+fn follows(position: &Position, incoming: Position) -> bool {
+    position.epoch == incoming.epoch && position.offset.checked_add(1) == Some(incoming.offset)
 }
 
 #[cfg(test)]
