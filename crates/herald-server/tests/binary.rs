@@ -270,10 +270,22 @@ fn process_rss_kib(pid: u32) -> u64 {
 async fn abuse_round(addr: std::net::SocketAddr) {
     use tokio::io::AsyncWriteExt;
     for i in 0..50 {
-        common::raw::exchange(addr, b"GARBAGE / HTTP/9\r\n\r\n", false, 1).await;
+        // Each abuse must reach the part of the server it is aimed at, or the test measures
+        // nothing.
+        let junk = common::raw::exchange(addr, b"GARBAGE / HTTP/9\r\n\r\n", false, 1).await;
+        assert_eq!(
+            junk.responses.first().map(|r| r.status),
+            Some(400),
+            "{junk:?}"
+        );
         let mut bytes = common::raw::upgrade_request(addr, &format!("/listen?cid=mem{i}"), None);
         bytes.extend(common::raw::encode_frame(0x81, b"unmasked", false));
-        common::raw::exchange(addr, &bytes, false, 1).await;
+        let upgrade = common::raw::exchange(addr, &bytes, false, 1).await;
+        assert_eq!(
+            upgrade.responses.first().map(|r| r.status),
+            Some(101),
+            "{upgrade:?}"
+        );
         let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
         half.write_all(b"GET /listen?cid=mem HTTP/1.1\r\nHost: x\r\nX-Half: ")
             .await

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::raw::{self, RawResponse};
-use common::TestServer;
+use common::{subscribers, TestServer};
 
 const WS_HEADERS: [(&str, &str); 4] = [
     ("Upgrade", "websocket"),
@@ -31,15 +31,6 @@ async fn ws_handshake(server: &TestServer, cid: &str, origin: &str) -> RawRespon
 
 fn own_origin(addr: SocketAddr) -> String {
     format!("http://{addr}")
-}
-
-fn subscribers(server: &TestServer, cid: &str) -> usize {
-    server
-        .server
-        .app()
-        .engine
-        .hub()
-        .subscriber_count(&cid.parse().unwrap())
 }
 
 #[tokio::test]

@@ -6,19 +6,20 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
 use common::raw::{
-    client_frame, parse_frame, read_response, RawFrame, RawResponse, ACCEPT, KEY, OP_CLOSE,
-    OP_CONT as OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+    client_frame, parse_frame, read_more, read_response, upgrade_request, RawFrame, RawResponse,
+    ACCEPT, KEY, OP_CLOSE, OP_CONT as OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, UPGRADE_HEADERS,
 };
 use common::TestServer;
 
@@ -240,12 +241,7 @@ async fn assert_still_serves(server: &TestServer) {
 
 /// The handshake headers of a valid WebSocket request.
 fn ws_headers() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", KEY),
-        ("Sec-WebSocket-Version", "13"),
-    ]
+    UPGRADE_HEADERS.to_vec()
 }
 
 /// Writes `GET target` with `headers` and reads the response head (and body, by
@@ -253,15 +249,11 @@ fn ws_headers() -> Vec<(&'static str, &'static str)> {
 async fn raw_request(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
-    host: &str,
+    addr: SocketAddr,
     target: &str,
     headers: &[(&str, &str)],
 ) -> RawResponse {
-    let mut request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
+    let request = common::raw::get(target, addr, headers);
     stream.write_all(request.as_bytes()).await.unwrap();
     tokio::time::timeout(STEP, read_response(stream, buf))
         .await
@@ -274,7 +266,7 @@ async fn raw_get(server: &TestServer, target: &str, headers: &[(&str, &str)]) ->
     let addr = server.server.local_addr();
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut buf = Vec::new();
-    raw_request(&mut stream, &mut buf, &addr.to_string(), target, headers).await
+    raw_request(&mut stream, &mut buf, addr, target, headers).await
 }
 
 /// A WebSocket client that writes and reads frames byte by byte, and does nothing on its own
@@ -303,15 +295,7 @@ impl RawWs {
         target: &str,
         first_frames: &[u8],
     ) -> Self {
-        let mut request = format!(
-            "GET {target} HTTP/1.1\r\nHost: {}\r\n",
-            server.server.local_addr()
-        )
-        .into_bytes();
-        for (name, value) in ws_headers() {
-            request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-        }
-        request.extend_from_slice(b"\r\n");
+        let mut request = upgrade_request(server.server.local_addr(), target, None);
         request.extend_from_slice(first_frames);
         stream.write_all(&request).await.unwrap();
         let mut buf = Vec::new();
@@ -348,10 +332,8 @@ impl RawWs {
                     self.buf.drain(..used);
                     return Some(frame);
                 }
-                let mut chunk = vec![0u8; 64 * 1024];
-                match self.stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                if !read_more(&mut self.stream, &mut self.buf).await {
+                    return None;
                 }
             }
         })
@@ -549,14 +531,7 @@ async fn browser_style_handshake_headers_are_accepted() {
     let addr = server.server.local_addr();
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut buf = Vec::new();
-    let response = raw_request(
-        &mut stream,
-        &mut buf,
-        &addr.to_string(),
-        "/listen?cid=browser",
-        &headers,
-    )
-    .await;
+    let response = raw_request(&mut stream, &mut buf, addr, "/listen?cid=browser", &headers).await;
     assert_eq!(response.status, 101, "{response:?}");
     assert_eq!(response.header("sec-websocket-accept"), Some(ACCEPT));
     assert!(
@@ -579,18 +554,17 @@ async fn browser_style_handshake_headers_are_accepted() {
 async fn an_upgrade_on_a_reused_keep_alive_connection_works() {
     let server = common::start().await;
     let addr = server.server.local_addr();
-    let host = addr.to_string();
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut buf = Vec::new();
     // Two ordinary requests first, on the same connection.
     for _ in 0..2 {
-        let health = raw_request(&mut stream, &mut buf, &host, "/health", &[]).await;
+        let health = raw_request(&mut stream, &mut buf, addr, "/health", &[]).await;
         assert_eq!(health.status, 200, "{health:?}");
     }
     let response = raw_request(
         &mut stream,
         &mut buf,
-        &host,
+        addr,
         "/listen?cid=reuse",
         &ws_headers(),
     )
@@ -2231,7 +2205,7 @@ async fn closed_and_vanished_connections_are_released() {
         let response = raw_request(
             &mut stream,
             &mut buf,
-            &addr.to_string(),
+            addr,
             "/listen?cid=gone",
             &ws_headers(),
         )

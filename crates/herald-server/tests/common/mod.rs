@@ -222,17 +222,20 @@ pub fn now_ms() -> u64 {
     .unwrap()
 }
 
+/// How many local subscribers the hub counts on `cid`.
+pub fn subscribers(server: &TestServer, cid: &str) -> usize {
+    server
+        .server
+        .app()
+        .engine
+        .hub()
+        .subscriber_count(&cid.parse().unwrap())
+}
+
 /// Waits until the hub counts `n` local subscribers on `cid` (the server gives clients no
 /// signal that a long poll is parked).
 pub async fn wait_for_subscribers(server: &TestServer, cid: &str, n: usize) {
-    let hub_count = || {
-        server
-            .server
-            .app()
-            .engine
-            .hub()
-            .subscriber_count(&cid.parse().unwrap())
-    };
+    let hub_count = || subscribers(server, cid);
     tokio::time::timeout(Duration::from_secs(10), async {
         while hub_count() != n {
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -139,7 +139,7 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<
 }
 
 /// Reads what arrives into `buf`; false at the end of the stream (or a reset).
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     let mut chunk = vec![0u8; 64 * 1024];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => false,
@@ -341,6 +341,14 @@ pub const OP_PONG: u8 = 0xA;
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
+/// The handshake headers of a valid WebSocket request.
+pub const UPGRADE_HEADERS: [(&str, &str); 4] = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", KEY),
+    ("Sec-WebSocket-Version", "13"),
+];
+
 /// A WebSocket upgrade request for `target` with `headers` instead of the standard ones
 /// when given.
 pub fn upgrade_request(
@@ -348,18 +356,7 @@ pub fn upgrade_request(
     target: &str,
     headers: Option<&[(&str, &str)]>,
 ) -> Vec<u8> {
-    let standard = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", KEY),
-        ("Sec-WebSocket-Version", "13"),
-    ];
-    let mut request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n");
-    for (name, value) in headers.unwrap_or(&standard) {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.into_bytes()
+    get(target, addr, headers.unwrap_or(&UPGRADE_HEADERS)).into_bytes()
 }
 
 /// A client frame with the given first byte (FIN, RSV and opcode) and payload: masked (as
