@@ -798,20 +798,6 @@ fn only_one_of_cert_and_key_is_a_configuration_error() {
         assert!(stderr.contains(names), "{stderr}");
         assert!(stderr.contains("both or neither"), "{stderr}");
     }
-    let help = std::process::Command::new(BIN)
-        .args(["serve", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
-    for option in [
-        "--tls-cert",
-        "--tls-key",
-        "--tls-handshake-timeout",
-        "HERALD_TLS_CERT",
-        "HERALD_TLS_KEY",
-    ] {
-        assert!(help.contains(option), "serve --help mentions {option}");
-    }
 }
 
 #[test]
