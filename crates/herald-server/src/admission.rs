@@ -156,7 +156,8 @@ impl Admission {
 
 /// Writes `response`, ends the sending side, and reads until the client closes (or a bound),
 /// so that unread request bytes do not make the kernel reset the connection under the answer.
-async fn answer<S>(mut stream: S, response: &[u8]) -> std::io::Result<()>
+/// Also answers plain HTTP on the TLS port (`tls`). The caller bounds the time.
+pub(crate) async fn answer<S>(mut stream: S, response: &[u8]) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

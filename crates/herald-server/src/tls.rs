@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -137,22 +136,13 @@ pub async fn handshake(
 /// Answers a plain-text request on the TLS port with a `400` and closes, reading what the
 /// client sent until it closes so the answer is not lost to a reset. Bounded by the caller's
 /// handshake timeout.
-async fn refuse_plain_http(mut stream: TcpStream) {
+async fn refuse_plain_http(stream: TcpStream) {
     const BODY: &str = r#"{"error":"this port speaks TLS: use https:// or wss://"}"#;
     let response = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
         BODY.len()
     );
-    if stream.write_all(response.as_bytes()).await.is_err() || stream.shutdown().await.is_err() {
-        return;
-    }
-    let mut sink = [0u8; 1024];
-    let mut drained = 0usize;
-    while drained < 64 * 1024 {
-        match stream.read(&mut sink).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => drained += n,
-        }
-    }
+    // The client is told or gone; the handshake error says why the connection ends.
+    let _ = crate::admission::answer(stream, response.as_bytes()).await;
 }

@@ -70,10 +70,15 @@ impl<F: StreamFormat> EventStream<F> {
         // A lone in-order message goes out as the bytes shared by every subscriber, if the
         // format has them; everything else through the one encoding path below.
         let shared = match &batch[..] {
-            [only] if self.session.subscriptions().is_next(only) => {
-                let shared = self.format.shared(only, &self.session.subscriptions());
+            [only] => {
+                // One lock for the check, the encoding choice and the position update.
+                let mut subscriptions = self.session.subscriptions();
+                let shared = subscriptions
+                    .is_next(only)
+                    .then(|| self.format.shared(only, &subscriptions))
+                    .flatten();
                 if shared.is_some() {
-                    self.session.accept(only);
+                    subscriptions.accept(only);
                 }
                 shared
             }

@@ -3,7 +3,7 @@
 //! Commands are JSON objects with a `type` (`subscribe`, `unsubscribe`, `publish`, `ping`,
 //! `auth`, `refresh`) and an optional `ref` echoed in the reply. A bad command is answered with
 //! an error frame and the connection stays open — except an `auth` with an invalid token, which
-//! closes it (4001); see docs/protocol.md.
+//! closes it (4001), and a publish flood (4029); see docs/protocol.md.
 
 use std::sync::Arc;
 
@@ -283,11 +283,20 @@ async fn run(
             app.access
                 .may_publish_from_client(session.identity(), &cid)?;
             let rate = app.config.client_publish_rate;
-            if session.publish_rate().check(rate) != Verdict::Allowed {
-                return Err(ApiError::TooManyRequests(format!(
-                    "client-publish-rate exceeded: at most {rate} publishes per second"
-                ))
-                .into());
+            match session.publish_rate().check(rate) {
+                Verdict::Allowed => {}
+                Verdict::Refused => {
+                    return Err(ApiError::TooManyRequests(format!(
+                        "client-publish-rate exceeded: at most {rate} publishes per second"
+                    ))
+                    .into())
+                }
+                Verdict::Flood => {
+                    return Err(Failure::Close((
+                        close_code::PUBLISH_FLOOD,
+                        "publish rate exceeded again and again",
+                    )))
+                }
             }
             let published = app
                 .engine

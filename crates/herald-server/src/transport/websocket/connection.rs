@@ -198,20 +198,9 @@ impl<S: WsSocket> Connection<S> {
             // Boxed: commands are rare, and inlining their future would enlarge every idle
             // connection's task by its size.
             Incoming::Text(text) => {
-                let frames = Box::pin(commands::execute(&self.app, &mut self.session, &text))
+                Box::pin(commands::execute(&self.app, &mut self.session, &text))
                     .await
-                    .map_err(|(code, reason)| End::Close(code, reason))?;
-                if self
-                    .session
-                    .publish_rate()
-                    .is_flood(self.app.config.client_publish_rate)
-                {
-                    return Err(End::Close(
-                        close_code::PUBLISH_FLOOD,
-                        "publish rate exceeded again and again",
-                    ));
-                }
-                Ok(frames)
+                    .map_err(|(code, reason)| End::Close(code, reason))
             }
             Incoming::Binary(_) => Err(End::Close(
                 close_code::UNSUPPORTED,

@@ -43,13 +43,6 @@ impl PublishRate {
         self.check_at(rate, Instant::now())
     }
 
-    /// True once the client has kept publishing while refused (see [`flood_limit`]).
-    pub fn is_flood(&self, rate: u32) -> bool {
-        self.0
-            .as_ref()
-            .is_some_and(|b| b.refused_in_a_row >= flood_limit(rate))
-    }
-
     fn check_at(&mut self, rate: u32, now: Instant) -> Verdict {
         let capacity = f64::from(rate.max(1));
         let bucket = self.0.get_or_insert_with(|| {
