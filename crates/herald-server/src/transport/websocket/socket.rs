@@ -70,10 +70,10 @@ struct DirectWriter {
 impl DirectDelivery for DirectWriter {
     fn deliver(&self, message: &Arc<Message>) -> DirectOutcome {
         let mut subscriptions = self.subscriptions.lock();
-        if !subscriptions.is_next(message) {
+        let Some(position) = subscriptions.next_position(message) else {
             // Duplicates, gaps and unknown channels need the connection's judgement.
             return DirectOutcome::Queue;
-        }
+        };
         let frame = message.websocket_frame();
         let outcome = match TcpStream::try_write(&self.socket, &frame) {
             Ok(n) if n == frame.len() => DirectOutcome::Done,
@@ -82,7 +82,7 @@ impl DirectDelivery for DirectWriter {
             // A broken socket: the task finds out on its side and ends the connection.
             Err(_) => return DirectOutcome::Queue,
         };
-        subscriptions.accept(message);
+        *position = message.position();
         outcome
     }
 }
