@@ -25,7 +25,8 @@ use super::session::{Event, Session};
 pub trait StreamFormat: Send + Unpin + 'static {
     /// Appends one message; `subscriptions` already stands at this message.
     fn message(&self, message: &Message, subscriptions: &Subscriptions, out: &mut BytesMut);
-    /// The message as shared bytes, when the format can send them without a copy.
+    /// The message as shared bytes, when the format can send them without a copy;
+    /// `message` is the next one of its channel, and `subscriptions` has not advanced to it yet.
     fn shared(&self, message: &Message, subscriptions: &Subscriptions) -> Option<Bytes>;
     /// Appends a gap signal.
     fn gap(&self, gap: &Gap, out: &mut BytesMut);
