@@ -35,19 +35,9 @@ pub struct App {
 }
 
 impl App {
-    /// State for a server with these settings and the embedded in-memory engine. If a token
-    /// key file cannot be loaded, no token is accepted (fail closed); [`App::try_new`] reports
-    /// the error instead.
-    pub fn new(config: Config) -> Arc<Self> {
-        let access = Access::from_config(&config).unwrap_or_else(|error| {
-            tracing::error!(%error, "token keys unusable; every token will be refused");
-            Access::without_token_keys(&config)
-        });
-        Self::with_access(config, access)
-    }
-
-    /// State for a server with these settings; fails if a token key file cannot be loaded.
-    pub fn try_new(config: Config) -> Result<Arc<Self>, ConfigError> {
+    /// State for a server with these settings and the embedded in-memory engine; fails if a
+    /// token key file cannot be loaded.
+    pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
         let access = Access::from_config(&config)?;
         Ok(Self::with_access(config, access))
     }

@@ -63,8 +63,8 @@ impl RunningServer {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
-        let app = App::try_new(config)
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let app =
+            App::new(config).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
         let listener = TcpListener::bind(app.config.listen).await?;
         let addr = listener.local_addr()?;
         if let Some(cert) = app.config.tls_cert.as_ref().filter(|_| tls.is_some()) {

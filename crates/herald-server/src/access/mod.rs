@@ -45,24 +45,12 @@ pub struct Access {
 impl Access {
     /// The rules of `config`; fails if a token key file cannot be loaded.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        Ok(Self::with_tokens(
-            config,
-            TokenVerifier::from_config(config)?,
-        ))
-    }
-
-    /// The rules of `config` with no token key at all: every token is refused.
-    pub fn without_token_keys(config: &Config) -> Self {
-        Self::with_tokens(config, TokenVerifier::refusing_all())
-    }
-
-    fn with_tokens(config: &Config, tokens: TokenVerifier) -> Self {
-        Self {
+        Ok(Self {
             keys: PublishKeys::new(config.publish_keys.clone(), config.publish_from_loopback),
-            tokens,
+            tokens: TokenVerifier::from_config(config)?,
             namespaces: Arc::new(Namespaces::from_config(config)),
             expiry: Arc::new(ExpirySchedule::default()),
-        }
+        })
     }
 
     /// The identity a subscribe or poll request proves with a token in the `token` query

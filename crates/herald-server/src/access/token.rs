@@ -117,17 +117,6 @@ impl TokenVerifier {
         })
     }
 
-    /// A verifier without keys: every token is refused.
-    pub fn refusing_all() -> Self {
-        Self {
-            hmac: None,
-            rsa: None,
-            ec: None,
-            audience: None,
-            issuer: None,
-        }
-    }
-
     /// Verifies `token`; refused when it is malformed, signed with an algorithm or key that is
     /// not configured, expired, or lacks a required claim.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {

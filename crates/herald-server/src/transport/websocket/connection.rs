@@ -326,7 +326,7 @@ mod tests {
     /// (BENCHMARKS.md) depends on it staying small. Rare paths (commands, closing) are boxed.
     #[tokio::test]
     async fn idle_connection_state_stays_small() {
-        let app = crate::app::App::new(crate::config::Config::default());
+        let app = crate::app::App::new(crate::config::Config::default()).expect("default settings");
         let (_client, socket) = super::connected_pair().await;
         let session =
             crate::transport::session::Session::new(&app, crate::registry::Kind::WebSocket);
@@ -377,7 +377,7 @@ mod tls_tests {
         let server = async { acceptor.accept(server_tcp).await.expect("server handshake") };
         let (_client, socket) = tokio::join!(client, server);
 
-        let app = crate::app::App::new(crate::config::Config::default());
+        let app = crate::app::App::new(crate::config::Config::default()).expect("default settings");
         let session =
             crate::transport::session::Session::new(&app, crate::registry::Kind::WebSocket);
         let tls_state = std::mem::size_of_val(&socket);

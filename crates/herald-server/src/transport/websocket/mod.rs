@@ -285,7 +285,7 @@ mod tests {
     #[tokio::test]
     async fn idle_websocket_tasks_stay_small() {
         use super::Serve as _;
-        let app = crate::app::App::new(crate::config::Config::default());
+        let app = crate::app::App::new(crate::config::Config::default()).expect("default settings");
         let (_client, socket) = super::connection::connected_pair().await;
         let listen = || super::Listen {
             app: app.clone(),
