@@ -185,6 +185,11 @@ options! {
         #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
         pub shutdown_timeout: Option<Duration>,
 
+        /// Worker threads; each serves its share of the connections. [default: the number of
+        /// CPUs]
+        #[arg(long, env = "HERALD_WORKERS", value_name = "N")]
+        pub workers: Option<usize>,
+
         /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `herald_server=debug`).
         /// [default: info]
         #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
@@ -315,6 +320,14 @@ options! {
 }
 }
 
+/// The default `workers`: one per CPU this process may run on.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Most worker threads accepted: beyond the CPUs there are, more threads only add switching.
+const MAX_WORKERS: usize = 1024;
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 250ms, 30s, 10m)"))
 }
@@ -376,6 +389,8 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// Shutdown grace period.
     pub shutdown_timeout: Duration,
+    /// Worker threads.
+    pub workers: usize,
     /// Log filter.
     pub log: String,
     // Access control.
@@ -460,6 +475,7 @@ impl std::fmt::Debug for Config {
             .field("ws_ping_interval", &self.ws_ping_interval)
             .field("outbox_capacity", &self.outbox_capacity)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("workers", &self.workers)
             .field("log", &self.log)
             .field("publish_from_loopback", &self.publish_from_loopback)
             .field(
@@ -556,6 +572,7 @@ impl Config {
             ws_ping_interval: o.ws_ping_interval.unwrap_or(Duration::from_secs(25)),
             outbox_capacity: o.outbox_capacity.unwrap_or(1024),
             shutdown_timeout: o.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            workers: o.workers.unwrap_or_else(default_workers),
             log: o.log.unwrap_or_else(|| "info".into()),
             publish_from_loopback: o.publish_from_loopback.unwrap_or(true),
             jwt_hmac_secret: o.jwt_hmac_secret,
@@ -601,6 +618,7 @@ impl Config {
             ),
             ("max_body", self.max_body),
             ("outbox_capacity", self.outbox_capacity),
+            ("workers", self.workers),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -624,6 +642,12 @@ impl Config {
                     message: "must be longer than zero".into(),
                 });
             }
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::Invalid {
+                name: "workers",
+                message: format!("must be at most {MAX_WORKERS}"),
+            });
         }
         if self.publish_keys.iter().any(|k| k.trim().is_empty()) {
             return Err(ConfigError::Invalid {
