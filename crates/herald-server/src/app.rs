@@ -49,9 +49,10 @@ impl App {
             max_channels: config.max_channels,
             max_memory: config.max_history_memory,
         };
-        // Publishers write directly to their share of a large channel's idle subscribers; the
-        // rest is written by the connections' tasks on the other worker threads.
-        let workers = config.workers;
+        // Publishers write directly to their share of a channel's idle subscribers; the rest
+        // is written by the connections' tasks on the runtime's other worker threads.
+        let workers = tokio::runtime::Handle::try_current()
+            .map_or(1, |runtime| runtime.metrics().num_workers());
         // Each channel's history limits come from its namespace, once, when it is created.
         let namespaces = Arc::clone(&access.namespaces);
         let resolver: ChannelLimitsResolver = Arc::new(move |cid| namespaces.limits(cid));

@@ -185,8 +185,8 @@ options! {
         #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
         pub shutdown_timeout: Option<Duration>,
 
-        /// Worker threads; each serves its share of the connections. [default: the number of
-        /// CPUs]
+        /// Threads serving connections (the runtime's work-stealing workers). [default: the
+        /// number of CPUs]
         #[arg(long, env = "HERALD_WORKERS", value_name = "N")]
         pub workers: Option<usize>,
 

@@ -20,7 +20,6 @@ pub mod server;
 pub mod timeouts;
 pub mod tls;
 pub mod transport;
-pub mod workers;
 
 pub use config::{Cli, Command, Config, ConfigError, NamespaceOptions, Options, ServeArgs};
 pub use server::RunningServer;

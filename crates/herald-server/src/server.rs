@@ -1,7 +1,7 @@
 //! The listener: accepts connections, serves each with hyper, sweeps history, shuts down.
 //!
 //! One task per TCP connection drives hyper's HTTP/1 state machine and, for SSE and iframe,
-//! the streaming body too; connections are spread over the worker threads (see `workers`). Upgraded WebSockets get their own task, tracked so shutdown can wait
+//! the streaming body too. Upgraded WebSockets get their own task, tracked so shutdown can wait
 //! for them. Accept errors (such as running out of file descriptors) are logged and retried
 //! after a pause, never in a tight loop. Shutdown: stop accepting, tell every stream to end
 //! with a reconnect hint, let in-flight requests finish, and give up after the grace period.
@@ -32,7 +32,6 @@ use crate::registry::Kind;
 use crate::router;
 use crate::timeouts::HeadTimer;
 use crate::tls;
-use crate::workers::Workers;
 
 /// hyper's own read buffer limit (it must be at least 8 KiB); a larger `max-header-size`
 /// raises it.
@@ -68,20 +67,14 @@ impl RunningServer {
             App::new(config).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
         let listener = TcpListener::bind(app.config.listen).await?;
         let addr = listener.local_addr()?;
-        let workers = Workers::start(app.config.workers)?;
         if let Some(cert) = app.config.tls_cert.as_ref().filter(|_| tls.is_some()) {
             tracing::info!(cert = %cert.display(), "TLS is on: serving https and wss");
         }
-        tracing::info!(
-            %addr,
-            max_connections = app.admission.max_total(),
-            workers = workers.count(),
-            "herald listening"
-        );
+        tracing::info!(%addr, max_connections = app.admission.max_total(), "herald listening");
         spawn_sweeper(Arc::clone(&app));
         tokio::spawn(Arc::clone(&app.access.expiry).run(app.shutdown.clone()));
         spawn_tickers(&app);
-        let task = tokio::spawn(serve(listener, Arc::clone(&app), tls, workers));
+        let task = tokio::spawn(serve(listener, Arc::clone(&app), tls));
         Ok(Self { addr, app, task })
     }
 
@@ -138,13 +131,13 @@ fn spawn_tickers(app: &Arc<App>) {
     }
 }
 
-async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>, workers: Workers) {
+async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
     loop {
         tokio::select! {
             () = app.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match app.admit_connection(peer.ip()) {
-                    Ok(slot) => serve_connection(&app, &workers, stream, peer, slot, tls.as_ref()),
+                    Ok(slot) => serve_connection(&app, stream, peer, slot, tls.as_ref()),
                     Err(refusal) => {
                         tracing::debug!(%peer, ?refusal, "connection refused");
                         app.admission.refuse(stream, refusal, tls.as_ref());
@@ -171,31 +164,14 @@ async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>, w
         Ok(()) => tracing::info!("shutdown complete"),
         Err(_) => tracing::warn!(?grace, "shutdown timed out; closing remaining connections"),
     }
-    workers.stop().await;
 }
 
 fn serve_connection(
     app: &Arc<App>,
-    workers: &Workers,
     stream: TcpStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
     tls: Option<&TlsAcceptor>,
-) {
-    let app_for_task = Arc::clone(app);
-    let tls = tls.cloned();
-    workers.spawn(&app.tasks, stream, move |stream| {
-        serve_accepted(app_for_task, stream, peer, slot, tls)
-    });
-}
-
-/// Serves one admitted connection, on the worker it was given to.
-async fn serve_accepted(
-    app: Arc<App>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    slot: ConnectionSlot,
-    tls: Option<TlsAcceptor>,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
@@ -205,23 +181,30 @@ async fn serve_accepted(
     {
         tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
     }
+    let task_app = Arc::clone(app);
     match tls {
-        None => serve_http(app, TokioIo::new(stream), peer, slot).await,
+        None => {
+            app.tasks
+                .spawn(serve_http(task_app, TokioIo::new(stream), peer, slot));
+        }
         Some(acceptor) => {
-            let limit = app.config.tls_handshake_timeout;
-            let handshake = tls::handshake(&acceptor, stream, limit);
-            let stream = tokio::select! {
-                result = handshake => match result {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        // Scanners and port probes do this all day: not worth more.
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        return;
-                    }
-                },
-                () = app.shutdown.cancelled() => return,
-            };
-            serve_http(app, TokioIo::new(stream), peer, slot).await;
+            let acceptor = acceptor.clone();
+            app.tasks.spawn(async move {
+                let limit = task_app.config.tls_handshake_timeout;
+                let handshake = tls::handshake(&acceptor, stream, limit);
+                let stream = tokio::select! {
+                    result = handshake => match result {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            // Scanners and port probes do this all day: not worth more.
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                    },
+                    () = task_app.shutdown.cancelled() => return,
+                };
+                serve_http(task_app, TokioIo::new(stream), peer, slot).await;
+            });
         }
     }
 }

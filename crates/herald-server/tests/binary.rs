@@ -134,6 +134,41 @@ fn invalid_settings_exit_with_a_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+    for workers in ["0", "1025"] {
+        let out = Command::new(BIN)
+            .args(["serve", "--workers", workers])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--workers {workers}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("workers"));
+    }
+}
+
+/// How many runtime worker threads process `pid` has.
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test]
+async fn workers_sets_the_runtime_threads() {
+    for workers in [1, 3] {
+        let herald = Herald::spawn(&["--workers", &workers.to_string()], &[]);
+        // A thread names itself once it runs: give the last ones a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runtime_workers(herald.child.id()) < workers && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(runtime_workers(herald.child.id()), workers);
+        assert_eq!(
+            retained_after(&herald.base, 3).await,
+            3,
+            "serves with {workers}"
+        );
+    }
 }
 
 /// Publishes `n` messages and returns how many a poll from the start sees: the history size.
