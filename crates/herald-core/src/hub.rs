@@ -157,12 +157,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn publishers_write_small_channels_alone() {
+    /// A hub sharing with 2 workers, `n` subscribers of channel `name` whose direct writes are
+    /// counted, and a message for that channel.
+    fn counted_channel(
+        name: &str,
+        n: usize,
+    ) -> (Hub, Arc<Counter>, Vec<Arc<Outbox>>, Arc<Message>) {
         let hub = Hub::with_direct_share(2);
-        let cid = ChannelId::parse("small").expect("cid");
+        let cid = ChannelId::parse(name).expect("cid");
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
-        let outboxes: Vec<_> = (0..SHARE_ABOVE).map(|_| Outbox::new(8)).collect();
+        let outboxes: Vec<_> = (0..n).map(|_| Outbox::new(8)).collect();
         for outbox in &outboxes {
             outbox.set_direct(Some(counter.clone()));
             hub.subscribe(&cid, outbox);
@@ -176,6 +180,12 @@ mod tests {
             0,
             &Payload::from_text(b"x").expect("payload"),
         );
+        (hub, counter, outboxes, m)
+    }
+
+    #[test]
+    fn publishers_write_small_channels_alone() {
+        let (hub, counter, outboxes, m) = counted_channel("small", SHARE_ABOVE);
         assert_eq!(hub.deliver(&m, false), SHARE_ABOVE);
         assert_eq!(counter.0.load(Ordering::Relaxed), SHARE_ABOVE);
         assert_eq!(outboxes.iter().map(|o| o.len()).sum::<usize>(), 0);
@@ -183,24 +193,8 @@ mod tests {
 
     #[test]
     fn publishers_write_directly_to_their_share_and_queue_the_rest() {
-        let hub = Hub::with_direct_share(2);
-        let cid = ChannelId::parse("big").expect("cid");
-        let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let total = SHARE_ABOVE + 3;
-        let outboxes: Vec<_> = (0..total).map(|_| Outbox::new(8)).collect();
-        for outbox in &outboxes {
-            outbox.set_direct(Some(counter.clone()));
-            hub.subscribe(&cid, outbox);
-        }
-        let m = Message::new(
-            cid,
-            Position {
-                epoch: Epoch::from_u64(1),
-                offset: 1,
-            },
-            0,
-            &Payload::from_text(b"x").expect("payload"),
-        );
+        let (hub, counter, outboxes, m) = counted_channel("big", total);
         let direct = total.div_ceil(2);
         assert_eq!(hub.deliver(&m, false), total);
         assert_eq!(
