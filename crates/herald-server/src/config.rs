@@ -389,7 +389,8 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// Shutdown grace period.
     pub shutdown_timeout: Duration,
-    /// Worker threads.
+    /// Worker threads of the runtime the `herald` binary builds; a program that embeds the
+    /// server with [`crate::RunningServer::start`] runs it on its own runtime instead.
     pub workers: usize,
     /// Log filter.
     pub log: String,
