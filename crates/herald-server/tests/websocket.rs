@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
 use common::raw::{
-    client_frame, parse_frame, read_more, read_response, upgrade_request, RawFrame, RawResponse,
-    ACCEPT, KEY, OP_CLOSE, OP_CONT as OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, UPGRADE_HEADERS,
+    client_frame, read_response, RawResponse, RawWs, ACCEPT, KEY, OP_CLOSE,
+    OP_CONT as OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, UPGRADE_HEADERS,
 };
 use common::TestServer;
 
@@ -269,115 +269,6 @@ async fn raw_get(server: &TestServer, target: &str, headers: &[(&str, &str)]) ->
     raw_request(&mut stream, &mut buf, addr, target, headers).await
 }
 
-/// A WebSocket client that writes and reads frames byte by byte, and does nothing on its own
-/// (no pong, no close reply).
-struct RawWs {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawWs {
-    async fn connect(server: &TestServer, target: &str) -> Self {
-        let stream = TcpStream::connect(server.server.local_addr())
-            .await
-            .unwrap();
-        Self::handshake(stream, server, target).await
-    }
-
-    async fn handshake(stream: TcpStream, server: &TestServer, target: &str) -> Self {
-        Self::handshake_then(stream, server, target, &[]).await
-    }
-
-    /// The handshake, with `first_frames` written in the same `write` as the request.
-    async fn handshake_then(
-        mut stream: TcpStream,
-        server: &TestServer,
-        target: &str,
-        first_frames: &[u8],
-    ) -> Self {
-        let mut request = upgrade_request(server.server.local_addr(), target, None);
-        request.extend_from_slice(first_frames);
-        stream.write_all(&request).await.unwrap();
-        let mut buf = Vec::new();
-        let response = tokio::time::timeout(STEP, read_response(&mut stream, &mut buf))
-            .await
-            .expect("handshake response in time")
-            .expect("connection closed before the response head");
-        assert_eq!(response.status, 101, "{response:?}");
-        assert_eq!(response.header("sec-websocket-accept"), Some(ACCEPT));
-        Self { stream, buf }
-    }
-
-    /// Writes one masked frame.
-    async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
-        self.send_frame_masked(fin, opcode, payload, true).await;
-    }
-
-    async fn send_frame_masked(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
-        self.send_bytes(&client_frame(fin, opcode, payload, masked))
-            .await;
-    }
-
-    /// Writes `bytes` as they are.
-    async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// The next frame, or None when the connection ended (cleanly, by reset, or inside a
-    /// frame). Panics after `timeout`.
-    async fn read_frame_within(&mut self, timeout: Duration) -> Option<RawFrame> {
-        tokio::time::timeout(timeout, async {
-            loop {
-                if let Some((frame, used)) = parse_frame(&self.buf) {
-                    self.buf.drain(..used);
-                    return Some(frame);
-                }
-                if !read_more(&mut self.stream, &mut self.buf).await {
-                    return None;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("a frame or the end of the connection within {timeout:?}"))
-    }
-
-    async fn read_frame(&mut self) -> Option<RawFrame> {
-        self.read_frame_within(STEP).await
-    }
-
-    /// The next text frame as JSON (pings skipped).
-    async fn next_json(&mut self) -> Value {
-        let started = Instant::now();
-        loop {
-            assert!(started.elapsed() < STEP, "no text frame within {STEP:?}");
-            let frame = self.read_frame().await.expect("a frame, not the end");
-            match frame.opcode {
-                OP_PING | OP_PONG => {}
-                OP_TEXT => {
-                    assert!(frame.fin);
-                    return serde_json::from_slice(&frame.payload).unwrap();
-                }
-                _ => panic!("expected a text frame, got {frame:?}"),
-            }
-        }
-    }
-
-    /// Reads until the server closes; returns the close code (None: ended without a close
-    /// frame). Panics on text frames.
-    async fn expect_closed(&mut self) -> Option<u16> {
-        let started = Instant::now();
-        loop {
-            assert!(started.elapsed() < STEP, "the connection was not closed");
-            match self.read_frame().await {
-                None => return None,
-                Some(frame) if frame.opcode == OP_CLOSE => return frame.close_code(),
-                Some(frame) if matches!(frame.opcode, OP_PING | OP_PONG) => {}
-                Some(frame) => panic!("expected a close, got {frame:?}"),
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Connecting and the envelope
 // ---------------------------------------------------------------------------------------------
@@ -544,7 +435,7 @@ async fn browser_style_handshake_headers_are_accepted() {
         response.header("sec-websocket-extensions").is_none(),
         "no extension is negotiated: {response:?}"
     );
-    let mut raw = RawWs { stream, buf };
+    let mut raw = RawWs::after_handshake(stream, buf);
     assert_subscribed(&raw.next_json().await, "browser", 0);
     server.publish("browser", "hi").await;
     assert_eq!(raw.next_json().await["data"], "hi");
@@ -570,7 +461,7 @@ async fn an_upgrade_on_a_reused_keep_alive_connection_works() {
     )
     .await;
     assert_eq!(response.status, 101, "{response:?}");
-    let mut raw = RawWs { stream, buf };
+    let mut raw = RawWs::after_handshake(stream, buf);
     assert_subscribed(&raw.next_json().await, "reuse", 0);
     raw.send_frame(true, OP_TEXT, br#"{"type":"ping","ref":"r"}"#)
         .await;

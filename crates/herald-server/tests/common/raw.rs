@@ -473,17 +473,38 @@ pub struct RawWs {
 impl RawWs {
     /// Handshakes on `target` and checks the `101`.
     pub async fn connect(server: &TestServer, target: &str) -> Self {
-        let addr = server.server.local_addr();
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(&upgrade_request(addr, target, None))
+        let stream = TcpStream::connect(server.server.local_addr())
             .await
             .unwrap();
+        Self::handshake(stream, server, target).await
+    }
+
+    /// A client on a connection whose handshake the test made itself; `read` holds the bytes
+    /// read past the response head.
+    pub fn after_handshake(stream: TcpStream, read: Vec<u8>) -> Self {
+        Self { stream, buf: read }
+    }
+
+    /// The handshake on an already connected `stream`.
+    pub async fn handshake(stream: TcpStream, server: &TestServer, target: &str) -> Self {
+        Self::handshake_then(stream, server, target, &[]).await
+    }
+
+    /// The handshake, with `first_frames` written in the same `write` as the request.
+    pub async fn handshake_then(
+        mut stream: TcpStream,
+        server: &TestServer,
+        target: &str,
+        first_frames: &[u8],
+    ) -> Self {
+        let mut request = upgrade_request(server.server.local_addr(), target, None);
+        request.extend_from_slice(first_frames);
+        stream.write_all(&request).await.unwrap();
         let mut buf = Vec::new();
         let response = tokio::time::timeout(STEP, read_response(&mut stream, &mut buf))
             .await
             .expect("handshake response in time")
-            .expect("a handshake response");
+            .expect("connection closed before the response head");
         assert_eq!(response.status, 101, "{response:?}");
         assert_eq!(response.header("sec-websocket-accept"), Some(ACCEPT));
         Self { stream, buf }
@@ -502,9 +523,26 @@ impl RawWs {
         let _ = self.stream.write_all(bytes).await;
     }
 
-    /// The next frame, or None when the connection ended.
-    pub async fn read_frame(&mut self) -> Option<RawFrame> {
-        tokio::time::timeout(STEP, async {
+    /// Writes `bytes` as they are; the write must succeed.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Writes one masked frame.
+    pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        self.send_frame_masked(fin, opcode, payload, true).await;
+    }
+
+    /// Writes one frame, masked or not.
+    pub async fn send_frame_masked(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
+        self.send_bytes(&client_frame(fin, opcode, payload, masked))
+            .await;
+    }
+
+    /// The next frame, or None when the connection ended (cleanly, by reset, or inside a
+    /// frame). Panics after `timeout`.
+    pub async fn read_frame_within(&mut self, timeout: Duration) -> Option<RawFrame> {
+        tokio::time::timeout(timeout, async {
             loop {
                 if let Some((frame, used)) = parse_frame(&self.buf) {
                     self.buf.drain(..used);
@@ -516,17 +554,42 @@ impl RawWs {
             }
         })
         .await
-        .expect("a frame or the end of the connection in time")
+        .unwrap_or_else(|_| panic!("a frame or the end of the connection within {timeout:?}"))
     }
 
-    /// The next text frame as JSON (pings and pongs skipped).
+    /// The next frame, or None when the connection ended.
+    pub async fn read_frame(&mut self) -> Option<RawFrame> {
+        self.read_frame_within(STEP).await
+    }
+
+    /// The next text frame as JSON (pings and pongs skipped); it must be a whole message.
     pub async fn next_json(&mut self) -> Value {
+        let started = Instant::now();
         loop {
+            assert!(started.elapsed() < STEP, "no text frame within {STEP:?}");
             let frame = self.read_frame().await.expect("a frame, not the end");
             match frame.opcode {
                 OP_PING | OP_PONG => {}
-                OP_TEXT => return serde_json::from_slice(&frame.payload).unwrap(),
+                OP_TEXT => {
+                    assert!(frame.fin);
+                    return serde_json::from_slice(&frame.payload).unwrap();
+                }
                 _ => panic!("expected a text frame, got {frame:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes, without answering; returns the close code (None: ended
+    /// without a close frame). Panics on text frames.
+    pub async fn expect_closed(&mut self) -> Option<u16> {
+        let started = Instant::now();
+        loop {
+            assert!(started.elapsed() < STEP, "the connection was not closed");
+            match self.read_frame().await {
+                None => return None,
+                Some(frame) if frame.opcode == OP_CLOSE => return frame.close_code(),
+                Some(frame) if matches!(frame.opcode, OP_PING | OP_PONG) => {}
+                Some(frame) => panic!("expected a close, got {frame:?}"),
             }
         }
     }
