@@ -4,87 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::{Herald, BIN};
 use common::SseReader;
 use futures_util::StreamExt;
-
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
-
-/// A `herald serve` child process and the address it logged.
-struct Herald {
-    child: Child,
-    base: String,
-}
-
-impl Herald {
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(at) = line.find("addr=") {
-                    let addr = line[at + 5..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap()
-                        .to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("herald logs its listen address");
-        Self {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "herald did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn help_documents_every_option() {
@@ -357,7 +282,7 @@ async fn await_child_connections(client: &reqwest::Client, base: &str, expected:
 #[tokio::test]
 async fn memory_returns_near_its_baseline_after_abuse() {
     let herald = Herald::spawn(&[], &[]);
-    let addr: std::net::SocketAddr = herald.base.trim_start_matches("http://").parse().unwrap();
+    let addr = herald.addr();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()

@@ -28,6 +28,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use common::process::{Herald, BIN};
 use common::{wait_for_subscribers, ws_next_json, TestServer};
 
 /// How long any single expected event may take before a test fails.
@@ -779,8 +780,6 @@ async fn unusable_certificate_or_key_files_are_startup_errors_naming_the_file() 
     assert!(error.contains(other.key.to_str().unwrap()), "{error}");
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
-
 #[test]
 fn only_one_of_cert_and_key_is_a_configuration_error() {
     let cert = test_cert();
@@ -802,49 +801,27 @@ fn only_one_of_cert_and_key_is_a_configuration_error() {
 
 #[test]
 fn the_binary_serves_https_and_logs_that_tls_is_on() {
-    use std::io::{BufRead, BufReader};
     let cert = test_cert();
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("HERALD_TLS_CERT", &cert.cert)
-        .env("HERALD_TLS_KEY", &cert.key)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tls_on = false;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            tls_on |= line.contains("TLS is on");
-            if let Some(at) = line.find("addr=") {
-                let addr = line[at + 5..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_string();
-                let _ = tx.send((tls_on, addr));
-            }
-        }
+    let (cert_path, key_path) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
+    let herald = Herald::spawn(
+        &[],
+        &[("HERALD_TLS_CERT", cert_path), ("HERALD_TLS_KEY", key_path)],
+    );
+    assert!(
+        herald
+            .startup_log
+            .iter()
+            .any(|line| line.contains("TLS is on")),
+        "the startup log says TLS is on: {:?}",
+        herald.startup_log
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let connector = TlsConnector::from(Arc::new(client_config(&cert)));
+    let status = runtime.block_on(async {
+        https(&connector, herald.addr(), "GET", "/health", &[], "")
+            .await
+            .status()
+            .as_u16()
     });
-    let result = rx.recv_timeout(Duration::from_secs(20));
-    let outcome = result.map(|(tls_on, addr)| {
-        let addr: SocketAddr = addr.parse().unwrap();
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let connector = TlsConnector::from(Arc::new(client_config(&cert)));
-        let status = runtime.block_on(async {
-            https(&connector, addr, "GET", "/health", &[], "")
-                .await
-                .status()
-                .as_u16()
-        });
-        (tls_on, status)
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    let (tls_on, status) = outcome.expect("herald logs its listen address");
-    assert!(tls_on, "the startup log says TLS is on");
     assert_eq!(status, 200);
 }

@@ -3,6 +3,7 @@
 //! to it over real sockets.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod process;
 pub mod raw;
 
 use std::time::Duration;
