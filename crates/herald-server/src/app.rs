@@ -36,13 +36,10 @@ pub struct App {
 
 impl App {
     /// State for a server with these settings and the embedded in-memory engine; fails if a
-    /// token key file cannot be loaded.
+    /// token key file cannot be loaded or the origin allowlist is invalid.
     pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
         let access = Access::from_config(&config)?;
-        Ok(Self::with_access(config, access))
-    }
-
-    fn with_access(config: Config, access: Access) -> Arc<Self> {
+        let browser = OriginPolicy::new(&config.allowed_origins, config.cors_credentials)?;
         let limits = HistoryLimits {
             size: config.history_size,
             ttl: config.history_ttl,
@@ -67,13 +64,7 @@ impl App {
                 .unwrap_or_else(default_max_connections),
             config.max_connections_per_ip,
         );
-        let browser = OriginPolicy::new(&config.allowed_origins, config.cors_credentials)
-            .unwrap_or_else(|error| {
-                // `Config::validate` rejects this; a config built in code may still get here.
-                tracing::error!(%error, "invalid allowed origins; allowing same-origin only");
-                OriginPolicy::same_origin_only()
-            });
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             engine,
             config,
             shutdown: CancellationToken::new(),
@@ -82,17 +73,12 @@ impl App {
             access: Arc::new(access),
             admission,
             browser,
-        })
+        }))
     }
 
     /// Open client connections (HTTP and WebSocket).
     pub fn connections(&self) -> usize {
         self.admission.open()
-    }
-
-    /// Counts a connection until the returned slot is dropped, without checking limits.
-    pub fn track_connection(&self) -> ConnectionSlot {
-        self.admission.track(None)
     }
 
     /// Counts a connection from `ip` that is already admitted (a WebSocket taking over its

@@ -14,6 +14,7 @@
 
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
+use crate::config::ConfigError;
 use crate::http::{boxed, ApiError, Body};
 
 /// How long browsers may cache a preflight answer, in seconds.
@@ -142,8 +143,14 @@ pub struct OriginPolicy {
 
 impl OriginPolicy {
     /// The policy for `allowed` origins (`*`, `null`, `scheme://host[:port]`,
-    /// `scheme://*.domain[:port]`). Errors name the entry that is not an origin.
-    pub fn new(allowed: &[String], credentials: bool) -> Result<Self, String> {
+    /// `scheme://*.domain[:port]`), with credentialed CORS or not. Errors name the entry that
+    /// is not an origin, or refuse credentials for `*` (any site could then read with the
+    /// user's credentials).
+    pub fn new(allowed: &[String], credentials: bool) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            name: "allowed_origins",
+            message,
+        };
         let mut any = false;
         let mut entries = Vec::new();
         for text in allowed {
@@ -153,7 +160,7 @@ impl OriginPolicy {
                 "null" => entries.push(Entry::Null),
                 _ => {
                     let origin = Origin::parse(text, false).ok_or_else(|| {
-                        format!("{text:?} is not an origin; expected scheme://host[:port], scheme://*.domain or *")
+                        invalid(format!("{text:?} is not an origin; expected scheme://host[:port], scheme://*.domain or *"))
                     })?;
                     let entry = match origin.host.strip_prefix("*.") {
                         Some(domain) if !domain.contains('*') && !domain.is_empty() => {
@@ -163,15 +170,21 @@ impl OriginPolicy {
                             })
                         }
                         _ if origin.host.contains('*') => {
-                            return Err(format!(
+                            return Err(invalid(format!(
                                 "{text:?}: a wildcard is only allowed as the first label (https://*.example.com)"
-                            ))
+                            )))
                         }
                         _ => Entry::Exact(origin),
                     };
                     entries.push(entry);
                 }
             }
+        }
+        if credentials && any {
+            return Err(ConfigError::Invalid {
+                name: "cors_credentials",
+                message: "cannot be combined with allowed_origins = \"*\" (any site could read with the user's credentials)".into(),
+            });
         }
         let frame_ancestors = frame_ancestors(any, &entries);
         Ok(Self {
@@ -180,21 +193,6 @@ impl OriginPolicy {
             credentials,
             frame_ancestors,
         })
-    }
-
-    /// The default policy: no `Origin`, or the server's own, only.
-    pub fn same_origin_only() -> Self {
-        Self {
-            any: false,
-            entries: Vec::new(),
-            credentials: false,
-            frame_ancestors: frame_ancestors(false, &[]),
-        }
-    }
-
-    /// True when `*` is on the list.
-    pub fn allows_any(&self) -> bool {
-        self.any
     }
 
     /// Decides whether the request may proceed. `Ok(Some(origin))`: a browser page sent an

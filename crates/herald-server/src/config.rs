@@ -620,6 +620,10 @@ impl Config {
             ("max_body", self.max_body),
             ("outbox_capacity", self.outbox_capacity),
             ("workers", self.workers),
+            ("max_connections", self.max_connections.unwrap_or(1)),
+            ("client_publish_rate", self.client_publish_rate as usize),
+            ("max_headers", self.max_headers),
+            ("max_history_memory", self.max_history_memory),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -635,6 +639,8 @@ impl Config {
             ("keepalive", self.keepalive),
             ("ws_ping_interval", self.ws_ping_interval),
             ("tls_handshake_timeout", self.tls_handshake_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
         ];
         for (name, value) in nonzero {
             if value.is_zero() {
@@ -677,29 +683,7 @@ impl Config {
 
     fn validate_boundaries_and_limits(&self) -> Result<(), ConfigError> {
         let invalid = |name, message: String| Err(ConfigError::Invalid { name, message });
-        let policy =
-            crate::browser::OriginPolicy::new(&self.allowed_origins, self.cors_credentials)
-                .map_err(|message| ConfigError::Invalid {
-                    name: "allowed_origins",
-                    message,
-                })?;
-        if self.cors_credentials && policy.allows_any() {
-            return invalid(
-                "cors_credentials",
-                "cannot be combined with allowed_origins = \"*\" (any site could read with the user's credentials)".into(),
-            );
-        }
-        let positive = [
-            ("max_connections", self.max_connections.unwrap_or(1)),
-            ("client_publish_rate", self.client_publish_rate as usize),
-            ("max_headers", self.max_headers),
-            ("max_history_memory", self.max_history_memory),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return invalid(name, "must be at least 1".into());
-            }
-        }
+        crate::browser::OriginPolicy::new(&self.allowed_origins, self.cors_credentials)?;
         if self.max_header_size < 1024 {
             return invalid("max_header_size", "must be at least 1024".into());
         }
@@ -712,18 +696,10 @@ impl Config {
                 ),
             );
         }
-        for (name, value) in [
-            ("header_read_timeout", self.header_read_timeout),
-            ("idle_timeout", self.idle_timeout),
-        ] {
-            if value.is_zero() {
-                return invalid(name, "must be longer than zero".into());
-            }
-        }
         Ok(())
     }
 
-    /// Checks the access-control settings: token keys load, namespaces are well formed.
+    /// Checks the access-control settings (token key files are read once, by `App::new`).
     fn validate_access(&self) -> Result<(), ConfigError> {
         if self.jwt_hmac_secret.as_ref().is_some_and(String::is_empty) {
             return Err(ConfigError::Invalid {
@@ -731,7 +707,6 @@ impl Config {
                 message: "must not be empty".into(),
             });
         }
-        crate::access::TokenVerifier::from_config(self)?;
         for (name, ns) in &self.namespaces {
             let invalid = |message: String| ConfigError::Invalid {
                 name: "namespaces",
@@ -974,7 +949,10 @@ mod tests {
         for flag in ["--jwt-rsa-public-key", "--jwt-ec-public-key"] {
             for path in [not_a_key.clone(), dir.path().join("missing.pem")] {
                 let path_text = path.to_str().expect("utf8 path");
-                let error = Config::resolve(parse(&[flag, path_text])).expect_err("refused");
+                // The settings are well formed; the file is read (once) when the server's
+                // state is built.
+                let config = Config::resolve(parse(&[flag, path_text])).expect("well formed");
+                let error = crate::app::App::new(config).err().expect("refused");
                 assert!(error.to_string().contains(path_text), "{error}");
             }
         }

@@ -56,7 +56,13 @@ async fn run(config: Config) -> ExitCode {
         Ok(server) => server,
         Err(error) => {
             tracing::error!(%error, "cannot start");
-            return ExitCode::FAILURE;
+            // A setting that cannot be used (a key or certificate file) is a configuration
+            // error, like those `Config::resolve` finds: exit status 2.
+            return if error.kind() == std::io::ErrorKind::InvalidInput {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
     wait_for_signal().await;

@@ -59,6 +59,24 @@ fn invalid_settings_exit_with_a_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+    // A key file that cannot be used is found when the server starts, and is a configuration
+    // error all the same.
+    let rsa_key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jwt_rsa_public.pem"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-ec-public-key",
+            rsa_key,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jwt_rsa_public.pem"));
     for workers in ["0", "1025"] {
         let out = Command::new(BIN)
             .args(["serve", "--workers", workers])
