@@ -885,6 +885,10 @@ async fn secrets_never_reach_the_logs() {
     next_close(&mut ws).await;
     let logged = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logged.contains("configuration"), "logs were captured");
+    // The server's own events reached the capture too, not only this test's: its start and
+    // the refusals of the wrong key and the bad token.
+    assert!(logged.contains("herald listening"), "{logged}");
+    assert!(logged.contains("request refused"), "{logged}");
     for secret in [
         "PUBLISH-KEY-SECRET",
         "WRONG-KEY-SECRET",

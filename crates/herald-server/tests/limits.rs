@@ -264,9 +264,16 @@ async fn a_request_in_flight_is_not_idle() {
     })
     .await;
     let addr = server.server.local_addr();
+    let started = std::time::Instant::now();
     let response = raw::once(addr, &raw::get("/listen?cid=wait", addr, &[])).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.body, b"[]");
+    // It was held for the whole long-poll timeout, four times the idle timeout.
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_millis(750),
+        "answered after {held:?}"
+    );
 }
 
 #[tokio::test]

@@ -194,7 +194,7 @@ pub fn rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
-        .unwrap_or(0)
+        .expect("VmRSS in /proc/self/status")
 }
 
 /// What the server did with some raw bytes.
