@@ -16,17 +16,14 @@
 //! The connection is written against [`WsSocket`] and runs on plain TCP ([`run`]) or TLS
 //! ([`run_tls`]); only TCP has the direct writer (see `socket`).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use herald_core::{Message, Signals};
-use tokio::net::TcpStream;
 
 use crate::admission::ConnectionSlot;
 use crate::app::App;
-use crate::tls::TlsStream;
 use crate::transport::session::Session;
 
 use super::commands;
@@ -46,32 +43,8 @@ enum End {
     Echo(Option<u16>),
 }
 
-/// Serves a connection over plain TCP until it ends.
-pub fn run(
-    app: Arc<App>,
-    socket: TcpStream,
-    leftover: Vec<u8>,
-    session: Session,
-    opening: Vec<Bytes>,
-    slot: ConnectionSlot,
-) -> impl Future<Output = ()> + Send {
-    run_on(app, Arc::new(socket), leftover, session, opening, slot)
-}
-
-/// Serves a connection over TLS until it ends.
-pub fn run_tls(
-    app: Arc<App>,
-    socket: TlsStream,
-    leftover: Vec<u8>,
-    session: Session,
-    opening: Vec<Bytes>,
-    slot: ConnectionSlot,
-) -> impl Future<Output = ()> + Send {
-    run_on(app, Box::new(socket), leftover, session, opening, slot)
-}
-
-/// Serves a connection on any [`WsSocket`] until it ends ([`run`] and [`run_tls`] pick the
-/// socket type).
+/// Serves a connection on any [`WsSocket`] until it ends (`Listen::serve` picks the socket
+/// type: the shared TCP stream, or the boxed TLS stream).
 pub(super) async fn run_on<S: WsSocket>(
     app: Arc<App>,
     socket: S,
@@ -321,23 +294,6 @@ pub(crate) async fn connected_pair() -> (tokio::net::TcpStream, tokio::net::TcpS
 }
 
 #[cfg(test)]
-mod tests {
-    /// Every idle WebSocket holds this future; the memory budget per idle connection
-    /// (BENCHMARKS.md) depends on it staying small. Rare paths (commands, closing) are boxed.
-    #[tokio::test]
-    async fn idle_connection_state_stays_small() {
-        let app = crate::app::App::new(crate::config::Config::default()).expect("default settings");
-        let (_client, socket) = super::connected_pair().await;
-        let session =
-            crate::transport::session::Session::new(&app, crate::registry::Kind::WebSocket);
-        let slot = app.track_connection_from(None);
-        let future = super::run(app.clone(), socket, Vec::new(), session, Vec::new(), slot);
-        let size = std::mem::size_of_val(&future);
-        assert!(size <= 768, "connection future is {size} bytes");
-    }
-}
-
-#[cfg(test)]
 mod tls_tests {
     use std::sync::Arc;
 
@@ -382,7 +338,14 @@ mod tls_tests {
             crate::transport::session::Session::new(&app, crate::registry::Kind::WebSocket);
         let tls_state = std::mem::size_of_val(&socket);
         let slot = app.track_connection_from(None);
-        let future = super::run_tls(app.clone(), socket, Vec::new(), session, Vec::new(), slot);
+        let future = super::run_on(
+            app.clone(),
+            Box::new(socket),
+            Vec::new(),
+            session,
+            Vec::new(),
+            slot,
+        );
         let size = std::mem::size_of_val(&future);
         eprintln!("idle WSS connection: future {size} bytes + boxed TLS stream {tls_state} bytes");
         assert!(size <= 768, "TLS connection future is {size} bytes");
