@@ -84,36 +84,46 @@ struct Claims {
     publish: Vec<String>,
 }
 
-/// The configured token keys; see the module documentation.
+/// The configured token keys, each with the validation rules for its algorithm (built once;
+/// they depend only on the settings); see the module documentation.
 pub struct TokenVerifier {
-    hmac: Option<DecodingKey>,
-    rsa: Option<DecodingKey>,
-    ec: Option<DecodingKey>,
-    audience: Option<String>,
-    issuer: Option<String>,
+    hmac: Option<Verifier>,
+    rsa: Option<Verifier>,
+    ec: Option<Verifier>,
+}
+
+struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
 }
 
 impl TokenVerifier {
     /// Loads the keys `config` names; a file that cannot be read or parsed is an error naming
     /// it.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let verifier = |key, alg| Verifier {
+            key,
+            validation: validation(alg, config),
+        };
         Ok(Self {
-            hmac: config
-                .jwt_hmac_secret
-                .as_ref()
-                .map(|secret| DecodingKey::from_secret(secret.as_bytes())),
+            hmac: config.jwt_hmac_secret.as_ref().map(|secret| {
+                verifier(
+                    DecodingKey::from_secret(secret.as_bytes()),
+                    Algorithm::HS256,
+                )
+            }),
             rsa: config
                 .jwt_rsa_public_key
                 .as_deref()
                 .map(|path| load(path, "jwt_rsa_public_key", DecodingKey::from_rsa_pem))
-                .transpose()?,
+                .transpose()?
+                .map(|key| verifier(key, Algorithm::RS256)),
             ec: config
                 .jwt_ec_public_key
                 .as_deref()
                 .map(|path| load(path, "jwt_ec_public_key", DecodingKey::from_ec_pem))
-                .transpose()?,
-            audience: config.jwt_audience.clone(),
-            issuer: config.jwt_issuer.clone(),
+                .transpose()?
+                .map(|key| verifier(key, Algorithm::ES256)),
         })
     }
 
@@ -125,7 +135,7 @@ impl TokenVerifier {
             message: format!("invalid token: {reason}"),
         };
         let header = decode_header(token).map_err(|e| invalid(&e.to_string()))?;
-        let key = match header.alg {
+        let Verifier { key, validation } = match header.alg {
             Algorithm::HS256 => self.hmac.as_ref(),
             Algorithm::RS256 => self.rsa.as_ref(),
             Algorithm::ES256 => self.ec.as_ref(),
@@ -136,21 +146,7 @@ impl TokenVerifier {
             }
         }
         .ok_or_else(|| invalid(&format!("no {:?} key is configured", header.alg)))?;
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        match &self.audience {
-            Some(audience) => {
-                validation.set_audience(&[audience]);
-                validation.required_spec_claims.insert("aud".into());
-            }
-            None => validation.validate_aud = false,
-        }
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
-            validation.required_spec_claims.insert("iss".into());
-        }
-        let claims = decode::<Claims>(token, key, &validation)
+        let claims = decode::<Claims>(token, key, validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError {
                     expired: true,
@@ -177,6 +173,26 @@ impl TokenVerifier {
         }
         Ok(identity)
     }
+}
+
+/// The rules a token signed with `alg` must pass under these settings: `exp` and `sub`
+/// required, `aud` and `iss` when configured, a leeway of [`LEEWAY_SECS`].
+fn validation(alg: Algorithm, config: &Config) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = LEEWAY_SECS;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    match &config.jwt_audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(issuer) = &config.jwt_issuer {
+        validation.set_issuer(&[issuer]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    validation
 }
 
 fn load(
