@@ -25,8 +25,9 @@ use super::session::{Event, Session};
 pub trait StreamFormat: Send + Unpin + 'static {
     /// Appends one message; `subscriptions` already stands at this message.
     fn message(&self, message: &Message, subscriptions: &Subscriptions, out: &mut BytesMut);
-    /// The message as shared bytes, when the format can send them without a copy;
-    /// `message` is the next one of its channel, and `subscriptions` has not advanced to it yet.
+    /// The message as shared bytes, when the format can send them without a copy; they are
+    /// sent only if `message` turns out to be the next one of its channel. `subscriptions` has
+    /// not advanced to it yet.
     fn shared(&self, message: &Message, subscriptions: &Subscriptions) -> Option<Bytes>;
     /// Appends a gap signal.
     fn gap(&self, gap: &Gap, out: &mut BytesMut);
@@ -72,16 +73,13 @@ impl<F: StreamFormat> EventStream<F> {
         // format has them; everything else through the one encoding path below.
         let shared = match &batch[..] {
             [only] => {
-                // One lock for the check, the encoding choice and the position update.
+                // One lock, and one lookup of the channel, for the encoding choice, the check
+                // and the position update; a format without shared bytes needs no lookup.
                 let mut subscriptions = self.session.subscriptions();
-                let shared = subscriptions
-                    .is_next(only)
-                    .then(|| self.format.shared(only, &subscriptions))
-                    .flatten();
-                if shared.is_some() {
-                    subscriptions.accept(only);
-                }
-                shared
+                self.format.shared(only, &subscriptions).and_then(|bytes| {
+                    *subscriptions.next_position(only)? = only.position();
+                    Some(bytes)
+                })
             }
             _ => None,
         };
