@@ -177,15 +177,18 @@ impl Session {
     /// must end). Otherwise (refreshed meanwhile, or the clock moved) the deadline is put back
     /// on the schedule.
     pub fn token_expired(&mut self) -> bool {
-        let Some(auth) = self.auth.as_deref() else {
+        let Some(auth) = self.auth.as_deref_mut() else {
             return false;
         };
         if auth.identity.is_expired(herald_core::now_ms()) {
             return true;
         }
-        let identity = Arc::clone(&auth.identity);
-        let schedule = auth.expiry.as_ref().map(|e| Arc::clone(e.schedule()));
-        self.authenticate(identity, schedule.as_ref());
+        if let Some(entry) = &mut auth.expiry {
+            // The new entry replaces the old one, which leaves the schedule as it drops.
+            *entry = entry
+                .schedule()
+                .schedule(auth.identity.deadline_ms(), &self.outbox);
+        }
         false
     }
 
