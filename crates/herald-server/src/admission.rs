@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -36,8 +37,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The complete HTTP response for this refusal.
-    fn response(self) -> String {
+    /// The complete HTTP response for this refusal (built once per limit, by
+    /// [`Admission::new`]).
+    fn response(self) -> Bytes {
         let (status, error) = match self {
             Self::Total(max) => (
                 "503 Service Unavailable",
@@ -49,10 +51,10 @@ impl Refusal {
             ),
         };
         let body = serde_json::json!({ "error": error }).to_string();
-        format!(
+        Bytes::from(format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
-        )
+        ))
     }
 }
 
@@ -63,17 +65,23 @@ pub struct Admission {
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     refusing: AtomicUsize,
+    /// The answers to the two refusals: a flood is answered without building any.
+    refused_total: Bytes,
+    refused_per_ip: Bytes,
 }
 
 impl Admission {
     /// Limits of `max_total` connections and `max_per_ip` per address (0: no per-IP limit).
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        let max_total = max_total.max(1);
         Arc::new(Self {
-            max_total: max_total.max(1),
+            max_total,
             max_per_ip,
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             refusing: AtomicUsize::new(0),
+            refused_total: Refusal::Total(max_total).response(),
+            refused_per_ip: Refusal::PerIp(max_per_ip).response(),
         })
     }
 
@@ -136,15 +144,18 @@ impl Admission {
         }
         let admission = Arc::clone(self);
         let tls = tls.cloned();
+        let response = match refusal {
+            Refusal::Total(_) => self.refused_total.clone(),
+            Refusal::PerIp(_) => self.refused_per_ip.clone(),
+        };
         tokio::spawn(async move {
-            let response = refusal.response();
             let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
                 match tls {
-                    None => answer(stream, response.as_bytes()).await,
+                    None => answer(stream, &response).await,
                     Some(acceptor) => {
                         let stream =
                             crate::tls::handshake(&acceptor, stream, REFUSAL_TIMEOUT).await?;
-                        answer(stream, response.as_bytes()).await
+                        answer(stream, &response).await
                     }
                 }
             })
@@ -234,7 +245,8 @@ mod tests {
 
     #[test]
     fn refusals_are_json_http_responses() {
-        let text = Refusal::PerIp(5).response();
+        let response = Refusal::PerIp(5).response();
+        let text = std::str::from_utf8(&response).expect("utf8");
         assert!(text.starts_with("HTTP/1.1 429 "));
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
         assert!(head.contains(&format!("content-length: {}", body.len())));
