@@ -10,13 +10,6 @@ use std::net::SocketAddr;
 use common::raw::{self, RawResponse};
 use common::{subscribers, TestServer};
 
-const WS_HEADERS: [(&str, &str); 4] = [
-    ("Upgrade", "websocket"),
-    ("Connection", "Upgrade"),
-    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-    ("Sec-WebSocket-Version", "13"),
-];
-
 async fn get(server: &TestServer, target: &str, headers: &[(&str, &str)]) -> RawResponse {
     let addr = server.server.local_addr();
     raw::once(addr, &raw::get(target, addr, headers)).await
@@ -24,7 +17,7 @@ async fn get(server: &TestServer, target: &str, headers: &[(&str, &str)]) -> Raw
 
 /// A WebSocket handshake from a page at `origin`; returns the response head (and body).
 async fn ws_handshake(server: &TestServer, cid: &str, origin: &str) -> RawResponse {
-    let mut headers = WS_HEADERS.to_vec();
+    let mut headers = raw::UPGRADE_HEADERS.to_vec();
     headers.push(("Origin", origin));
     get(server, &format!("/listen?cid={cid}"), &headers).await
 }
@@ -58,7 +51,7 @@ async fn cross_site_websocket_handshakes_are_refused_before_subscribing() {
         let response = ws_handshake(&server, "secret", origin).await;
         assert_eq!(response.status, 101, "{origin}: {response:?}");
     }
-    let response = get(&server, "/listen?cid=secret", &WS_HEADERS).await;
+    let response = get(&server, "/listen?cid=secret", &raw::UPGRADE_HEADERS).await;
     assert_eq!(response.status, 101, "{response:?}");
     for refused in [
         "http://app.example.com",

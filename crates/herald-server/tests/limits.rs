@@ -63,18 +63,6 @@ async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
     socket.connect(addr).await.unwrap()
 }
 
-/// Waits until the server counts `n` open connections.
-async fn wait_for_connections(server: &TestServer, n: usize) {
-    let app = server.server.app();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while app.connections() != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("never {n} connections (has {})", app.connections()));
-}
-
 /// A keep-alive publisher on its own raw connection.
 struct Publisher {
     stream: TcpStream,
@@ -120,7 +108,7 @@ async fn a_connection_flood_beyond_max_connections_gets_503_and_others_are_serve
     for _ in 0..38 {
         idle.push(TcpStream::connect(addr).await.unwrap());
     }
-    wait_for_connections(&server, 40).await;
+    common::wait_for_connections(&server, 40).await;
 
     // The flood: every extra connection is answered 503 with a JSON error and closed, while
     // the subscriber keeps getting every message.
@@ -138,7 +126,7 @@ async fn a_connection_flood_beyond_max_connections_gets_503_and_others_are_serve
     // Closing connections frees their slots: the server accepts again, and its gauges are
     // back where they were.
     drop(idle);
-    wait_for_connections(&server, 2).await;
+    common::wait_for_connections(&server, 2).await;
     server.assert_healthy().await;
     let rss_after = raw::rss_kib();
     // RSS of this process (server and clients together, allocator caches included): a few
@@ -159,7 +147,7 @@ async fn a_flood_from_one_address_gets_429_and_other_addresses_are_served() {
     for _ in 0..9 {
         held.push(TcpStream::connect(addr).await.unwrap());
     }
-    wait_for_connections(&server, 10).await;
+    common::wait_for_connections(&server, 10).await;
     // Another address is not affected: it publishes during the flood.
     let mut publisher = Publisher::connect(connect_from("127.0.0.2", addr).await, addr).await;
     for i in 0..200 {
@@ -173,11 +161,11 @@ async fn a_flood_from_one_address_gets_429_and_other_addresses_are_served() {
     expect_messages(&mut ws, "live", publisher.sent).await;
     // The WebSocket counts until it closes: with it gone, one more connection is admitted.
     drop(ws);
-    wait_for_connections(&server, 10).await;
+    common::wait_for_connections(&server, 10).await;
     let response = raw::once(addr, &raw::get("/health", addr, &[])).await;
     assert_eq!(response.status, 200, "{response:?}");
     drop(held);
-    wait_for_connections(&server, 1).await;
+    common::wait_for_connections(&server, 1).await;
 }
 
 #[tokio::test]
@@ -222,7 +210,7 @@ async fn slowloris_connections_are_closed_after_the_header_read_timeout() {
         closed.is_some(),
         "a connection that never sends a request is closed"
     );
-    wait_for_connections(&server, 1).await;
+    common::wait_for_connections(&server, 1).await;
 }
 
 #[tokio::test]
@@ -404,7 +392,7 @@ async fn refusals_answer_raw_clients_without_reading_their_request() {
     let server = common::start_with(|c| c.max_connections = Some(1)).await;
     let addr = server.server.local_addr();
     let _hold = TcpStream::connect(addr).await.unwrap();
-    wait_for_connections(&server, 1).await;
+    common::wait_for_connections(&server, 1).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let padding = "p".repeat(16 * 1024);
     let request = raw::get("/health", addr, &[("X-Pad", &padding)]);

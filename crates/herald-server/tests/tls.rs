@@ -688,7 +688,6 @@ async fn plain_http_on_the_tls_port_gets_a_400_and_others_are_unaffected() {
 async fn a_client_that_never_completes_the_handshake_is_dropped_after_the_timeout() {
     let limit = Duration::from_millis(300);
     let server = start_tls(|c| c.tls_handshake_timeout = limit).await;
-    let app = Arc::clone(server.inner.server.app());
 
     let started = Instant::now();
     let mut silent = TcpStream::connect(server.addr()).await.unwrap();
@@ -712,13 +711,7 @@ async fn a_client_that_never_completes_the_handshake_is_dropped_after_the_timeou
         started.elapsed()
     );
     // Their connection slots are released.
-    tokio::time::timeout(STEP, async {
-        while app.connections() != 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("no connection left counted");
+    common::wait_for_connections(&server.inner, 0).await;
     server.assert_healthy().await;
 }
 

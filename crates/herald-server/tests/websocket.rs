@@ -240,10 +240,6 @@ async fn assert_still_serves(server: &TestServer) {
 // ---------------------------------------------------------------------------------------------
 
 /// The handshake headers of a valid WebSocket request.
-fn ws_headers() -> Vec<(&'static str, &'static str)> {
-    UPGRADE_HEADERS.to_vec()
-}
-
 /// Writes `GET target` with `headers` and reads the response head (and body, by
 /// Content-Length). Bytes after the response stay in `buf`.
 async fn raw_request(
@@ -457,7 +453,7 @@ async fn an_upgrade_on_a_reused_keep_alive_connection_works() {
         &mut buf,
         addr,
         "/listen?cid=reuse",
-        &ws_headers(),
+        &UPGRADE_HEADERS,
     )
     .await;
     assert_eq!(response.status, 101, "{response:?}");
@@ -535,7 +531,7 @@ async fn transport_ws_without_an_upgrade_is_a_json_400() {
 #[tokio::test]
 async fn unsupported_websocket_version_is_426_naming_version_13() {
     let server = common::start().await;
-    let mut headers = ws_headers();
+    let mut headers = UPGRADE_HEADERS.to_vec();
     headers.retain(|(n, _)| *n != "Sec-WebSocket-Version");
     headers.push(("Sec-WebSocket-Version", "8"));
     let response = raw_get(&server, "/listen?cid=a", &headers).await;
@@ -566,7 +562,7 @@ async fn bad_cid_or_cursor_is_400_before_upgrading() {
         "/listen?cid=a&cid=b&since=1,2,3",
         "/listen?cid=a&transport=carrier-pigeon",
     ] {
-        let response = raw_get(&server, target, &ws_headers()).await;
+        let response = raw_get(&server, target, &UPGRADE_HEADERS).await;
         assert_eq!(response.status, 400, "{target}: {response:?}");
         response.assert_json_error(400);
         assert!(
@@ -1367,7 +1363,7 @@ async fn the_default_limit_of_64_channels_per_connection() {
     .await;
     assert_error_frame(&next_json(&mut ws).await, Some(&json!(65)));
     let target = format!("/listen?{}&cid=ch64", query.join("&"));
-    raw_get(&server, &target, &ws_headers())
+    raw_get(&server, &target, &UPGRADE_HEADERS)
         .await
         .assert_json_error(400);
     ping_pong(&mut ws, &json!("still fine")).await;
@@ -1414,7 +1410,7 @@ async fn the_server_channel_limit_refuses_new_channels_cleanly() {
     server.publish("two", "fills the server").await;
 
     // A handshake naming a new channel is refused before the upgrade, and leaves nothing behind.
-    let response = raw_get(&server, "/listen?cid=one&cid=three", &ws_headers()).await;
+    let response = raw_get(&server, "/listen?cid=one&cid=three", &UPGRADE_HEADERS).await;
     response.assert_json_error(503);
     assert!(response.header("sec-websocket-accept").is_none());
     // The subscribe command gets an error frame; the connection stays usable.
@@ -2098,7 +2094,7 @@ async fn closed_and_vanished_connections_are_released() {
             &mut buf,
             addr,
             "/listen?cid=gone",
-            &ws_headers(),
+            &UPGRADE_HEADERS,
         )
         .await;
         assert_eq!(response.status, 101);

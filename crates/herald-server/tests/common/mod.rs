@@ -246,6 +246,18 @@ pub async fn wait_for_subscribers(server: &TestServer, cid: &str, n: usize) {
     .unwrap_or_else(|_| panic!("{cid} never had {n} subscribers (has {})", hub_count()));
 }
 
+/// Waits until the server counts `n` open connections.
+pub async fn wait_for_connections(server: &TestServer, n: usize) {
+    let app = server.server.app();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while app.connections() != n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never {n} connections (has {})", app.connections()));
+}
+
 /// The next text frame of a WebSocket client (plain or TLS) as JSON, pings and pongs
 /// skipped; panics on any other frame, at the end of the stream or after `within`.
 pub async fn ws_next_json<S>(ws: &mut S, within: Duration) -> Value
