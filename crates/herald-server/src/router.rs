@@ -14,26 +14,14 @@ use crate::browser;
 use crate::http::{json, ApiError, Body};
 use crate::{publish, transport};
 
-/// The client's address, attached to WebSocket handshakes so that the connection keeps its
-/// per-IP count after the upgrade.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
-
 /// Answers one request.
-pub async fn handle(
-    app: Arc<App>,
-    mut request: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
+pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let method = request.method().clone();
     let url_length = url_length(request.uri());
     if url_length > app.config.max_url_length {
         let error = ApiError::UriTooLong(app.config.max_url_length);
         tracing::debug!(%peer, %method, url_length, "request refused: URL too long");
         return error.into_response();
-    }
-    if transport::wants_websocket(request.headers()) {
-        request.extensions_mut().insert(ClientAddr(peer));
     }
     let path = request.uri().path();
     let path = if path.len() > 1 {
@@ -61,7 +49,7 @@ pub async fn handle(
             _ => Err(not_allowed(&method, "POST")),
         },
         "/listen" => match method {
-            Method::GET => transport::listen(&app, request).await,
+            Method::GET => transport::listen(&app, request, peer.ip()).await,
             Method::OPTIONS => app.browser.preflight(request.headers()),
             _ => Err(not_allowed(&method, "GET, OPTIONS")),
         },
@@ -77,7 +65,7 @@ pub async fn handle(
         // Conformance builds only (`--features conformance`): see transport/websocket/echo.rs.
         #[cfg(feature = "conformance")]
         "/echo" => match method {
-            Method::GET => transport::websocket::echo::upgrade(&app, request).await,
+            Method::GET => transport::websocket::echo::upgrade(&app, request, peer.ip()).await,
             _ => Err(not_allowed(&method, "GET")),
         },
         other => Err(ApiError::NotFound(other.chars().take(200).collect())),

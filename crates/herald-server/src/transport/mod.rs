@@ -13,6 +13,7 @@ pub mod sse;
 pub mod stream;
 pub mod websocket;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{header, HeaderMap, Request, Response};
@@ -22,10 +23,11 @@ use crate::app::App;
 use crate::http::{ApiError, Body};
 use crate::query::{SubscribeQuery, TransportParam};
 
-/// `GET /listen`: negotiates the transport and hands the request to it.
+/// `GET /listen` from `peer`: negotiates the transport and hands the request to it.
 pub async fn listen(
     app: &Arc<App>,
     request: Request<Incoming>,
+    peer: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     if app.shutdown.is_cancelled() {
         return Err(ApiError::Unavailable("server is shutting down".into()));
@@ -49,7 +51,7 @@ pub async fn listen(
     }
     let identity = app.access.identify(query.token.as_deref(), headers)?;
     match transport {
-        TransportParam::WebSocket => websocket::upgrade(app, request, query, identity).await,
+        TransportParam::WebSocket => websocket::upgrade(app, request, query, identity, peer).await,
         TransportParam::Sse => sse::handle(app, &request, &query, identity).await,
         TransportParam::Iframe => iframe::handle(app, &query, identity).await,
         TransportParam::LongPoll => longpoll::handle(app, &query, identity).await,

@@ -26,6 +26,7 @@ use super::socket::WsSocket;
 pub async fn upgrade(
     app: &Arc<App>,
     mut request: Request<RequestBody>,
+    peer: std::net::IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     let accept = match super::check_handshake(request.headers()) {
         Ok(accept) => accept,
@@ -34,7 +35,7 @@ pub async fn upgrade(
     let echo = Echo {
         max_body: app.config.max_body,
     };
-    super::spawn_upgraded(app, &mut request, echo);
+    super::spawn_upgraded(app, &mut request, peer, echo);
     Ok(super::switching_protocols(&accept))
 }
 

@@ -17,6 +17,7 @@ pub mod publish_rate;
 pub mod socket;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -64,6 +65,7 @@ pub async fn upgrade(
     mut request: Request<Incoming>,
     query: SubscribeQuery,
     identity: Option<Arc<Identity>>,
+    peer: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     let accept = match check_handshake(request.headers()) {
         Ok(accept) => accept,
@@ -91,7 +93,7 @@ pub async fn upgrade(
         session,
         opening,
     };
-    spawn_upgraded(app, &mut request, listen);
+    spawn_upgraded(app, &mut request, peer, listen);
     Ok(switching_protocols(&accept))
 }
 
@@ -202,15 +204,16 @@ trait Serve: Send + 'static {
 
 /// Once hyper has sent the `101`, takes the socket back (plain TCP, else TLS) and runs
 /// `service` on it, with the bytes the client sent after its handshake, as a tracked task
-/// that holds a connection slot until it ends.
-fn spawn_upgraded(app: &Arc<App>, request: &mut Request<Incoming>, service: impl Serve) {
+/// that holds a connection slot (counted for `peer`) until it ends.
+fn spawn_upgraded(
+    app: &Arc<App>,
+    request: &mut Request<Incoming>,
+    peer: IpAddr,
+    service: impl Serve,
+) {
     let on_upgrade = hyper::upgrade::on(&mut *request);
     // Counted from now until the WebSocket closes (its HTTP connection ends with the upgrade).
-    let peer_ip = request
-        .extensions()
-        .get::<crate::router::ClientAddr>()
-        .map(|addr| addr.0.ip());
-    let slot = app.track_connection_from(peer_ip);
+    let slot = app.track_connection_from(Some(peer));
     app.tasks
         .spawn(run_upgraded(app.tasks.clone(), on_upgrade, slot, service));
 }
