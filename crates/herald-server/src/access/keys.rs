@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use http::{header, HeaderMap};
+use http::HeaderMap;
 
 use crate::http::ApiError;
 
@@ -33,16 +33,12 @@ impl PublishKeys {
     /// Decides whether the request may publish: `401` for a wrong or malformed key, `403` for
     /// none where one is needed.
     pub fn authorize(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .map(|v| {
-                v.to_str()
-                    .ok()
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::trim)
-                    .ok_or_else(|| {
-                        ApiError::Unauthorized("Authorization must be `Bearer KEY`".into())
-                    })
+        // Another scheme is refused here: a publisher's Authorization is meant for Herald.
+        let bearer = super::bearer(headers)
+            .map(|key| {
+                key.ok_or_else(|| {
+                    ApiError::Unauthorized("Authorization must be `Bearer KEY`".into())
+                })
             })
             .transpose()?;
         let alternative = headers

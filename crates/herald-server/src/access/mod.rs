@@ -62,12 +62,7 @@ impl Access {
         query_token: Option<&str>,
         headers: &HeaderMap,
     ) -> Result<Option<Arc<Identity>>, ApiError> {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let token = match (query_token, bearer) {
+        let token = match (query_token, bearer(headers).flatten()) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::BadRequest(
                     "token given twice: use the token parameter or Authorization, not both".into(),
@@ -129,4 +124,16 @@ impl Access {
         }
         self.may_subscribe(identity, cid).map(|_| ())
     }
+}
+
+/// The `Authorization` header's credentials: `None` without the header, `Some(None)` when it
+/// is not `Bearer …` (another scheme, or not text), `Some(Some(token))` otherwise.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<Option<&str>> {
+    headers.get(header::AUTHORIZATION).map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+    })
 }
