@@ -43,6 +43,40 @@ fn help_documents_every_option() {
         }
     }
     assert!(checked >= 38, "only {checked} options found");
+
+    // The README's configuration table documents the same options, in both directions.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let table: Vec<&str> = readme
+        .lines()
+        .filter(|line| line.starts_with("| `--"))
+        .collect();
+    let mut declared = Vec::new();
+    for arg in serve_definition.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "config" {
+            continue; // described in the paragraph above the table
+        }
+        declared.push(long.to_string());
+        let row = table
+            .iter()
+            .find(|row| {
+                row.starts_with(&format!("| `--{long} "))
+                    || row.starts_with(&format!("| `--{long}`"))
+            })
+            .unwrap_or_else(|| panic!("README's table has no row for --{long}"));
+        if let Some(env) = arg.get_env() {
+            let env = env.to_string_lossy();
+            assert!(row.contains(&*env), "README's row for --{long} names {env}");
+        }
+    }
+    for row in &table {
+        let flag = row["| `--".len()..].split([' ', '`']).next().unwrap_or("");
+        assert!(
+            declared.iter().any(|long| long == flag),
+            "README documents --{flag}, which serve does not declare"
+        );
+    }
 }
 
 #[test]
