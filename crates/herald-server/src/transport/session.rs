@@ -22,7 +22,6 @@ use crate::access::{ExpiryEntry, ExpirySchedule, Identity};
 use crate::app::App;
 use crate::http::ApiError;
 use crate::registry::{Kind, Registration};
-use crate::transport::websocket::publish_rate::PublishRate;
 
 /// Something to send to the client, in order.
 #[derive(Debug)]
@@ -43,7 +42,6 @@ pub struct Session {
     // access rules and limits come from the `App` passed to each call, not stored here: every
     // idle WebSocket holds a session.)
     auth: Option<Box<SessionAuth>>,
-    publish_rate: PublishRate,
     _registration: Registration,
 }
 
@@ -68,7 +66,6 @@ impl Session {
             outbox,
             subscriptions: Arc::new(Mutex::new(Subscriptions::new())),
             auth: None,
-            publish_rate: PublishRate::default(),
             _registration: registration,
         }
     }
@@ -201,11 +198,6 @@ impl Session {
     /// Decides what to do with a message and advances the channel's position.
     pub fn accept(&mut self, message: &Message) -> Accept {
         self.subscriptions.lock().accept(message)
-    }
-
-    /// The client's publish budget (WebSocket `publish` commands).
-    pub fn publish_rate(&mut self) -> &mut PublishRate {
-        &mut self.publish_rate
     }
 
     /// The connection's queue.

@@ -19,7 +19,7 @@ use crate::transport::session::{Event, Session};
 use crate::transport::websocket::frame::close_code;
 
 use super::frame;
-use super::publish_rate::Verdict;
+use super::publish_rate::{PublishRate, Verdict};
 
 /// A client command. Fields a command does not use are ignored.
 #[derive(Debug, Deserialize)]
@@ -212,12 +212,17 @@ fn action(command: &Command<'_>) -> Result<Action, ApiError> {
 }
 
 /// Executes one command text and returns the frames to send, or how to close the connection.
-pub async fn execute(app: &App, session: &mut Session, text: &str) -> Result<Vec<Bytes>, Closing> {
+pub async fn execute(
+    app: &App,
+    session: &mut Session,
+    publish_rate: &mut PublishRate,
+    text: &str,
+) -> Result<Vec<Bytes>, Closing> {
     let (action, reference) = match parse(text) {
         Ok(parsed) => parsed,
         Err((e, reference)) => return Ok(vec![error_reply(reference, &e.to_string())]),
     };
-    match run(app, session, action, reference).await {
+    match run(app, session, publish_rate, action, reference).await {
         Ok(frames) => Ok(frames),
         Err(Failure::Reply(e)) => Ok(vec![error_reply(reference, &e.to_string())]),
         Err(Failure::Close(closing)) => Err(closing),
@@ -256,6 +261,7 @@ fn auth(
 async fn run(
     app: &App,
     session: &mut Session,
+    publish_rate: &mut PublishRate,
     action: Action,
     reference: Option<&RawValue>,
 ) -> Result<Vec<Bytes>, Failure> {
@@ -283,7 +289,7 @@ async fn run(
             app.access
                 .may_publish_from_client(session.identity(), &cid)?;
             let rate = app.config.client_publish_rate;
-            match session.publish_rate().check(rate) {
+            match publish_rate.check(rate) {
                 Verdict::Allowed => {}
                 Verdict::Refused => {
                     return Err(ApiError::TooManyRequests(format!(

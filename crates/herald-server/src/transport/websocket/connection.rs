@@ -28,6 +28,7 @@ use crate::transport::session::Session;
 
 use super::commands;
 use super::frame::{self, close_code, FrameReader, Incoming};
+use super::publish_rate::PublishRate;
 use super::socket::WsSocket;
 
 /// How long the closing handshake may take.
@@ -60,6 +61,7 @@ pub(super) async fn run_on<S: WsSocket>(
         inbox: leftover,
         reader,
         session,
+        publish_rate: PublishRate::default(),
         batch: Vec::new(),
         _slot: slot,
     };
@@ -87,6 +89,8 @@ struct Connection<S> {
     inbox: Vec<u8>,
     reader: FrameReader,
     session: Session,
+    /// This client's publishes, against `client-publish-rate`.
+    publish_rate: PublishRate,
     batch: Vec<Arc<Message>>,
     /// Counts the connection against the connection limits until it ends.
     _slot: ConnectionSlot,
@@ -170,11 +174,14 @@ impl<S: WsSocket> Connection<S> {
         match incoming {
             // Boxed: commands are rare, and inlining their future would enlarge every idle
             // connection's task by its size.
-            Incoming::Text(text) => {
-                Box::pin(commands::execute(&self.app, &mut self.session, &text))
-                    .await
-                    .map_err(|(code, reason)| End::Close(code, reason))
-            }
+            Incoming::Text(text) => Box::pin(commands::execute(
+                &self.app,
+                &mut self.session,
+                &mut self.publish_rate,
+                &text,
+            ))
+            .await
+            .map_err(|(code, reason)| End::Close(code, reason)),
             Incoming::Binary(_) => Err(End::Close(
                 close_code::UNSUPPORTED,
                 "binary frames are not supported; send JSON text commands",
