@@ -37,9 +37,9 @@ type Shard = Mutex<HashMap<ChannelId, Arc<Mutex<ChannelLog>>>>;
 /// History limits of the memory broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryLimits {
-    /// Messages kept per channel.
+    /// Messages kept per channel (unless a resolver decides per channel).
     pub size: usize,
-    /// How long a message is kept.
+    /// How long a message is kept (unless a resolver decides per channel).
     pub ttl: Duration,
     /// Most channels the broker keeps state for; publishing to or subscribing to a new channel
     /// beyond this is refused.
@@ -172,7 +172,7 @@ impl ChannelLog {
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     limits: HistoryLimits,
-    resolver: Option<ChannelLimitsResolver>,
+    resolver: ChannelLimitsResolver,
     shards: Box<[Shard]>,
     hasher: RandomState,
     channels: AtomicUsize,
@@ -185,25 +185,22 @@ fn retained_size(message: &Message) -> usize {
 }
 
 impl MemoryBroker {
-    /// A broker that delivers into `hub`.
+    /// A broker that delivers into `hub`, every channel with `limits.size` and `limits.ttl`.
     pub fn new(hub: Arc<Hub>, limits: HistoryLimits) -> Self {
-        Self::build(hub, limits, None)
+        let every_channel = ChannelLimits {
+            size: limits.size,
+            ttl: limits.ttl,
+        };
+        Self::with_resolver(hub, limits, Arc::new(move |_| every_channel))
     }
 
     /// A broker that delivers into `hub` and gives each new channel the history limits
-    /// `resolver` returns for it (`limits.max_channels` still bounds the channel count).
+    /// `resolver` returns for it (`limits.max_channels` and `limits.max_memory` still bound the
+    /// whole; `limits.size` and `limits.ttl` are not used).
     pub fn with_resolver(
         hub: Arc<Hub>,
         limits: HistoryLimits,
         resolver: ChannelLimitsResolver,
-    ) -> Self {
-        Self::build(hub, limits, Some(resolver))
-    }
-
-    fn build(
-        hub: Arc<Hub>,
-        limits: HistoryLimits,
-        resolver: Option<ChannelLimitsResolver>,
     ) -> Self {
         Self {
             hub,
@@ -241,16 +238,6 @@ impl MemoryBroker {
         }
     }
 
-    fn channel_limits(&self, cid: &ChannelId) -> ChannelLimits {
-        match &self.resolver {
-            Some(resolve) => resolve(cid),
-            None => ChannelLimits {
-                size: self.limits.size,
-                ttl: self.limits.ttl,
-            },
-        }
-    }
-
     fn log(&self, cid: &ChannelId, now: u64) -> Result<Arc<Mutex<ChannelLog>>, EngineError> {
         let index = self.hasher.hash_one(cid) as usize % SHARDS;
         let mut shard = self.shards[index].lock();
@@ -263,7 +250,7 @@ impl MemoryBroker {
                 self.limits.max_channels
             )));
         }
-        let log = Arc::new(Mutex::new(ChannelLog::new(now, self.channel_limits(cid))));
+        let log = Arc::new(Mutex::new(ChannelLog::new(now, (self.resolver)(cid))));
         shard.insert(cid.clone(), Arc::clone(&log));
         self.channels.fetch_add(1, Ordering::Relaxed);
         Ok(log)
