@@ -764,6 +764,26 @@ mod tests {
         assert_eq!(config, Config::default());
     }
 
+    /// The hand-written `Debug` (it hides secrets) shows every setting: an option added later
+    /// without a line there fails here instead of vanishing from the logged configuration.
+    #[test]
+    fn debug_shows_every_setting() {
+        let shown = format!("{:?}", Config::default());
+        let definition = <Cli as clap::CommandFactory>::command();
+        let serve = definition.find_subcommand("serve").expect("serve");
+        for arg in serve.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "config" {
+                continue; // the file's path, not a setting
+            }
+            assert!(
+                shown.contains(&format!("{id}:")),
+                "Debug leaves out {id}: {shown}"
+            );
+        }
+        assert!(shown.contains("namespaces:"), "{shown}");
+    }
+
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
