@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use common::process::{Herald, BIN};
+use common::raw::{RawWs, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use common::{wait_for_subscribers, ws_next_json, TestServer};
 
 /// How long any single expected event may take before a test fails.
@@ -210,105 +211,6 @@ async fn close_code(ws: &mut Wss) -> Option<u16> {
     })
     .await
     .expect("a close frame in time")
-}
-
-// ---------------------------------------------------------------------------------------------
-// A raw WSS client: our own handshake and frames, so it can stay silent when pinged
-// ---------------------------------------------------------------------------------------------
-
-const OP_TEXT: u8 = 0x1;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
-struct RawWss {
-    stream: ClientTls,
-    buf: Vec<u8>,
-}
-
-impl RawWss {
-    async fn connect(server: &TlsServer, target: &str) -> Self {
-        let mut stream = server.tls_connect().await;
-        let request = format!(
-            "GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Self {
-            stream,
-            buf: Vec::new(),
-        };
-        let head_end = loop {
-            if let Some(at) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            assert!(raw.fill().await, "connection ended during the handshake");
-        };
-        let head = String::from_utf8_lossy(&raw.buf[..head_end]).to_string();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        raw.buf.drain(..head_end);
-        raw
-    }
-
-    /// Reads more bytes; false at end of stream.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(STEP, self.stream.read(&mut chunk))
-            .await
-            .expect("bytes in time")
-        {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    /// The next server frame (unmasked, unfragmented) as opcode and payload; None at the end.
-    async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if self.buf.len() >= 2 {
-                let opcode = self.buf[0] & 0x0F;
-                let (len, header) = match self.buf[1] & 0x7F {
-                    126 if self.buf.len() >= 4 => (
-                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
-                        4,
-                    ),
-                    127 if self.buf.len() >= 10 => (
-                        usize::try_from(u64::from_be_bytes(self.buf[2..10].try_into().unwrap()))
-                            .unwrap(),
-                        10,
-                    ),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (usize::from(n), 2),
-                };
-                if len != usize::MAX && self.buf.len() >= header + len {
-                    let payload = self.buf[header..header + len].to_vec();
-                    self.buf.drain(..header + len);
-                    return Some((opcode, payload));
-                }
-            }
-            if !self.fill().await {
-                return None;
-            }
-        }
-    }
-
-    async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
-        assert!(payload.len() < 126);
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        let mut frame = vec![0x80 | opcode, 0x80 | u8::try_from(payload.len()).unwrap()];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&frame).await.unwrap();
-        self.stream.flush().await.unwrap();
-    }
-}
-
-fn close_code_of(payload: &[u8]) -> Option<u16> {
-    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -519,21 +421,26 @@ async fn wss_gets_backlog_live_messages_and_command_replies() {
 #[tokio::test]
 async fn wss_answers_pings_and_echoes_a_close() {
     let server = start_tls(|_| {}).await;
-    let mut raw = RawWss::connect(&server, "/listen?cid=pp").await;
-    let (opcode, payload) = raw.read_frame().await.unwrap();
-    assert_eq!(opcode, OP_TEXT);
-    assert!(String::from_utf8_lossy(&payload).contains("subscribed"));
+    let mut raw = RawWs::handshake_over(
+        server.tls_connect().await,
+        server.inner.server.local_addr(),
+        "/listen?cid=pp",
+        &[],
+    )
+    .await;
+    assert_eq!(raw.next_json().await["type"], "subscribed");
 
-    raw.send_frame(OP_PING, b"are you there").await;
+    raw.send_frame(true, OP_PING, b"are you there").await;
+    let pong = raw.read_frame().await.unwrap();
     assert_eq!(
-        raw.read_frame().await.unwrap(),
+        (pong.opcode, pong.payload),
         (OP_PONG, b"are you there".to_vec())
     );
 
-    raw.send_frame(OP_CLOSE, &1000u16.to_be_bytes()).await;
-    let (opcode, payload) = raw.read_frame().await.unwrap();
-    assert_eq!(opcode, OP_CLOSE);
-    assert_eq!(close_code_of(&payload), Some(1000));
+    raw.send_frame(true, OP_CLOSE, &1000u16.to_be_bytes()).await;
+    let close = raw.read_frame().await.unwrap();
+    assert_eq!(close.opcode, OP_CLOSE);
+    assert_eq!(close.close_code(), Some(1000));
     assert!(raw.read_frame().await.is_none(), "then the connection ends");
     server.assert_healthy().await;
 }
@@ -542,15 +449,21 @@ async fn wss_answers_pings_and_echoes_a_close() {
 async fn wss_peer_that_never_answers_pings_is_closed_with_1008() {
     let interval = Duration::from_millis(200);
     let server = start_tls(|c| c.ws_ping_interval = interval).await;
-    let mut deaf = RawWss::connect(&server, "/listen?cid=deaf").await;
+    let mut deaf = RawWs::handshake_over(
+        server.tls_connect().await,
+        server.inner.server.local_addr(),
+        "/listen?cid=deaf",
+        &[],
+    )
+    .await;
     let started = Instant::now();
     let mut pings = 0;
     let code = loop {
-        let (opcode, payload) = deaf.read_frame().await.expect("a close before the end");
-        match opcode {
+        let frame = deaf.read_frame().await.expect("a close before the end");
+        match frame.opcode {
             OP_TEXT => {}
             OP_PING => pings += 1,
-            OP_CLOSE => break close_code_of(&payload),
+            OP_CLOSE => break frame.close_code(),
             other => panic!("unexpected opcode {other}"),
         }
     };

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{SseReader, TestServer};
@@ -97,7 +97,10 @@ pub fn publish(cid: &str, body: &str, addr: SocketAddr) -> String {
 
 /// Reads one response (head, then a body by Content-Length) from `stream`, with what was
 /// already read in `buf`; bytes after it stay in `buf`. None: the connection ended first.
-pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RawResponse> {
+pub async fn read_response<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<RawResponse> {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i;
@@ -139,7 +142,7 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<
 }
 
 /// Reads what arrives into `buf`; false at the end of the stream (or a reset).
-pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+pub async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> bool {
     let mut chunk = vec![0u8; 64 * 1024];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => false,
@@ -464,9 +467,10 @@ pub fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     ))
 }
 
-/// A WebSocket client that writes whatever bytes it is given and does nothing on its own.
-pub struct RawWs {
-    pub stream: TcpStream,
+/// A WebSocket client that writes whatever bytes it is given and does nothing on its own,
+/// over plain TCP or any other byte stream (TLS).
+pub struct RawWs<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
@@ -492,12 +496,33 @@ impl RawWs {
 
     /// The handshake, with `first_frames` written in the same `write` as the request.
     pub async fn handshake_then(
-        mut stream: TcpStream,
+        stream: TcpStream,
         server: &TestServer,
         target: &str,
         first_frames: &[u8],
     ) -> Self {
-        let mut request = upgrade_request(server.server.local_addr(), target, None);
+        RawWs::handshake_over(stream, server.server.local_addr(), target, first_frames).await
+    }
+
+    /// Connects to `/listen?cid=CID` and consumes the `subscribed` frame.
+    pub async fn subscribe(server: &TestServer, cid: &str) -> Self {
+        let mut ws = Self::connect(server, &format!("/listen?cid={cid}")).await;
+        let subscribed = ws.next_json().await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+        ws
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
+    /// The handshake over `stream` (already connected to the server at `addr`), with
+    /// `first_frames` written in the same `write` as the request.
+    pub async fn handshake_over(
+        mut stream: S,
+        addr: SocketAddr,
+        target: &str,
+        first_frames: &[u8],
+    ) -> Self {
+        let mut request = upgrade_request(addr, target, None);
         request.extend_from_slice(first_frames);
         stream.write_all(&request).await.unwrap();
         let mut buf = Vec::new();
@@ -510,22 +535,17 @@ impl RawWs {
         Self { stream, buf }
     }
 
-    /// Connects to `/listen?cid=CID` and consumes the `subscribed` frame.
-    pub async fn subscribe(server: &TestServer, cid: &str) -> Self {
-        let mut ws = Self::connect(server, &format!("/listen?cid={cid}")).await;
-        let subscribed = ws.next_json().await;
-        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
-        ws
-    }
-
     /// Writes `bytes` as they are; a write the server refused (it closed) is ignored.
     pub async fn send(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
+        if self.stream.write_all(bytes).await.is_ok() {
+            let _ = self.stream.flush().await;
+        }
     }
 
     /// Writes `bytes` as they are; the write must succeed.
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
     }
 
     /// Writes one masked frame.
