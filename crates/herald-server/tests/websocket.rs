@@ -2049,15 +2049,9 @@ async fn a_consumer_that_falls_behind_is_closed_with_4008_and_resumes_from_histo
 
 /// `/health` → `connections`.
 async fn health_connections(server: &TestServer) -> u64 {
-    let response = server
-        .client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    body["connections"].as_u64().unwrap()
+    common::raw::health(server).await["connections"]
+        .as_u64()
+        .unwrap()
 }
 
 #[tokio::test]
