@@ -11,6 +11,24 @@ use http_body_util::{BodyExt, Full};
 /// The body of every response Herald sends: a full buffer or a stream.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// A request body Herald can read: hyper's `Incoming` for requests served by hyper, or an
+/// empty body for the subscriber requests the connection front answers itself (see `front`).
+pub trait RequestBody:
+    http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// Boxes any infallible body.
 pub fn boxed<B>(body: B) -> Body
 where

@@ -11,6 +11,7 @@ pub mod admission;
 pub mod app;
 pub mod browser;
 pub mod config;
+pub mod front;
 pub mod http;
 pub mod publish;
 pub mod query;

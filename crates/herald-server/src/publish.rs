@@ -12,18 +12,17 @@ use std::sync::Arc;
 
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use herald_core::Payload;
 
 use crate::app::App;
-use crate::http::{json, ApiError, Body};
+use crate::http::{json, ApiError, Body, RequestBody};
 use crate::query::SubscribeQuery;
 
 /// Handles one publish request.
-pub async fn handle(
+pub async fn handle<B: RequestBody>(
     app: &Arc<App>,
-    request: Request<Incoming>,
+    request: Request<B>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     app.access.keys.authorize(request.headers(), peer)?;

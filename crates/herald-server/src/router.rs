@@ -7,15 +7,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::browser;
-use crate::http::{json, ApiError, Body};
+use crate::http::{json, ApiError, Body, RequestBody};
 use crate::{publish, transport};
 
 /// Answers one request.
-pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle<B: RequestBody>(
+    app: Arc<App>,
+    request: Request<B>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let method = request.method().clone();
     let url_length = url_length(request.uri());
     if url_length > app.config.max_url_length {

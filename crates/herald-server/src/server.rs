@@ -1,8 +1,9 @@
-//! The listener: accepts connections, serves each with hyper, sweeps history, shuts down.
+//! The listener: accepts connections, serves each one, sweeps history, shuts down.
 //!
-//! One task per TCP connection drives hyper's HTTP/1 state machine and, for SSE and iframe,
-//! the streaming body too. Upgraded WebSockets get their own task, tracked so shutdown can wait
-//! for them. Accept errors (such as running out of file descriptors) are logged and retried
+//! One task per TCP connection. A plain-TCP connection starts in the `front`, which answers
+//! SSE, iframe and long-poll requests itself and hands everything else to hyper's HTTP/1 state
+//! machine; a TLS connection goes to hyper directly. Streams and upgraded WebSockets get their
+//! own task, tracked so shutdown can wait for them. Accept errors (such as running out of file descriptors) are logged and retried
 //! after a pause, never in a tight loop. Shutdown: stop accepting, tell every stream to end
 //! with a reconnect hint, let in-flight requests finish, and give up after the grace period.
 //!
@@ -28,6 +29,7 @@ use herald_core::Signals;
 use crate::admission::ConnectionSlot;
 use crate::app::App;
 use crate::config::Config;
+use crate::front;
 use crate::registry::Kind;
 use crate::router;
 use crate::timeouts::HeadTimer;
@@ -184,8 +186,7 @@ fn serve_connection(
     let task_app = Arc::clone(app);
     match tls {
         None => {
-            app.tasks
-                .spawn(serve_http(task_app, TokioIo::new(stream), peer, slot));
+            app.tasks.spawn(front::serve(task_app, stream, peer, slot));
         }
         Some(acceptor) => {
             let acceptor = acceptor.clone();
@@ -203,15 +204,23 @@ fn serve_connection(
                     },
                     () = task_app.shutdown.cancelled() => return,
                 };
-                serve_http(task_app, TokioIo::new(stream), peer, slot).await;
+                let first_head = task_app.config.header_read_timeout;
+                serve_http(task_app, TokioIo::new(stream), peer, slot, first_head).await;
             });
         }
     }
 }
 
 /// Serves HTTP/1 (and upgrades) on one connection's byte stream, plain or TLS, until it ends.
-async fn serve_http<I>(app: Arc<App>, io: TokioIo<I>, peer: SocketAddr, slot: ConnectionSlot)
-where
+/// The first request head must be complete within `first_head`; every later one within the
+/// idle timeout.
+pub(crate) async fn serve_http<I>(
+    app: Arc<App>,
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    first_head: Duration,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service_app = Arc::clone(&app);
@@ -222,11 +231,8 @@ where
     let config = &app.config;
     let mut builder = http1::Builder::new();
     builder
-        .timer(HeadTimer::new(
-            config.header_read_timeout,
-            config.idle_timeout,
-        ))
-        .header_read_timeout(config.header_read_timeout)
+        .timer(HeadTimer::new(first_head, config.idle_timeout))
+        .header_read_timeout(first_head)
         .max_buf_size(MAX_BUF_SIZE.max(config.max_header_size))
         .max_header_size(config.max_header_size);
     if config.max_headers != HYPER_DEFAULT_MAX_HEADERS {

@@ -17,16 +17,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{header, HeaderMap, Request, Response};
-use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::http::{ApiError, Body};
+use crate::http::{ApiError, Body, RequestBody};
 use crate::query::{SubscribeQuery, TransportParam};
 
 /// `GET /listen` from `peer`: negotiates the transport and hands the request to it.
-pub async fn listen(
+pub async fn listen<B: RequestBody>(
     app: &Arc<App>,
-    request: Request<Incoming>,
+    request: Request<B>,
     peer: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     if app.shutdown.is_cancelled() {
@@ -51,7 +50,11 @@ pub async fn listen(
     }
     let identity = app.access.identify(query.token.as_deref(), headers)?;
     match transport {
-        TransportParam::WebSocket => websocket::upgrade(app, request, query, identity, peer).await,
+        // Boxed: the handshake's future is the largest here, and a long poll's request future
+        // (which lives as long as the poll waits) would otherwise be as large.
+        TransportParam::WebSocket => {
+            Box::pin(websocket::upgrade(app, request, query, identity, peer)).await
+        }
         TransportParam::Sse => sse::handle(app, &request, &query, identity).await,
         TransportParam::Iframe => iframe::handle(app, &query, identity).await,
         TransportParam::LongPoll => longpoll::handle(app, &query, identity).await,

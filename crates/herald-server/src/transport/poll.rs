@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use herald_core::{format_cursor, ChannelCursor, Gap, Message, Position};
 
@@ -29,10 +28,7 @@ pub const CURSOR_HEADER: &str = "x-herald-cursor";
 pub const GAP_HEADER: &str = "x-herald-gap";
 
 /// Handles one short poll.
-pub async fn handle(
-    app: &Arc<App>,
-    request: &Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub async fn handle<B>(app: &Arc<App>, request: &Request<B>) -> Result<Response<Body>, ApiError> {
     let query = SubscribeQuery::parse(
         request.uri().query(),
         app.config.max_channels_per_connection,

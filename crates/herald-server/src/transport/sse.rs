@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use herald_core::{Gap, Message, Subscriptions};
 
@@ -59,9 +58,9 @@ impl StreamFormat for SseFormat {
 }
 
 /// Opens an SSE stream.
-pub async fn handle(
+pub async fn handle<B>(
     app: &Arc<App>,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     query: &SubscribeQuery,
     identity: Option<Arc<Identity>>,
 ) -> Result<Response<Body>, ApiError> {

@@ -12,20 +12,18 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
-use hyper::body::Incoming as RequestBody;
-
 use crate::app::App;
 use crate::http::{ApiError, Body};
+use http::{Request, Response};
 
 use super::connection::{await_peer_close, CLOSE_TIMEOUT};
 use super::frame::{self, close_code, FrameReader, Incoming};
 use super::socket::WsSocket;
 
 /// Validates the handshake, answers `101` and echoes on the upgraded connection.
-pub async fn upgrade(
+pub async fn upgrade<B: Send>(
     app: &Arc<App>,
-    mut request: Request<RequestBody>,
+    mut request: Request<B>,
     peer: std::net::IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     let accept = match super::check_handshake(request.headers()) {

@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -60,9 +59,9 @@ fn is_valid_key(key: &[u8]) -> bool {
 }
 
 /// Validates the handshake, subscribes, answers `101` and spawns the connection task.
-pub async fn upgrade(
+pub async fn upgrade<B: Send>(
     app: &Arc<App>,
-    mut request: Request<Incoming>,
+    mut request: Request<B>,
     query: SubscribeQuery,
     identity: Option<Arc<Identity>>,
     peer: IpAddr,
@@ -205,12 +204,7 @@ trait Serve: Send + 'static {
 /// Once hyper has sent the `101`, takes the socket back (plain TCP, else TLS) and runs
 /// `service` on it, with the bytes the client sent after its handshake, as a tracked task
 /// that holds a connection slot (counted for `peer`) until it ends.
-fn spawn_upgraded(
-    app: &Arc<App>,
-    request: &mut Request<Incoming>,
-    peer: IpAddr,
-    service: impl Serve,
-) {
+fn spawn_upgraded<B>(app: &Arc<App>, request: &mut Request<B>, peer: IpAddr, service: impl Serve) {
     let on_upgrade = hyper::upgrade::on(&mut *request);
     // Counted from now until the WebSocket closes (its HTTP connection ends with the upgrade).
     let slot = app.track_connection_from(Some(peer));

@@ -1,0 +1,598 @@
+//! The connection front: long-held subscriber requests served without hyper's buffers.
+//!
+//! A connection served by hyper keeps two 8 KiB buffers (its read buffer and its response-head
+//! buffer) and its dispatcher for as long as a response is in flight. For an SSE stream, a
+//! forever iframe or a waiting long poll that is for the whole life of the connection: about
+//! 10 KiB of resident memory per subscriber, more than everything else Herald keeps for it.
+//! WebSockets give hyper's state back when they upgrade; these transports cannot, as their
+//! answer is an ordinary `200`.
+//!
+//! So a plain-TCP connection starts here. The front peeks at the first request head
+//! (`MSG_PEEK`: nothing is consumed) and parses it with `httparse`. A complete, well-formed
+//! HTTP/1.1 `GET /listen` that is not a WebSocket upgrade and has no body is answered here, by
+//! the same router as every other request: the head is consumed, the response head is
+//! written, then the body — with `Content-Length` when it is complete (long polling), chunked
+//! when it streams (SSE, iframe). Between requests the connection holds no buffer at all. A
+//! streamed response ends the connection; after a complete one the front waits for the next
+//! head (`idle-timeout`; the first one within `header-read-timeout`, as hyper does).
+//!
+//! Everything else — a publish, a WebSocket upgrade, any other method or path, HTTP/1.0, a
+//! head larger than [`PEEK_LIMIT`] or not yet complete in the socket, anything `httparse` or
+//! the `http` types refuse — goes to hyper, with the connection untouched, for the rest of the
+//! connection's life. hyper then gives every malformed request its usual answer. TLS
+//! connections always go to hyper (a TLS stream cannot be peeked).
+//!
+//! While a response is in flight the front watches the socket for the client going away
+//! (end of stream or reset), as hyper does, and drops the request when it does. Bytes the client
+//! sends meanwhile (a pipelined request) are left in the socket for the next head.
+
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::admission::ConnectionSlot;
+use crate::app::App;
+use crate::http::Body;
+use crate::router;
+use crate::server;
+
+/// Largest request head the front reads; a larger one goes to hyper.
+pub const PEEK_LIMIT: usize = 8 * 1024;
+/// The least time hyper is given to read a head the front handed over.
+const MIN_HEAD_WAIT: Duration = Duration::from_millis(10);
+
+/// Serves a plain-TCP connection: subscriber requests here, the rest by hyper.
+pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
+    let mut wait = app.config.header_read_timeout;
+    loop {
+        let deadline = tokio::time::Instant::now() + wait;
+        let head = tokio::select! {
+            head = tokio::time::timeout_at(deadline, next_head(&stream, &app)) => head,
+            () = app.shutdown.cancelled() => return,
+        };
+        let request = match head {
+            // Like hyper's header-read timeout: close without an answer.
+            Err(_elapsed) => return,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "connection ended while reading a request");
+                return;
+            }
+            Ok(Ok(Head::Closed)) => return,
+            Ok(Ok(Head::ForHyper)) => {
+                // hyper's own head timer gets what is left of this wait, so a head dribbled
+                // in byte by byte has no more time in all than with hyper alone.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let io = TokioIo::new(stream);
+                // Boxed: hyper's connection state is large, and only this branch needs it.
+                Box::pin(server::serve_http(
+                    app,
+                    io,
+                    peer,
+                    slot,
+                    left.max(MIN_HEAD_WAIT),
+                ))
+                .await;
+                return;
+            }
+            Ok(Ok(Head::Native { request, len })) => {
+                if let Err(error) = discard(&mut stream, len).await {
+                    tracing::debug!(%peer, %error, "connection ended while reading a request");
+                    return;
+                }
+                *request
+            }
+        };
+        let keep_alive = wants_keep_alive(request.headers());
+        match respond(&app, &mut stream, request, peer, keep_alive).await {
+            Ok(Next::Request) if !app.shutdown.is_cancelled() => {}
+            Ok(Next::Request | Next::Close) => return,
+            Ok(Next::Stream { head, body }) => {
+                app.tasks.spawn(run_stream(stream, head, body, peer, slot));
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %error, "connection ended while answering");
+                return;
+            }
+        }
+        wait = app.config.idle_timeout;
+    }
+}
+
+/// What the next request on a connection is.
+enum Head {
+    /// A subscriber request the front answers; its head is `len` bytes long.
+    Native {
+        request: Box<Request<Empty<Bytes>>>,
+        len: usize,
+    },
+    /// Anything else: hyper serves the connection from here on.
+    ForHyper,
+    /// The client closed the connection before sending a request.
+    Closed,
+}
+
+/// What a connection does after a response.
+enum Next {
+    /// Waits for the next request.
+    Request,
+    /// Ends.
+    Close,
+    /// Streams `body` after `head` (the response head, not yet written), then ends.
+    Stream { head: BytesMut, body: Body },
+}
+
+/// Waits for a request head and decides who answers it, without consuming anything. The peek
+/// buffer exists only once bytes have arrived, so an idle connection holds none.
+async fn next_head(stream: &TcpStream, app: &App) -> io::Result<Head> {
+    poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+    let mut buf = vec![0; PEEK_LIMIT];
+    let n = poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut buf))).await?;
+    if n == 0 {
+        return Ok(Head::Closed);
+    }
+    Ok(parse_head(
+        &buf[..n],
+        app.config.max_headers,
+        app.config.max_header_size,
+    ))
+}
+
+/// Parses a peeked request head; see the module documentation for what the front takes.
+fn parse_head(bytes: &[u8], max_headers: usize, max_header_size: usize) -> Head {
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) if len <= max_header_size => len,
+        _ => return Head::ForHyper,
+    };
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return Head::ForHyper;
+    }
+    let Some(target) = parsed.path else {
+        return Head::ForHyper;
+    };
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if path != "/listen" && path != "/listen/" {
+        return Head::ForHyper;
+    }
+    let mut request = Request::new(Empty::new());
+    *request.method_mut() = Method::GET;
+    *request.version_mut() = Version::HTTP_11;
+    match target.parse() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => return Head::ForHyper,
+    }
+    let map = request.headers_mut();
+    map.reserve(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Head::ForHyper;
+        };
+        map.append(name, value);
+    }
+    let has_body = map.contains_key(header::TRANSFER_ENCODING)
+        || map
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if has_body || map.contains_key(header::UPGRADE) || map.contains_key(header::EXPECT) {
+        return Head::ForHyper;
+    }
+    Head::Native {
+        request: Box::new(request),
+        len,
+    }
+}
+
+/// Consumes the `len` bytes of a head already peeked (they are in the socket, so this does
+/// not wait for the client).
+async fn discard(stream: &mut TcpStream, len: usize) -> io::Result<()> {
+    let mut buf = vec![0; len];
+    stream.read_exact(&mut buf).await.map(drop)
+}
+
+/// False if the HTTP/1.1 request asks to close the connection after its answer.
+fn wants_keep_alive(headers: &http::HeaderMap) -> bool {
+    !headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("close"))
+}
+
+/// Answers one request: runs the router (dropping the request if the client goes away), then
+/// writes the response.
+async fn respond(
+    app: &Arc<App>,
+    stream: &mut TcpStream,
+    request: Request<Empty<Bytes>>,
+    peer: SocketAddr,
+    keep_alive: bool,
+) -> io::Result<Next> {
+    // Boxed: the router's future is large and finished once the response exists; inline, its
+    // space would stay in this connection's task for as long as a stream runs.
+    let handler = Box::pin(router::handle(Arc::clone(app), request, peer));
+    let response = tokio::select! {
+        response = handler => response,
+        () = client_gone(stream) => return Ok(Next::Close),
+    };
+    let (parts, body) = response.into_parts();
+    let no_body = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let length = if no_body {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    match length {
+        Some(length) => {
+            let keep_alive = keep_alive && !app.shutdown.is_cancelled();
+            let mut head = response_head(&parts, Framing::Length(length), keep_alive);
+            let content = if no_body {
+                Bytes::new()
+            } else {
+                collect(body).await
+            };
+            write_all(stream, &mut [head.split().freeze(), content]).await?;
+            Ok(if keep_alive {
+                Next::Request
+            } else {
+                Next::Close
+            })
+        }
+        None => Ok(Next::Stream {
+            head: response_head(&parts, Framing::Chunked, false),
+            body,
+        }),
+    }
+}
+
+/// Runs a streamed response as a task of its own, holding the connection's slot until it ends.
+/// The task that read the request ends instead of waiting on it: an idle stream then holds
+/// only this small future, not the request phase's state beside it.
+async fn run_stream(
+    mut stream: TcpStream,
+    head: BytesMut,
+    mut body: Body,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) {
+    if let Err(error) = stream_body(&mut stream, head, &mut body).await {
+        tracing::debug!(%peer, %error, "stream ended with an error");
+    }
+    drop(slot);
+}
+
+/// Writes a streamed response: the head (with the first chunk if it is ready), then each
+/// chunk as it comes, until the body ends or the client goes away. One write point, so the
+/// future (every idle stream's state) stays small.
+async fn stream_body(stream: &mut TcpStream, head: BytesMut, body: &mut Body) -> io::Result<()> {
+    // Bytes to write before the next data: the head, then each chunk's size line.
+    let mut pending = head;
+    let mut first = true;
+    loop {
+        // The first chunk is usually ready at once (the stream's prelude): it goes out with
+        // the head. Otherwise the head goes out alone before waiting.
+        let ready = if first {
+            first = false;
+            body.frame().now_or_never()
+        } else {
+            None
+        };
+        let frame = match ready {
+            Some(frame) => Some(frame),
+            None if !pending.is_empty() => None,
+            None => tokio::select! {
+                frame = body.frame() => Some(frame),
+                () = client_gone(stream) => return Ok(()),
+            },
+        };
+        let mut data = Bytes::new();
+        let mut done = false;
+        match frame {
+            None => {}
+            Some(Some(Ok(frame))) => {
+                if let Ok(bytes) = frame.into_data() {
+                    if !bytes.is_empty() {
+                        chunk_prefix(&mut pending, bytes.len());
+                        data = bytes;
+                    }
+                }
+            }
+            Some(Some(Err(never))) => match never {},
+            Some(None) => {
+                pending.extend_from_slice(LAST_CHUNK);
+                done = true;
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let end = if data.is_empty() { Bytes::new() } else { CRLF };
+        write_all(stream, &mut [pending.split().freeze(), data, end]).await?;
+        if done {
+            return stream.shutdown().await;
+        }
+    }
+}
+
+const CRLF: Bytes = Bytes::from_static(b"\r\n");
+/// The end of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How a response body is delimited.
+enum Framing {
+    Length(u64),
+    Chunked,
+}
+
+/// The response's status line and headers, as hyper would write them (lower-case names, a
+/// `date`).
+fn response_head(parts: &http::response::Parts, framing: Framing, keep_alive: bool) -> BytesMut {
+    let mut head = BytesMut::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(length) => {
+            head.extend_from_slice(b"content-length: ");
+            head.extend_from_slice(length.to_string().as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if !keep_alive {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Appends a chunk's size line.
+fn chunk_prefix(out: &mut BytesMut, len: usize) {
+    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+}
+
+/// The whole of a complete body.
+async fn collect(body: Body) -> Bytes {
+    let collected: Result<_, Infallible> = body.collect().await;
+    match collected {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    }
+}
+
+/// Writes every byte of `parts` (at most [`MAX_PARTS`] of them), in as few system calls as
+/// the socket allows.
+async fn write_all(stream: &mut TcpStream, parts: &mut [Bytes]) -> io::Result<()> {
+    let mut first = 0;
+    while first < parts.len() {
+        if parts[first].is_empty() {
+            first += 1;
+            continue;
+        }
+        let mut slices = [io::IoSlice::new(&[]); MAX_PARTS];
+        let mut count = 0;
+        for part in parts[first..]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .take(MAX_PARTS)
+        {
+            slices[count] = io::IoSlice::new(part);
+            count += 1;
+        }
+        let mut written = stream.write_vectored(&slices[..count]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let part = &mut parts[first];
+            let step = written.min(part.len());
+            part.advance(step);
+            written -= step;
+            if part.is_empty() {
+                first += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Most byte slices one write takes (size line, data, line end).
+const MAX_PARTS: usize = 3;
+
+/// Resolves when the client has closed the connection or reset it. Bytes it sends meanwhile
+/// stay in the socket (they are the next request), and the watch stops.
+async fn client_gone(stream: &TcpStream) {
+    let mut byte = [0u8; 1];
+    // `poll_peek`, not `peek`: the future is a few bytes instead of a few hundred, and it is
+    // part of every idle stream's state.
+    match poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut byte))).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Response;
+
+    fn parse(head: &str) -> Head {
+        parse_head(head.as_bytes(), 100, 16 * 1024)
+    }
+
+    fn is_native(head: &str) -> bool {
+        matches!(parse(head), Head::Native { .. })
+    }
+
+    #[test]
+    fn subscriber_gets_are_answered_here() {
+        for head in [
+            "GET /listen?cid=a HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /listen/?cid=a&transport=sse HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /listen?cid=a HTTP/1.1\r\nAccept: text/event-stream\r\nContent-Length: 0\r\n\r\n",
+            "GET /listen HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(is_native(head), "{head:?}");
+        }
+        let head = "GET /listen?cid=a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next";
+        let Head::Native { request, len } = parse(head) else {
+            panic!("not native");
+        };
+        assert_eq!(len, head.find("GET /next").expect("second request"));
+        assert_eq!(request.uri(), "/listen?cid=a");
+        assert_eq!(request.headers().get_all("x-a").iter().count(), 2);
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for head in [
+            "POST /publish?cid=a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+            "GET /health HTTP/1.1\r\n\r\n",
+            "GET /messages?cid=a HTTP/1.1\r\n\r\n",
+            "HEAD /listen?cid=a HTTP/1.1\r\n\r\n",
+            "GET /listen?cid=a HTTP/1.0\r\n\r\n",
+            "GET /listen?cid=a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET /listen?cid=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "GET /listen?cid=a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "GET /listen?cid=a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET http://x/listen?cid=a HTTP/1.1\r\n\r\n",
+            "GET /listenx HTTP/1.1\r\n\r\n",
+            // Incomplete, malformed, or beyond what the front takes.
+            "GET /listen?cid=a HTTP/1.1\r\nHost: x\r\n",
+            "GET /listen?cid=a HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "GET /listen?cid=a HTTP/1.1\r\nX: \x01\r\n\r\n",
+            "GET /listen?cid=a HTTP/2.0\r\n\r\n",
+            "\r\n\r\n",
+        ] {
+            assert!(matches!(parse(head), Head::ForHyper), "{head:?}");
+        }
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let head = format!("GET /listen?cid=a HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(parse(&head), Head::ForHyper), "too many headers");
+        let head = format!(
+            "GET /listen?cid=a HTTP/1.1\r\nX: {}\r\n\r\n",
+            "v".repeat(200)
+        );
+        assert!(matches!(
+            parse_head(head.as_bytes(), 100, 128),
+            Head::ForHyper
+        ));
+    }
+
+    #[test]
+    fn connection_close_is_honoured() {
+        let headers = |value: &'static str| {
+            let mut map = http::HeaderMap::new();
+            map.insert(header::CONNECTION, HeaderValue::from_static(value));
+            map
+        };
+        assert!(wants_keep_alive(&http::HeaderMap::new()));
+        assert!(wants_keep_alive(&headers("keep-alive")));
+        assert!(!wants_keep_alive(&headers("close")));
+        assert!(!wants_keep_alive(&headers("TE, Close")));
+    }
+
+    #[test]
+    fn response_heads_are_framed_as_asked() {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        // A framing header set by a handler is replaced by the front's own.
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        let (parts, ()) = response.into_parts();
+        let head = response_head(&parts, Framing::Length(12), true);
+        let text = std::str::from_utf8(&head).expect("ASCII");
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(
+            text.contains("\r\ncontent-type: application/json\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\ncontent-length: 12\r\n"), "{text}");
+        assert!(!text.contains("999"), "{text}");
+        assert!(text.contains("\r\ndate: "), "{text}");
+        assert!(!text.contains("connection: close"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        let head = response_head(&parts, Framing::Chunked, false);
+        let text = std::str::from_utf8(&head).expect("ASCII");
+        assert!(
+            text.contains("\r\ntransfer-encoding: chunked\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    }
+
+    /// Every idle SSE or iframe stream holds the task started by `run_stream`; the memory per
+    /// streaming connection (BENCHMARKS.md) depends on it staying small.
+    #[tokio::test]
+    async fn idle_stream_tasks_stay_small() {
+        let app = crate::app::App::new(crate::config::Config::default()).expect("default settings");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let _client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let body = crate::http::boxed(Empty::<Bytes>::new());
+        let task = run_stream(
+            stream,
+            BytesMut::new(),
+            body,
+            peer,
+            app.track_connection_from(None),
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "stream task future is {size} bytes");
+    }
+}
