@@ -9,7 +9,8 @@
 #                     reported, with the min–max range
 #   --rev REV         build Herald from this commit (git archive into a temporary directory,
 #                     target dir target/bench-rev) instead of the working tree
-#   --scenarios LIST  a subset of: idle fanout50 fanout100 many sse longpoll publish, or fanout200
+#   --scenarios LIST  a subset of: idle idlesse idlelongpoll fanout50 fanout100 many sse longpoll
+#                     publish, or fanout200
 #                     (saturation: not in the default set)
 #   --duration D      measured publish phase of each run (default 10s)
 #   --time-limit S    bound on the whole script, build included (default 3600 s): runs that
@@ -31,7 +32,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 REPEAT=3
 REV=
-SCENARIOS="idle fanout50 fanout100 many sse longpoll publish"
+SCENARIOS="idle idlesse idlelongpoll fanout50 fanout100 many sse longpoll publish"
 DURATION=10s
 TIME_LIMIT=3600
 OUT=
@@ -53,7 +54,7 @@ done
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --repeat must be a positive integer" >&2; exit 2; }
 [[ $TIME_LIMIT =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --time-limit is in seconds" >&2; exit 2; }
 for s in $SCENARIOS; do
-    case $s in idle|fanout50|fanout100|fanout200|many|sse|longpoll|publish) ;;
+    case $s in idle|idlesse|idlelongpoll|fanout50|fanout100|fanout200|many|sse|longpoll|publish) ;;
         *) echo "compare.sh: unknown scenario $s" >&2; exit 2 ;; esac
 done
 # Seconds in a humantime duration such as 10s, 1500ms or 1m (for the time budget only).
@@ -319,6 +320,8 @@ pids_jiffies() {
 scenario_args() {
     case $1 in
         idle)      echo "--transport ws --subscribers 15000 --channels 100 --rate 0 --warmup 0s --duration 1s --drain 0s --connect-rate 2000" ;;
+        idlesse)   echo "--transport sse --subscribers 15000 --channels 100 --rate 0 --warmup 0s --duration 1s --drain 0s --connect-rate 2000" ;;
+        idlelongpoll) echo "--transport longpoll --subscribers 15000 --channels 100 --rate 0 --warmup 0s --duration 1s --drain 0s --connect-rate 2000" ;;
         fanout50)  echo "--transport ws --subscribers 2000 --channels 1 --rate 50 --payload-size 100 --duration $DURATION" ;;
         fanout100) echo "--transport ws --subscribers 2000 --channels 1 --rate 100 --payload-size 100 --duration $DURATION" ;;
         fanout200) echo "--transport ws --subscribers 2000 --channels 1 --rate 200 --payload-size 100 --duration $DURATION" ;;
@@ -339,7 +342,7 @@ scenario_servers() {
 # Rough length of one run, seconds (connect + settle + warm-up + duration + drain + start/stop).
 scenario_seconds() {
     case $1 in
-        idle) echo 20 ;;
+        idle|idlesse|idlelongpoll) echo 20 ;;
         many) echo $(( DURATION_S + 15 )) ;;
         *) echo $(( DURATION_S + 12 )) ;;
     esac

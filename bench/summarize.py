@@ -23,6 +23,8 @@ import sys
 
 SCENARIOS = {
     "idle": "idle: 15,000 WebSocket subscribers over 100 channels, no publishing",
+    "idlesse": "idle over SSE: 15,000 SSE subscribers over 100 channels, no publishing",
+    "idlelongpoll": "idle over long polling: 15,000 waiting long polls over 100 channels, no publishing",
     "fanout50": "fan-out: 1 channel × 2,000 WebSocket subscribers, 50 publishes/s, 100 B",
     "fanout100": "fan-out: 1 channel × 2,000 WebSocket subscribers, 100 publishes/s, 100 B",
     "fanout200": "saturation: 1 channel × 2,000 WebSocket subscribers, 200 publishes/s, 100 B",
@@ -32,6 +34,7 @@ SCENARIOS = {
     "publish": "publish throughput: no subscribers, 100 channels, 8 keep-alive connections, as fast as possible",
 }
 SERVERS = ("herald", "nchan", "bare")
+IDLE = ("idle", "idlesse", "idlelongpoll")
 
 
 def get(doc, *path):
@@ -78,6 +81,7 @@ METRICS = {
         ("publish request latency p99 (ms)", lambda r: ms(get(r, "publish", "latency_us", "p99")), "{:.2f}", -1),
     ],
 }
+METRICS["idlesse"] = METRICS["idlelongpoll"] = METRICS["idle"]
 for name in ("fanout50", "fanout100", "fanout200", "many", "sse", "longpoll"):
     METRICS[name] = delivery_metrics()
 
@@ -220,7 +224,7 @@ def main():
             reports = [r for _, _, r in entries if r is not None]
             missing = len(entries) - len(reports)
             t = totals(reports)
-            if scenario == "idle":
+            if scenario in IDLE:
                 loss[server] = "{:,} failed".format(t["failed_subs"])
             elif scenario == "publish":
                 loss[server] = "{:,} failed publishes".format(t["publish_errors"])
@@ -241,7 +245,7 @@ def main():
                 notes.append(f"server gone after {crashed} run(s)")
             if notes:
                 errs[server] += " (" + "; ".join(notes) + ")"
-        if scenario == "idle":
+        if scenario in IDLE:
             rows.append(("subscribers failed (all runs)", loss["herald"], loss["nchan"], "—", loss["bare"]))
         elif scenario == "publish":
             rows.append(("failed publishes (all runs)", loss["herald"], loss["nchan"], "—", loss["bare"]))
