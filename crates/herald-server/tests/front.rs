@@ -1,0 +1,728 @@
+//! The connection front (`src/front.rs`) over real sockets: plain-TCP `GET /listen` requests
+//! answered without hyper — long polls with `content-length` and keep-alive, pipelined
+//! requests, `Connection: close`, errors as JSON, SSE and forever-iframe streams with chunked
+//! framing, the client going away while a response is in flight, shutdown of an open stream —
+//! and the requests the front hands to hyper for the rest of the connection (a publish on a
+//! connection the front started, HTTP/1.0, a head split across writes, bodies, `Expect`, large
+//! heads, WebSocket upgrades).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::connect_async;
+
+use common::raw::{self, read_more, read_response, roundtrip, wait_closed, RawResponse, STEP};
+use common::{publish_n, subscribers, wait_for_subscribers, ws_next_json, TestServer};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A raw connection to the server and the bytes read past the last response.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    addr: SocketAddr,
+}
+
+impl Conn {
+    async fn open(server: &TestServer) -> Self {
+        let addr = server.server.local_addr();
+        Self {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+            addr,
+        }
+    }
+
+    /// Writes `bytes` in one write.
+    async fn send(&mut self, bytes: &str) {
+        self.stream.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    /// Writes a `GET` of `target` (with `Host` and `headers`).
+    async fn get(&mut self, target: &str, headers: &[(&str, &str)]) {
+        let request = raw::get(target, self.addr, headers);
+        self.send(&request).await;
+    }
+
+    /// Reads the next response (head, and body by `content-length`); panics after [`STEP`]
+    /// or if the connection ends first.
+    async fn response(&mut self) -> RawResponse {
+        tokio::time::timeout(STEP, read_response(&mut self.stream, &mut self.buf))
+            .await
+            .expect("a response in time")
+            .expect("a response before the connection ended")
+    }
+
+    /// Sends a `GET` and reads its response.
+    async fn roundtrip_get(&mut self, target: &str, headers: &[(&str, &str)]) -> RawResponse {
+        let request = raw::get(target, self.addr, headers);
+        roundtrip(&mut self.stream, &mut self.buf, &request).await
+    }
+
+    /// Reads one chunk of a chunked body, checking its framing (hex size line, the data, CRLF):
+    /// `Some(data)`, or `None` for the last chunk (`0\r\n\r\n`). Panics after [`STEP`] or
+    /// if the connection ends inside the body.
+    async fn chunk(&mut self) -> Option<Vec<u8>> {
+        let Self { stream, buf, .. } = self;
+        tokio::time::timeout(STEP, async {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                assert!(
+                    read_more(stream, buf).await,
+                    "connection ended before a chunk size line; have {:?}",
+                    String::from_utf8_lossy(buf)
+                );
+            };
+            let line = std::str::from_utf8(&buf[..line_end]).unwrap().to_string();
+            let size = usize::from_str_radix(&line, 16)
+                .unwrap_or_else(|_| panic!("chunk size line {line:?}"));
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                assert!(
+                    read_more(stream, buf).await,
+                    "connection ended inside a chunk of {size} bytes"
+                );
+            }
+            assert_eq!(
+                &buf[size..size + 2],
+                b"\r\n",
+                "a chunk of {size} bytes must end with CRLF: {:?}",
+                String::from_utf8_lossy(buf)
+            );
+            let data: Vec<u8> = buf.drain(..size).collect();
+            buf.drain(..2);
+            (size > 0).then_some(data)
+        })
+        .await
+        .expect("a chunk in time")
+    }
+
+    /// Reads chunks into `body` until it contains `needle`; panics if the body ends first.
+    async fn chunks_until(&mut self, body: &mut String, needle: &str) {
+        while !body.contains(needle) {
+            let data = self
+                .chunk()
+                .await
+                .unwrap_or_else(|| panic!("the body ended before {needle:?}; got {body:?}"));
+            body.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+
+    /// Reads chunks into `body` until it holds a whole SSE block (ending in a blank line)
+    /// after `needle`.
+    async fn chunks_until_block(&mut self, body: &mut String, needle: &str) {
+        self.chunks_until(body, needle).await;
+        let at = body.find(needle).unwrap();
+        while !body[at..].contains("\n\n") {
+            let data = self
+                .chunk()
+                .await
+                .unwrap_or_else(|| panic!("the body ended inside a block: {body:?}"));
+            body.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+
+    /// Whether the server closes the connection within [`STEP`] (nothing more may arrive).
+    async fn closed_by_server(&mut self) -> bool {
+        tokio::time::timeout(STEP, read_more(&mut self.stream, &mut self.buf))
+            .await
+            .is_ok_and(|more| !more)
+            && self.buf.is_empty()
+    }
+}
+
+/// A streamed answer's head: 200, chunked, no `content-length`, a `date`.
+fn assert_chunked_head(response: &RawResponse, content_type: &str) {
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(
+        response.header("transfer-encoding"),
+        Some("chunked"),
+        "{response:?}"
+    );
+    assert_eq!(response.header("content-length"), None, "{response:?}");
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|t| t.starts_with(content_type)),
+        "{response:?}"
+    );
+    assert_date(response);
+}
+
+/// A complete answer: `content-length` equal to the body read, a valid `date`.
+fn assert_complete(response: &RawResponse) {
+    let length: usize = response
+        .header("content-length")
+        .unwrap_or_else(|| panic!("content-length expected: {response:?}"))
+        .parse()
+        .unwrap();
+    assert_eq!(length, response.body.len());
+    assert_eq!(response.header("transfer-encoding"), None, "{response:?}");
+    assert_date(response);
+}
+
+fn assert_date(response: &RawResponse) {
+    let date = response
+        .header("date")
+        .unwrap_or_else(|| panic!("a date header: {response:?}"));
+    httpdate::parse_http_date(date).unwrap_or_else(|e| panic!("date {date:?}: {e}"));
+}
+
+/// A 200 long-poll answer: its envelopes' `data` and its cursor.
+fn messages(response: &RawResponse) -> (Vec<String>, String) {
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{response:?}"
+    );
+    let body = response.json();
+    let data = body
+        .as_array()
+        .unwrap_or_else(|| panic!("a JSON array: {body}"))
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_string())
+        .collect();
+    let cursor = response
+        .header("x-herald-cursor")
+        .expect("x-herald-cursor")
+        .to_string();
+    (data, cursor)
+}
+
+/// The `(event, data)` of each SSE block in `body` that carries data.
+fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut event = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event:") {
+                    event = Some(value.trim_start().to_string());
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data = Some(value.trim_start().to_string());
+                }
+            }
+            data.map(|data| (event, data))
+        })
+        .collect()
+}
+
+/// Waits until the hub counts no subscriber on `cid` any more; fails after [`STEP`].
+async fn wait_unsubscribed(server: &TestServer, cid: &str) {
+    let started = Instant::now();
+    while subscribers(server, cid) != 0 {
+        assert!(
+            started.elapsed() < STEP,
+            "{cid} still has {} subscribers {STEP:?} after the client went away",
+            subscribers(server, cid)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long polling answered by the front
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn long_polls_keep_the_connection_alive_across_requests() {
+    let server = common::start().await;
+    let mut conn = Conn::open(&server).await;
+
+    conn.get("/listen?cid=a", &[]).await;
+    wait_for_subscribers(&server, "a", 1).await;
+    server.publish("a", "one").await;
+    let first = conn.response().await;
+    assert_complete(&first);
+    assert_eq!(first.header("connection"), None, "{first:?}");
+    let (data, cursor) = messages(&first);
+    assert_eq!(data, ["one"]);
+    assert!(cursor.ends_with(":1"), "{cursor}");
+
+    // The same socket, a second long poll that waits for the next message.
+    wait_for_subscribers(&server, "a", 0).await;
+    conn.get(&format!("/listen?cid=a&since={cursor}"), &[])
+        .await;
+    wait_for_subscribers(&server, "a", 1).await;
+    server.publish("a", "two").await;
+    let second = conn.response().await;
+    assert_complete(&second);
+    let (data, cursor) = messages(&second);
+    assert_eq!(data, ["two"]);
+    assert!(cursor.ends_with(":2"), "{cursor}");
+    assert_eq!(second.json()[0]["id"], 2);
+
+    // And a third, answered from history.
+    let third = conn.roundtrip_get("/listen/?cid=a&since=0", &[]).await;
+    assert_complete(&third);
+    assert_eq!(messages(&third).0, ["one", "two"]);
+}
+
+#[tokio::test]
+async fn pipelined_long_polls_are_answered_in_order() {
+    let server = common::start().await;
+    publish_n(&server, "p", 3).await;
+    let mut conn = Conn::open(&server).await;
+    let addr = conn.addr;
+    let both = format!(
+        "{}{}",
+        raw::get("/listen?cid=p&since=0", addr, &[]),
+        raw::get("/listen?cid=p&since=2", addr, &[])
+    );
+    conn.send(&both).await;
+    let first = conn.response().await;
+    assert_complete(&first);
+    assert_eq!(messages(&first).0, ["m1", "m2", "m3"]);
+    let second = conn.response().await;
+    assert_complete(&second);
+    assert_eq!(messages(&second).0, ["m3"]);
+    assert!(conn.buf.is_empty(), "nothing more: {:?}", conn.buf);
+    // Still open for a third.
+    let third = conn.roundtrip_get("/listen?cid=p&since=1", &[]).await;
+    assert_eq!(messages(&third).0, ["m2", "m3"]);
+}
+
+#[tokio::test]
+async fn a_request_pipelined_behind_a_waiting_long_poll_waits_its_turn() {
+    let server = common::start().await;
+    let mut conn = Conn::open(&server).await;
+    conn.get("/listen?cid=w", &[]).await;
+    wait_for_subscribers(&server, "w", 1).await;
+    // The next request arrives while the first is waiting: it must not end the first (the
+    // front only watches for the client going away) and is answered after it.
+    conn.get("/listen?cid=w&since=0", &[]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        subscribers(&server, "w"),
+        1,
+        "the waiting long poll is still there"
+    );
+    server.publish("w", "first").await;
+    let first = conn.response().await;
+    assert_eq!(messages(&first).0, ["first"]);
+    let second = conn.response().await;
+    assert_eq!(messages(&second).0, ["first"]);
+}
+
+#[tokio::test]
+async fn a_publish_then_health_on_a_connection_the_front_started() {
+    let server = common::start().await;
+    server.publish("mx", "m1").await;
+    let mut conn = Conn::open(&server).await;
+    let listen = conn.roundtrip_get("/listen?cid=mx&since=0", &[]).await;
+    assert_complete(&listen);
+    assert_eq!(messages(&listen).0, ["m1"]);
+
+    // A publish on the same socket: hyper serves the connection from here on.
+    let request = raw::publish("mx", "m2", conn.addr);
+    let published = roundtrip(&mut conn.stream, &mut conn.buf, &request).await;
+    assert_eq!(published.status, 200, "{published:?}");
+    let body = published.json();
+    assert_eq!(body["published"][0]["id"], 2, "{body}");
+
+    let health = conn.roundtrip_get("/health", &[]).await;
+    assert_eq!(health.status, 200, "{health:?}");
+    assert!(health.json()["connections"].as_u64().is_some());
+
+    // A long poll still works on the connection hyper now serves.
+    let listen = conn.roundtrip_get("/listen?cid=mx&since=0", &[]).await;
+    assert_eq!(messages(&listen).0, ["m1", "m2"]);
+}
+
+#[tokio::test]
+async fn connection_close_is_answered_and_the_server_closes() {
+    let server = common::start().await;
+    server.publish("cc", "m1").await;
+    let mut conn = Conn::open(&server).await;
+    let response = conn
+        .roundtrip_get("/listen?cid=cc&since=0", &[("Connection", "close")])
+        .await;
+    assert_complete(&response);
+    assert_eq!(messages(&response).0, ["m1"]);
+    assert_eq!(response.header("connection"), Some("close"), "{response:?}");
+    assert!(conn.buf.is_empty());
+    assert!(
+        wait_closed(&mut conn.stream, STEP).await.is_some(),
+        "the server closes the connection after a Connection: close answer"
+    );
+
+    // `close` as one token among others.
+    let mut conn = Conn::open(&server).await;
+    let response = conn
+        .roundtrip_get("/listen?cid=cc&since=0", &[("Connection", "foo, Close")])
+        .await;
+    assert_eq!(response.header("connection"), Some("close"), "{response:?}");
+    assert!(conn.closed_by_server().await);
+}
+
+#[tokio::test]
+async fn a_long_poll_whose_client_goes_away_is_dropped() {
+    let server = common::start().await;
+    let baseline = raw::health(&server).await["connections"].as_u64().unwrap();
+    let mut conn = Conn::open(&server).await;
+    conn.get("/listen?cid=gone", &[]).await;
+    wait_for_subscribers(&server, "gone", 1).await;
+    drop(conn);
+    wait_unsubscribed(&server, "gone").await;
+    raw::await_connections(&server, baseline).await;
+    let published = server.publish("gone", "nobody").await;
+    assert_eq!(published["subscribers"], 0, "{published}");
+
+    // A half-close (end of stream) counts as going away too.
+    let mut conn = Conn::open(&server).await;
+    conn.get("/listen?cid=half", &[]).await;
+    wait_for_subscribers(&server, "half", 1).await;
+    conn.stream.shutdown().await.unwrap();
+    wait_unsubscribed(&server, "half").await;
+}
+
+#[tokio::test]
+async fn errors_are_json_and_keep_the_connection() {
+    let server = common::start().await;
+    server.publish("ok", "m1").await;
+    let mut conn = Conn::open(&server).await;
+
+    let missing = conn.roundtrip_get("/listen", &[]).await;
+    missing.expect_error(400);
+    assert_complete(&missing);
+    assert_eq!(missing.header("connection"), None, "{missing:?}");
+
+    let bad_since = conn.roundtrip_get("/listen?cid=ok&since=x:y:z", &[]).await;
+    bad_since.expect_error(400);
+    assert_complete(&bad_since);
+
+    let bad_cid = conn.roundtrip_get("/listen?cid=a%20b", &[]).await;
+    bad_cid.expect_error(400);
+
+    // The same connection still serves a valid request.
+    let valid = conn.roundtrip_get("/listen?cid=ok&since=0", &[]).await;
+    assert_complete(&valid);
+    assert_eq!(messages(&valid).0, ["m1"]);
+}
+
+#[tokio::test]
+async fn limits_apply_to_listen_requests() {
+    let server = common::start_with(|c| {
+        c.max_header_size = 4096;
+        c.max_headers = 20;
+        c.max_url_length = 1024;
+    })
+    .await;
+    server.publish("a", "m1").await;
+    let addr = server.server.local_addr();
+
+    // URL length: a JSON 414, and the connection goes on.
+    let base = "/listen?cid=a&since=0&pad=";
+    let fits = format!("{base}{}", "x".repeat(1024 - base.len()));
+    let mut conn = Conn::open(&server).await;
+    let too_long = conn.roundtrip_get(&format!("{fits}x"), &[]).await;
+    let error = too_long.expect_error(414);
+    assert!(error.contains("1024"), "{error}");
+    assert_complete(&too_long);
+    let response = conn.roundtrip_get(&fits, &[]).await;
+    assert_eq!(messages(&response).0, ["m1"]);
+
+    // A head over max-header-size, and too many headers: 431.
+    let big = "a".repeat(5000);
+    let response = raw::once(addr, &raw::get("/listen?cid=a", addr, &[("X-Big", &big)])).await;
+    assert_eq!(response.status, 431, "{response:?}");
+    let names: Vec<String> = (0..21).map(|i| format!("X-H{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let response = raw::once(addr, &raw::get("/listen?cid=a", addr, &many)).await;
+    assert_eq!(response.status, 431, "{response:?}");
+    // Exactly 20 headers (Host and 19 more) are served by the front.
+    let response = raw::once(addr, &raw::get("/listen?cid=a&since=0", addr, &many[..19])).await;
+    assert_eq!(messages(&response).0, ["m1"]);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_after_a_native_answer_is_closed_after_the_idle_timeout() {
+    let server = common::start_with(|c| {
+        c.header_read_timeout = Duration::from_millis(300);
+        c.idle_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    server.publish("idle", "m1").await;
+    let mut conn = Conn::open(&server).await;
+    let response = conn.roundtrip_get("/listen?cid=idle&since=0", &[]).await;
+    assert_eq!(messages(&response).0, ["m1"]);
+    // Longer than the header-read timeout, shorter than the idle timeout: still open.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let response = conn.roundtrip_get("/listen?cid=idle&since=0", &[]).await;
+    assert_eq!(messages(&response).0, ["m1"]);
+    let closed = wait_closed(&mut conn.stream, STEP)
+        .await
+        .expect("closed after the idle timeout");
+    assert!(
+        closed >= Duration::from_millis(1000),
+        "closed too early: {closed:?}"
+    );
+
+    // A connection that sends nothing is closed after the header-read timeout.
+    let mut silent = Conn::open(&server).await;
+    let closed = wait_closed(&mut silent.stream, STEP)
+        .await
+        .expect("a silent connection is closed");
+    assert!(closed < Duration::from_millis(1200), "{closed:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams answered by the front
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sse_over_raw_tcp_is_chunked_and_ends_when_the_client_leaves() {
+    let server = common::start().await;
+    let baseline = raw::health(&server).await["connections"].as_u64().unwrap();
+    let mut conn = Conn::open(&server).await;
+    conn.get("/listen?cid=s", &[("Accept", "text/event-stream")])
+        .await;
+    let head = conn.response().await;
+    assert_chunked_head(&head, "text/event-stream");
+    assert_eq!(head.header("connection"), Some("close"), "{head:?}");
+
+    let mut body = String::new();
+    conn.chunks_until(&mut body, "retry:").await;
+    wait_for_subscribers(&server, "s", 1).await;
+    server.publish("s", "hello").await;
+    conn.chunks_until_block(&mut body, "\"hello\"").await;
+    let events = sse_events(&body);
+    assert_eq!(events.len(), 1, "{body:?}");
+    assert_eq!(events[0].0, None, "{body:?}");
+    let envelope: Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(envelope["cid"], "s");
+    assert_eq!(envelope["data"], "hello");
+    assert_eq!(envelope["id"], 1);
+
+    drop(conn);
+    wait_unsubscribed(&server, "s").await;
+    // The stream's connection slot is given back too.
+    raw::await_connections(&server, baseline).await;
+}
+
+#[tokio::test]
+async fn the_transport_parameter_selects_sse_and_the_iframe() {
+    let server = common::start().await;
+
+    let mut sse = Conn::open(&server).await;
+    sse.get("/listen/?cid=t&transport=sse", &[]).await;
+    assert_chunked_head(&sse.response().await, "text/event-stream");
+    let mut sse_body = String::new();
+    sse.chunks_until(&mut sse_body, "retry:").await;
+
+    let mut iframe = Conn::open(&server).await;
+    iframe
+        .get("/listen?cid=t&transport=iframe&callback=app.cb", &[])
+        .await;
+    assert_chunked_head(&iframe.response().await, "text/html");
+    let mut iframe_body = String::new();
+
+    wait_for_subscribers(&server, "t", 2).await;
+    server.publish("t", "both").await;
+    sse.chunks_until_block(&mut sse_body, "\"both\"").await;
+    assert_eq!(sse_events(&sse_body).len(), 1, "{sse_body:?}");
+    iframe.chunks_until(&mut iframe_body, "</script>").await;
+    assert!(iframe_body.len() >= 2048, "padding first: {iframe_body:?}");
+    assert!(
+        iframe_body.contains("<script>parent.app.cb({") && iframe_body.contains("\"both\""),
+        "{iframe_body:?}"
+    );
+
+    drop(iframe);
+    drop(sse);
+    wait_unsubscribed(&server, "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_raw_sse_stream_with_disconnect_and_the_last_chunk() {
+    let server = common::start_with(|c| c.shutdown_timeout = Duration::from_secs(3)).await;
+    let mut conn = Conn::open(&server).await;
+    conn.get("/listen?cid=bye", &[("Accept", "text/event-stream")])
+        .await;
+    assert_chunked_head(&conn.response().await, "text/event-stream");
+    let mut body = String::new();
+    conn.chunks_until(&mut body, "retry:").await;
+    wait_for_subscribers(&server, "bye", 1).await;
+
+    let started = Instant::now();
+    let shutdown = tokio::spawn(server.server.shutdown());
+    // Until the last chunk, `0\r\n\r\n`.
+    while let Some(data) = conn.chunk().await {
+        body.push_str(std::str::from_utf8(&data).unwrap());
+    }
+    let events = sse_events(&body);
+    let (event, data) = events.last().unwrap_or_else(|| panic!("{body:?}"));
+    assert_eq!(event.as_deref(), Some("disconnect"), "{body:?}");
+    let object: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(object["type"], "disconnect");
+    assert_eq!(object["reconnect"], true);
+    assert!(
+        conn.closed_by_server().await,
+        "the stream's connection ends"
+    );
+    tokio::time::timeout(STEP, shutdown).await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown did not wait for the grace period: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_a_waiting_raw_long_poll_503_and_closes() {
+    let server = common::start_with(|c| c.shutdown_timeout = Duration::from_secs(3)).await;
+    let mut conn = Conn::open(&server).await;
+    conn.get("/listen?cid=bye", &[]).await;
+    wait_for_subscribers(&server, "bye", 1).await;
+    let shutdown = tokio::spawn(server.server.shutdown());
+    let response = conn.response().await;
+    assert_eq!(response.status, 503, "{response:?}");
+    assert!(response.header("retry-after").is_some(), "{response:?}");
+    assert_complete(&response);
+    assert_eq!(response.header("connection"), Some("close"), "{response:?}");
+    assert!(conn.closed_by_server().await);
+    tokio::time::timeout(STEP, shutdown).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_an_idle_keep_alive_connection_at_once() {
+    let server = common::start_with(|c| c.shutdown_timeout = Duration::from_secs(3)).await;
+    server.publish("idle", "m1").await;
+    let mut conn = Conn::open(&server).await;
+    let response = conn.roundtrip_get("/listen?cid=idle&since=0", &[]).await;
+    assert_eq!(messages(&response).0, ["m1"]);
+    let started = Instant::now();
+    let shutdown = tokio::spawn(server.server.shutdown());
+    assert!(conn.closed_by_server().await);
+    tokio::time::timeout(STEP, shutdown).await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown waited for an idle connection: {:?}",
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// What goes to hyper
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn http_1_0_goes_to_hyper_and_is_answered() {
+    let server = common::start().await;
+    server.publish("x", "m1").await;
+    let mut conn = Conn::open(&server).await;
+    conn.send("GET /listen?cid=x&since=0 HTTP/1.0\r\nHost: herald\r\n\r\n")
+        .await;
+    let response = conn.response().await;
+    assert_eq!(messages(&response).0, ["m1"]);
+    // HTTP/1.0 without keep-alive: the server closes after the answer.
+    assert!(conn.closed_by_server().await);
+}
+
+#[tokio::test]
+async fn a_head_split_across_writes_is_answered() {
+    let server = common::start().await;
+    server.publish("x", "m1").await;
+    let mut conn = Conn::open(&server).await;
+    conn.send("GET /listen?cid=x&since=0 HTTP/1.1\r\nHo").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.send("st: herald\r\n\r\n").await;
+    let response = conn.response().await;
+    assert_complete(&response);
+    assert_eq!(messages(&response).0, ["m1"]);
+    // The connection goes on (hyper's now).
+    let again = conn.roundtrip_get("/listen?cid=x&since=0", &[]).await;
+    assert_eq!(messages(&again).0, ["m1"]);
+
+    // A long poll split the same way waits and is answered too.
+    let mut conn = Conn::open(&server).await;
+    conn.send("GET /listen?cid=x&since=1 HTTP/1.1\r\nHo").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.send("st: herald\r\n\r\n").await;
+    wait_for_subscribers(&server, "x", 1).await;
+    server.publish("x", "m2").await;
+    assert_eq!(messages(&conn.response().await).0, ["m2"]);
+}
+
+#[tokio::test]
+async fn listen_requests_with_a_body_expect_or_a_large_head_are_answered() {
+    let server = common::start().await;
+    server.publish("x", "m1").await;
+    let addr = server.server.local_addr();
+    let big = "a".repeat(10 * 1024);
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "a head larger than 8 KiB",
+            raw::get("/listen?cid=x&since=0", addr, &[("X-Big", &big)]),
+        ),
+        (
+            "a body",
+            "GET /listen?cid=x&since=0 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab".into(),
+        ),
+        (
+            "Content-Length: 0 (the front's: no body)",
+            raw::get("/listen?cid=x&since=0", addr, &[("Content-Length", "0")]),
+        ),
+        (
+            "Expect: 100-continue",
+            raw::get("/listen?cid=x&since=0", addr, &[("Expect", "100-continue")]),
+        ),
+    ];
+    for (name, request) in cases {
+        let mut conn = Conn::open(&server).await;
+        conn.send(&request).await;
+        let mut response = conn.response().await;
+        if response.status == 100 {
+            response = conn.response().await;
+        }
+        assert_eq!(messages(&response).0, ["m1"], "{name}");
+        assert_complete(&response);
+        // Still usable afterwards.
+        let again = conn.roundtrip_get("/listen?cid=x&since=0", &[]).await;
+        assert_eq!(messages(&again).0, ["m1"], "{name}: the next request");
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_still_works() {
+    let server = common::start().await;
+    let (mut ws, response) = tokio::time::timeout(
+        STEP,
+        connect_async(server.ws_url("/listen?cid=ws").as_str()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(response.status(), 101);
+    let subscribed = ws_next_json(&mut ws, STEP).await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    wait_for_subscribers(&server, "ws", 1).await;
+    server.publish("ws", "hi").await;
+    let envelope = ws_next_json(&mut ws, STEP).await;
+    assert_eq!(envelope["data"], "hi", "{envelope}");
+    drop(ws);
+    wait_unsubscribed(&server, "ws").await;
+
+    // An upgrade after a native request on the same socket.
+    let mut conn = Conn::open(&server).await;
+    let listen = conn.roundtrip_get("/listen?cid=ws&since=0", &[]).await;
+    assert_eq!(messages(&listen).0, ["hi"]);
+    let mut ws =
+        raw::RawWs::handshake_over(conn.stream, conn.addr, "/listen?cid=ws&since=0", &[]).await;
+    let subscribed = ws.next_json().await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    let replayed = ws.next_json().await;
+    assert_eq!(replayed["data"], "hi", "{replayed}");
+}
