@@ -39,7 +39,7 @@ use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Version
 use http_body::Body as _;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
 
 use crate::admission::ConnectionSlot;
@@ -54,7 +54,9 @@ pub const PEEK_LIMIT: usize = 8 * 1024;
 const MIN_HEAD_WAIT: Duration = Duration::from_millis(10);
 
 /// Serves a plain-TCP connection: subscriber requests here, the rest by hyper.
-pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
+pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
+    // Shared: an SSE stream's direct writer writes to it from the publishing thread.
+    let stream = Arc::new(stream);
     let mut wait = app.config.header_read_timeout;
     loop {
         let deadline = tokio::time::Instant::now() + wait;
@@ -74,6 +76,11 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, slot:
                 // hyper's own head timer gets what is left of this wait, so a head dribbled
                 // in byte by byte has no more time in all than with hyper alone.
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let Ok(stream) = Arc::try_unwrap(stream) else {
+                    // Cannot happen: only a stream shares the socket, and it ends the connection.
+                    tracing::warn!(%peer, "socket still shared at the hand-over to hyper");
+                    return;
+                };
                 let io = TokioIo::new(stream);
                 // Boxed: hyper's connection state is large, and only this branch needs it.
                 Box::pin(server::serve_http(
@@ -86,8 +93,11 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, slot:
                 .await;
                 return;
             }
-            Ok(Ok(Head::Native { request, len })) => {
-                if let Err(error) = discard(&mut stream, len).await {
+            Ok(Ok(Head::Native { mut request, len })) => {
+                request
+                    .extensions_mut()
+                    .insert(DirectSocket(Arc::clone(&stream)));
+                if let Err(error) = discard(&stream, len).await {
                     tracing::debug!(%peer, %error, "connection ended while reading a request");
                     return;
                 }
@@ -95,10 +105,14 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, slot:
             }
         };
         let keep_alive = wants_keep_alive(request.headers());
-        match respond(&app, &mut stream, request, peer, keep_alive).await {
+        match respond(&app, &stream, request, peer, keep_alive).await {
             Ok(Next::Request) if !app.shutdown.is_cancelled() => {}
             Ok(Next::Request | Next::Close) => return,
-            Ok(Next::Stream { head, body }) => {
+            Ok(Next::Stream { head, body, framed }) => {
+                let stream = Stream {
+                    socket: stream,
+                    framed,
+                };
                 app.tasks.spawn(run_stream(stream, head, body, peer, slot));
                 return;
             }
@@ -130,8 +144,13 @@ enum Next {
     Request,
     /// Ends.
     Close,
-    /// Streams `body` after `head` (the response head, not yet written), then ends.
-    Stream { head: BytesMut, body: Body },
+    /// Streams `body` after `head` (the response head, not yet written), then ends; `framed`
+    /// if the body frames its own chunks (see [`PreFramed`]).
+    Stream {
+        head: BytesMut,
+        body: Body,
+        framed: bool,
+    },
 }
 
 /// Waits for a request head and decides who answers it, without consuming anything. The peek
@@ -205,9 +224,19 @@ pub fn parse_head(
 
 /// Consumes the `len` bytes of a head already peeked (they are in the socket, so this does
 /// not wait for the client).
-async fn discard(stream: &mut TcpStream, len: usize) -> io::Result<()> {
+async fn discard(stream: &TcpStream, len: usize) -> io::Result<()> {
     let mut buf = vec![0; len];
-    stream.read_exact(&mut buf).await.map(drop)
+    let mut filled = 0;
+    while filled < len {
+        poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+        match stream.try_read(&mut buf[filled..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// False if the HTTP/1.1 request asks to close the connection after its answer.
@@ -224,7 +253,7 @@ fn wants_keep_alive(headers: &http::HeaderMap) -> bool {
 /// writes the response.
 async fn respond(
     app: &Arc<App>,
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     request: Request<Empty<Bytes>>,
     peer: SocketAddr,
     keep_alive: bool,
@@ -264,6 +293,7 @@ async fn respond(
         None => Ok(Next::Stream {
             head: response_head(&parts, Framing::Chunked, false),
             body,
+            framed: parts.extensions.get::<PreFramed>().is_some(),
         }),
     }
 }
@@ -272,13 +302,13 @@ async fn respond(
 /// The task that read the request ends instead of waiting on it: an idle stream then holds
 /// only this small future, not the request phase's state beside it.
 async fn run_stream(
-    mut stream: TcpStream,
+    stream: Stream,
     head: BytesMut,
     mut body: Body,
     peer: SocketAddr,
     slot: ConnectionSlot,
 ) {
-    if let Err(error) = stream_body(&mut stream, head, &mut body).await {
+    if let Err(error) = stream_body(&stream, head, &mut body).await {
         tracing::debug!(%peer, %error, "stream ended with an error");
     }
     drop(slot);
@@ -287,7 +317,8 @@ async fn run_stream(
 /// Writes a streamed response: the head (with the first chunk if it is ready), then each
 /// chunk as it comes, until the body ends or the client goes away. One write point, so the
 /// future (every idle stream's state) stays small.
-async fn stream_body(stream: &mut TcpStream, head: BytesMut, body: &mut Body) -> io::Result<()> {
+async fn stream_body(stream: &Stream, head: BytesMut, body: &mut Body) -> io::Result<()> {
+    let socket = &*stream.socket;
     // Bytes to write before the next data: the head, then each chunk's size line.
     let mut pending = head;
     let mut first = true;
@@ -305,7 +336,7 @@ async fn stream_body(stream: &mut TcpStream, head: BytesMut, body: &mut Body) ->
             None if !pending.is_empty() => None,
             None => tokio::select! {
                 frame = body.frame() => Some(frame),
-                () = client_gone(stream) => return Ok(()),
+                () = client_gone(socket) => return Ok(()),
             },
         };
         let mut data = Bytes::new();
@@ -314,32 +345,38 @@ async fn stream_body(stream: &mut TcpStream, head: BytesMut, body: &mut Body) ->
             None => {}
             Some(Some(Ok(frame))) => {
                 if let Ok(bytes) = frame.into_data() {
-                    if !bytes.is_empty() {
+                    if !bytes.is_empty() && !stream.framed {
                         chunk_prefix(&mut pending, bytes.len());
-                        data = bytes;
                     }
+                    data = bytes;
                 }
             }
             Some(Some(Err(never))) => match never {},
             Some(None) => {
-                pending.extend_from_slice(LAST_CHUNK);
+                if !stream.framed {
+                    pending.extend_from_slice(LAST_CHUNK);
+                }
                 done = true;
             }
         }
-        if pending.is_empty() {
-            continue;
+        if !pending.is_empty() || !data.is_empty() {
+            let end = if data.is_empty() || stream.framed {
+                Bytes::new()
+            } else {
+                CRLF
+            };
+            write_all(socket, &mut [pending.split().freeze(), data, end]).await?;
         }
-        let end = if data.is_empty() { Bytes::new() } else { CRLF };
-        write_all(stream, &mut [pending.split().freeze(), data, end]).await?;
         if done {
-            return stream.shutdown().await;
+            let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+            return Ok(());
         }
     }
 }
 
 const CRLF: Bytes = Bytes::from_static(b"\r\n");
 /// The end of a chunked body.
-const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// How a response body is delimited.
 enum Framing {
@@ -395,8 +432,24 @@ fn response_head(parts: &http::response::Parts, framing: Framing, keep_alive: bo
 }
 
 /// Appends a chunk's size line.
-fn chunk_prefix(out: &mut BytesMut, len: usize) {
-    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+pub fn chunk_prefix(out: &mut BytesMut, len: usize) {
+    let (line, n) = size_line(len);
+    out.extend_from_slice(&line[..n]);
+}
+
+/// The size line of a chunk of `len` bytes (hex digits, CRLF), built on the stack: it is
+/// written once per delivery.
+pub fn size_line(len: usize) -> ([u8; 18], usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut line = [0u8; 18];
+    let bits = usize::BITS - len.leading_zeros();
+    let digits = (bits.div_ceil(4) as usize).max(1);
+    for (i, slot) in line[..digits].iter_mut().enumerate() {
+        *slot = HEX[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    line[digits] = b'\r';
+    line[digits + 1] = b'\n';
+    (line, digits + 2)
 }
 
 /// The whole of a complete body.
@@ -410,7 +463,7 @@ async fn collect(body: Body) -> Bytes {
 
 /// Writes every byte of `parts` (at most [`MAX_PARTS`] of them), in as few system calls as
 /// the socket allows.
-async fn write_all(stream: &mut TcpStream, parts: &mut [Bytes]) -> io::Result<()> {
+async fn write_all(stream: &TcpStream, parts: &mut [Bytes]) -> io::Result<()> {
     let mut first = 0;
     while first < parts.len() {
         if parts[first].is_empty() {
@@ -427,7 +480,12 @@ async fn write_all(stream: &mut TcpStream, parts: &mut [Bytes]) -> io::Result<()
             slices[count] = io::IoSlice::new(part);
             count += 1;
         }
-        let mut written = stream.write_vectored(&slices[..count]).await?;
+        poll_fn(|cx| stream.poll_write_ready(cx)).await?;
+        let mut written = match stream.try_write_vectored(&slices[..count]) {
+            Ok(written) => written,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -442,6 +500,32 @@ async fn write_all(stream: &mut TcpStream, parts: &mut [Bytes]) -> io::Result<()
         }
     }
     Ok(())
+}
+
+/// A natively served stream's socket, and whether its body frames its own chunks.
+struct Stream {
+    socket: Arc<TcpStream>,
+    framed: bool,
+}
+
+/// The socket of a request the front answers, in the request's extensions: an SSE stream
+/// gives it to the publisher's direct writer (see `transport::stream`).
+#[derive(Clone)]
+pub struct DirectSocket(pub Arc<TcpStream>);
+
+/// In a streamed response's extensions: the body's data is already chunk-framed, last chunk
+/// included, so the front writes it as it is.
+#[derive(Clone, Copy, Debug)]
+pub struct PreFramed;
+
+/// Appends the chunked-encoding frame of `data` (size line, data, line end) to `out`.
+pub fn frame_chunk(out: &mut BytesMut, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    chunk_prefix(out, data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(&CRLF);
 }
 
 /// Most byte slices one write takes (size line, data, line end).
@@ -523,6 +607,21 @@ mod tests {
     }
 
     #[test]
+    fn size_lines_are_hex() {
+        for (len, line) in [
+            (0, "0\r\n"),
+            (1, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (4096, "1000\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            let (bytes, n) = size_line(len);
+            assert_eq!(std::str::from_utf8(&bytes[..n]), Ok(line), "{len}");
+        }
+    }
+
+    #[test]
     fn connection_close_is_honoured() {
         let headers = |value: &'static str| {
             let mut map = http::HeaderMap::new();
@@ -583,6 +682,10 @@ mod tests {
             .expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
         let body = crate::http::boxed(Empty::<Bytes>::new());
+        let stream = Stream {
+            socket: Arc::new(stream),
+            framed: true,
+        };
         let task = run_stream(
             stream,
             BytesMut::new(),

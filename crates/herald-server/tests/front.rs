@@ -726,3 +726,59 @@ async fn a_websocket_upgrade_still_works() {
     let replayed = ws.next_json().await;
     assert_eq!(replayed["data"], "hi", "{replayed}");
 }
+
+/// An idle SSE stream's chunks are written straight to its socket by the publisher; once the
+/// socket is full, the rest of a chunk and everything after it go through the stream's task,
+/// and the publisher writes directly again when the stream has caught up. A reader that stops
+/// reading for a while must still get every message once, in order, in intact chunks.
+#[tokio::test]
+async fn a_stream_that_falls_behind_gets_every_chunk_intact_and_in_order() {
+    const BEHIND: usize = 300;
+    const AFTER: usize = 20;
+    let server = common::start().await;
+    let mut conn = Conn::open(&server).await;
+    conn.get("/listen?cid=big", &[("Accept", "text/event-stream")])
+        .await;
+    assert_chunked_head(&conn.response().await, "text/event-stream");
+    let mut body = String::new();
+    conn.chunks_until(&mut body, "retry:").await;
+    wait_for_subscribers(&server, "big", 1).await;
+    // About 9 MB while the client reads nothing: more than loopback socket buffers hold.
+    let filler = "x".repeat(30_000);
+    for i in 1..=BEHIND {
+        server.publish("big", &format!("{i:05}{filler}")).await;
+    }
+    body.clear();
+    let mut seen = Vec::new();
+    let check = |body: &str, seen: &mut Vec<u64>| {
+        for (event, data) in sse_events(body) {
+            assert_eq!(event, None, "only messages are expected");
+            let envelope: Value = serde_json::from_str(&data).unwrap();
+            let id = envelope["id"].as_u64().unwrap();
+            let text = envelope["data"].as_str().unwrap();
+            assert_eq!(text, format!("{id:05}{filler}"), "message {id} intact");
+            seen.push(id);
+        }
+    };
+    while seen.len() < BEHIND {
+        let data = conn.chunk().await.expect("the stream goes on");
+        body.push_str(std::str::from_utf8(&data).unwrap());
+        // Whole blocks only: keep a partial block for the next chunk.
+        let cut = body.rfind("\n\n").map_or(0, |i| i + 2);
+        check(&body[..cut], &mut seen);
+        body.drain(..cut);
+    }
+    // Caught up: small messages, one at a time, each while the stream is idle.
+    for i in BEHIND + 1..=BEHIND + AFTER {
+        server.publish("big", &format!("{i:05}{filler}")).await;
+        while seen.len() < i {
+            let data = conn.chunk().await.expect("the stream goes on");
+            body.push_str(std::str::from_utf8(&data).unwrap());
+            let cut = body.rfind("\n\n").map_or(0, |i| i + 2);
+            check(&body[..cut], &mut seen);
+            body.drain(..cut);
+        }
+    }
+    let expected: Vec<u64> = (1..=(BEHIND + AFTER) as u64).collect();
+    assert_eq!(seen, expected);
+}

@@ -14,6 +14,7 @@ use herald_core::{Gap, Message, Subscriptions};
 
 use crate::access::Identity;
 use crate::app::App;
+use crate::front::{DirectSocket, PreFramed};
 use crate::http::{boxed, ApiError, Body};
 use crate::query::SubscribeQuery;
 use crate::registry::Kind;
@@ -22,6 +23,7 @@ use super::session::Session;
 use super::stream::{EventStream, StreamFormat};
 
 /// The SSE wire format.
+#[derive(Clone, Copy)]
 pub struct SseFormat;
 
 impl StreamFormat for SseFormat {
@@ -80,8 +82,15 @@ pub async fn handle<B>(
         app.config.sse_retry.as_millis(),
         session.cursor()
     );
-    let stream = EventStream::new(session, SseFormat, Bytes::from(prelude), backlog);
+    let mut stream = EventStream::new(session, SseFormat, Bytes::from(prelude), backlog);
+    let direct = request.extensions().get::<DirectSocket>();
+    if let Some(socket) = direct {
+        stream = stream.with_socket(socket);
+    }
     let mut response = Response::new(boxed(stream));
+    if direct.is_some() {
+        response.extensions_mut().insert(PreFramed);
+    }
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(

@@ -8,16 +8,31 @@
 //! written since the previous one, and `CLOSE` ends the stream with a disconnect notice, as
 //! does `EXPIRE` once the stream's token has expired. The
 //! [`StreamFormat`] decides the bytes.
+//!
+//! A stream the connection front serves on plain TCP ([`EventStream::with_socket`]) frames its
+//! own chunks (`PreFramed`), and the publisher may write to its socket directly, as it does for
+//! an idle WebSocket: when nothing is queued and the stream is not writing, an in-order message
+//! with bytes shared by every subscriber goes out as one chunk in one non-blocking write from
+//! the publishing thread, with no task wake-up. The rest of a write the socket did not take
+//! comes back through the outbox and is written first. The outbox's `busy` mark keeps the two
+//! writers apart: draining sets it, and the next poll — the front polls only once the previous
+//! chunk is written — clears it.
 
 use std::convert::Infallible;
+use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
 
-use herald_core::{Accept, Gap, Message, Signals, Subscriptions};
+use herald_core::{Accept, DirectDelivery, DirectOutcome, Gap, Message, Signals, Subscriptions};
+
+use crate::front::{self, DirectSocket};
 
 use super::session::{Event, Session};
 
@@ -45,6 +60,9 @@ pub struct EventStream<F> {
     batch: Vec<Arc<Message>>,
     wrote_since_tick: bool,
     finished: bool,
+    /// Set when the stream frames its own chunks and the publisher may write to its socket
+    /// (see the module documentation).
+    direct: Option<Arc<DirectWriter<F>>>,
 }
 
 impl<F: StreamFormat> EventStream<F> {
@@ -64,7 +82,60 @@ impl<F: StreamFormat> EventStream<F> {
             batch: Vec::new(),
             wrote_since_tick: true,
             finished: false,
+            direct: None,
         }
+    }
+
+    /// Makes the stream frame its own chunks for the connection front, and lets the publisher
+    /// write in-order messages straight to `socket` once the first chunk is out.
+    pub fn with_socket(mut self, socket: &DirectSocket) -> Self
+    where
+        F: Clone + Sync,
+    {
+        self.first = self.first.take().map(|first| {
+            let mut framed = BytesMut::new();
+            front::frame_chunk(&mut framed, &first);
+            framed.freeze()
+        });
+        let outbox = self.session.outbox();
+        // Busy until the front has written the head and the first chunk (the next poll).
+        let pending = outbox.begin_write();
+        debug_assert!(pending.is_none(), "nothing written directly yet");
+        let writer = Arc::new(DirectWriter {
+            socket: Arc::clone(&socket.0),
+            subscriptions: self.session.shared_subscriptions(),
+            format: self.format.clone(),
+            wrote: AtomicBool::new(false),
+        });
+        outbox.set_direct(Some(Arc::clone(&writer) as Arc<dyn DirectDelivery>));
+        self.direct = Some(writer);
+        self
+    }
+
+    /// True if the publisher wrote to the socket since the last call.
+    fn wrote_directly(&self) -> bool {
+        self.direct
+            .as_ref()
+            .is_some_and(|writer| writer.wrote.swap(false, Ordering::Relaxed))
+    }
+
+    /// What goes out for `pending` (raw bytes of a direct write) and `chunk` (a chunk of the
+    /// stream), framed if this stream frames itself; `last` ends the body.
+    fn emit(&self, pending: Option<Bytes>, chunk: Option<Bytes>, last: bool) -> Option<Bytes> {
+        if self.direct.is_none() {
+            return chunk;
+        }
+        let mut out = BytesMut::new();
+        if let Some(pending) = pending {
+            out.extend_from_slice(&pending);
+        }
+        if let Some(chunk) = chunk {
+            front::frame_chunk(&mut out, &chunk);
+        }
+        if last {
+            out.extend_from_slice(front::LAST_CHUNK);
+        }
+        (!out.is_empty()).then(|| out.freeze())
     }
 
     fn encode_batch(&mut self) -> Option<Bytes> {
@@ -116,6 +187,67 @@ fn data(bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
     Poll::Ready(Some(Ok(Frame::data(bytes))))
 }
 
+fn data_or_end(bytes: Option<Bytes>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    match bytes {
+        Some(bytes) => data(bytes),
+        None => Poll::Ready(None),
+    }
+}
+
+impl<F> Drop for EventStream<F> {
+    fn drop(&mut self) {
+        if self.direct.is_some() {
+            // The socket goes with the stream: no more direct writes to it.
+            self.session.outbox().set_direct(None);
+        }
+    }
+}
+
+/// Writes an in-order message's shared bytes, as one chunk, to a stream's socket from the
+/// publisher's thread; see the module documentation.
+struct DirectWriter<F> {
+    socket: Arc<TcpStream>,
+    subscriptions: Arc<Mutex<Subscriptions>>,
+    format: F,
+    /// Set on each direct write; the stream's keep-alive ticks read and clear it.
+    wrote: AtomicBool,
+}
+
+impl<F: StreamFormat + Sync> DirectDelivery for DirectWriter<F> {
+    fn deliver(&self, message: &Arc<Message>) -> DirectOutcome {
+        let mut subscriptions = self.subscriptions.lock();
+        let Some(bytes) = self.format.shared(message, &subscriptions) else {
+            return DirectOutcome::Queue;
+        };
+        let Some(position) = subscriptions.next_position(message) else {
+            // Duplicates, gaps and unknown channels need the stream's judgement.
+            return DirectOutcome::Queue;
+        };
+        let (line, line_len) = front::size_line(bytes.len());
+        let size_line = &line[..line_len];
+        let parts = [
+            io::IoSlice::new(size_line),
+            io::IoSlice::new(&bytes),
+            io::IoSlice::new(b"\r\n"),
+        ];
+        let total = size_line.len() + bytes.len() + 2;
+        let written = match self.socket.try_write_vectored(&parts) {
+            Ok(written) => written,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            // A broken socket: the stream's task finds out on its side and ends.
+            Err(_) => return DirectOutcome::Queue,
+        };
+        *position = message.position();
+        self.wrote.store(true, Ordering::Relaxed);
+        if written == total {
+            return DirectOutcome::Done;
+        }
+        let mut chunk = BytesMut::with_capacity(total);
+        front::frame_chunk(&mut chunk, &bytes);
+        DirectOutcome::Partial(chunk.freeze().slice(written..))
+    }
+}
+
 impl<F: StreamFormat> http_body::Body for EventStream<F> {
     type Data = Bytes;
     type Error = Infallible;
@@ -133,34 +265,56 @@ impl<F: StreamFormat> http_body::Body for EventStream<F> {
                 return data(first);
             }
         }
+        if this.direct.is_some() {
+            // Polled again: what this stream returned last is written. The publisher may
+            // write directly again.
+            this.session.outbox().end_write();
+        }
         loop {
             let polled = this.session.outbox().poll_drain(cx, &mut this.batch);
             match polled {
                 Poll::Ready(Ok(drained)) => {
                     let signals = drained.signals;
-                    if signals.contains(Signals::CLOSE) {
+                    let pending = drained.pending;
+                    let end = if signals.contains(Signals::CLOSE) {
+                        Some("server shutting down")
+                    } else if signals.contains(Signals::EXPIRE) && this.session.token_expired() {
+                        Some("token expired")
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = end {
                         this.finished = true;
-                        return data(this.format.disconnect("server shutting down", true));
+                        let notice = this.format.disconnect(reason, true);
+                        return data_or_end(this.emit(pending, Some(notice), true));
                     }
-                    if signals.contains(Signals::EXPIRE) && this.session.token_expired() {
-                        this.finished = true;
-                        return data(this.format.disconnect("token expired", true));
-                    }
-                    if let Some(chunk) = this.encode_batch() {
+                    let chunk = this.encode_batch();
+                    if chunk.is_some() || pending.is_some() {
                         this.wrote_since_tick = true;
-                        return data(chunk);
+                        if let Some(out) = this.emit(pending, chunk, false) {
+                            return data(out);
+                        }
                     }
                     if signals.contains(Signals::TICK) {
-                        if !this.wrote_since_tick {
-                            return data(this.format.keepalive());
-                        }
+                        let wrote = this.wrote_directly() || this.wrote_since_tick;
                         this.wrote_since_tick = false;
+                        if !wrote {
+                            let keepalive = this.format.keepalive();
+                            return data_or_end(this.emit(None, Some(keepalive), false));
+                        }
                     }
                 }
                 Poll::Ready(Err(overflow)) => {
                     tracing::info!(%overflow, "disconnecting a slow stream consumer");
                     this.finished = true;
-                    return data(this.format.disconnect("slow consumer", true));
+                    // The rest of a direct write, if any, completes its chunk first.
+                    let pending = if this.direct.is_some() {
+                        this.session.outbox().begin_write()
+                    } else {
+                        None
+                    };
+                    let notice = this.format.disconnect("slow consumer", true);
+                    return data_or_end(this.emit(pending, Some(notice), true));
                 }
                 Poll::Pending => return Poll::Pending,
             }
