@@ -203,7 +203,13 @@ pub fn parse_head(
     let mut request = Request::new(Empty::new());
     *request.method_mut() = Method::GET;
     *request.version_mut() = Version::HTTP_11;
-    *request.uri_mut() = target.parse().ok()?;
+    let uri: http::Uri = target.parse().ok()?;
+    // A target the URI type reads differently from its bytes (a `#fragment`, say) is not one
+    // to second-guess here.
+    if uri.path_and_query().map(|p| p.as_str()) != Some(target) {
+        return None;
+    }
+    *request.uri_mut() = uri;
     let map = request.headers_mut();
     map.reserve(parsed.headers.len());
     for h in parsed.headers.iter() {
@@ -591,6 +597,8 @@ mod tests {
             "GET /listen?cid=a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             "GET http://x/listen?cid=a HTTP/1.1\r\n\r\n",
             "GET /listenx HTTP/1.1\r\n\r\n",
+            "GET /listen/?#id=a HTTP/1.1\r\n\r\n",
+            "GET /listen#x HTTP/1.1\r\n\r\n",
             // Incomplete, malformed, or beyond what the front takes.
             "GET /listen?cid=a HTTP/1.1\r\nHost: x\r\n",
             "GET /listen?cid=a HTTP/1.1\r\nBad Header: x\r\n\r\n",
