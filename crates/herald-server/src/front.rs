@@ -63,7 +63,11 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
     let stream = Arc::new(stream);
     let mut wait = app.config.header_read_timeout;
     loop {
-        let deadline = tokio::time::Instant::now() + wait;
+        let now = tokio::time::Instant::now();
+        // No overflow, however long the configured timeout (about 30 years at most).
+        let deadline = now
+            .checked_add(wait)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
         let head = tokio::select! {
             head = tokio::time::timeout_at(deadline, next_head(&stream, &app)) => head,
             () = app.shutdown.cancelled() => return,
@@ -160,7 +164,13 @@ enum Next {
 /// Waits for a request head and decides who answers it, without consuming anything. The peek
 /// buffer exists only once bytes have arrived, so an idle connection holds none.
 async fn next_head(stream: &TcpStream, app: &App) -> io::Result<Head> {
-    poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+    // Wait for a byte with a one-byte peek, not for readiness alone: readiness left over from
+    // the previous request would let the buffer below be allocated, and then held, while the
+    // connection waits idle.
+    let mut byte = [0u8; 1];
+    if poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut byte))).await? == 0 {
+        return Ok(Head::Closed);
+    }
     let mut buf = vec![0; PEEK_LIMIT];
     let n = poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut buf))).await?;
     if n == 0 {
@@ -287,7 +297,13 @@ async fn respond(
     match length {
         Some(length) => {
             let keep_alive = keep_alive && !app.shutdown.is_cancelled();
-            let mut head = response_head(&parts, Framing::Length(length), keep_alive);
+            // 204 and 304 carry no body and no length (RFC 9110 §8.6).
+            let framing = if no_body {
+                Framing::None
+            } else {
+                Framing::Length(length)
+            };
+            let mut head = response_head(&parts, framing, keep_alive);
             let content = if no_body {
                 Bytes::new()
             } else {
@@ -375,7 +391,8 @@ async fn stream_body(stream: &Stream, head: BytesMut, body: &mut Body) -> io::Re
             } else {
                 CRLF
             };
-            write_all(socket, &mut [pending.split().freeze(), data, end]).await?;
+            let out = std::mem::take(&mut pending).freeze();
+            write_all(socket, &mut [out, data, end]).await?;
         }
         if done {
             let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
@@ -392,6 +409,8 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 enum Framing {
     Length(u64),
     Chunked,
+    /// A status that has no body.
+    None,
 }
 
 /// The response's status line and headers, as hyper would write them (lower-case names, a
@@ -428,6 +447,7 @@ fn response_head(parts: &http::response::Parts, framing: Framing, keep_alive: bo
             head.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None => {}
     }
     if !keep_alive {
         head.extend_from_slice(b"connection: close\r\n");
@@ -679,6 +699,10 @@ mod tests {
         );
         assert!(!text.contains("content-length"), "{text}");
         assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+        let head = response_head(&parts, Framing::None, true);
+        let text = std::str::from_utf8(&head).expect("ASCII");
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(!text.contains("transfer-encoding"), "{text}");
     }
 
     /// Every idle SSE or iframe stream holds the task started by `run_stream`; the memory per

@@ -57,7 +57,11 @@ pub async fn listen<B: RequestBody>(
         }
         TransportParam::Sse => sse::handle(app, &request, &query, identity).await,
         TransportParam::Iframe => iframe::handle(app, &query, identity).await,
-        TransportParam::LongPoll => longpoll::handle(app, &query, identity).await,
+        TransportParam::LongPoll => {
+            // A long poll may wait for a long time: its request's headers need not wait too.
+            drop(request);
+            longpoll::handle(app, &query, identity).await
+        }
     }
 }
 

@@ -97,6 +97,9 @@ impl<F: StreamFormat> EventStream<F> {
             front::frame_chunk(&mut framed, &first);
             framed.freeze()
         });
+        // The first poll must return a chunk, or it would clear the busy mark below before the
+        // front has written the head.
+        debug_assert!(self.first.as_ref().is_some_and(|first| !first.is_empty()));
         let outbox = self.session.outbox();
         // Busy until the front has written the head and the first chunk (the next poll).
         let pending = outbox.begin_write();
@@ -216,7 +219,12 @@ struct DirectWriter<F> {
 impl<F: StreamFormat + Sync> DirectDelivery for DirectWriter<F> {
     fn deliver(&self, message: &Arc<Message>) -> DirectOutcome {
         let mut subscriptions = self.subscriptions.lock();
-        let Some(bytes) = self.format.shared(message, &subscriptions) else {
+        let Some(bytes) = self
+            .format
+            .shared(message, &subscriptions)
+            .filter(|bytes| !bytes.is_empty())
+        else {
+            // An empty chunk would end the body.
             return DirectOutcome::Queue;
         };
         let Some(position) = subscriptions.next_position(message) else {
@@ -302,6 +310,11 @@ impl<F: StreamFormat> http_body::Body for EventStream<F> {
                             let keepalive = this.format.keepalive();
                             return data_or_end(this.emit(None, Some(keepalive), false));
                         }
+                    }
+                    if this.direct.is_some() {
+                        // Nothing to write after all (a tick, duplicates): the drain marked the
+                        // stream as writing; it is not.
+                        this.session.outbox().end_write();
                     }
                 }
                 Poll::Ready(Err(overflow)) => {
