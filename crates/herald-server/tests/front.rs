@@ -740,18 +740,34 @@ async fn a_stream_that_falls_behind_gets_every_chunk_intact_and_in_order() {
     conn.get("/listen?cid=big", &[("Accept", "text/event-stream")])
         .await;
     assert_chunked_head(&conn.response().await, "text/event-stream");
-    let mut body = String::new();
-    conn.chunks_until(&mut body, "retry:").await;
+    conn.chunks_until(&mut String::new(), "retry:").await;
     wait_for_subscribers(&server, "big", 1).await;
     // About 9 MB while the client reads nothing: more than loopback socket buffers hold.
     let filler = "x".repeat(30_000);
     for i in 1..=BEHIND {
         server.publish("big", &format!("{i:05}{filler}")).await;
     }
-    body.clear();
     let mut seen = Vec::new();
-    let check = |body: &str, seen: &mut Vec<u64>| {
-        for (event, data) in sse_events(body) {
+    read_messages(&mut conn, &mut seen, BEHIND, &filler).await;
+    // Caught up: one message at a time, each written while the stream is idle.
+    for i in BEHIND + 1..=BEHIND + AFTER {
+        server.publish("big", &format!("{i:05}{filler}")).await;
+        read_messages(&mut conn, &mut seen, i, &filler).await;
+    }
+    let expected: Vec<u64> = (1..=(BEHIND + AFTER) as u64).collect();
+    assert_eq!(seen, expected);
+}
+
+/// Reads an SSE stream's chunks until `seen` holds `count` message ids, checking that each
+/// message is whole (`{id:05}{filler}`) and only messages arrive. Blocks may span chunks: the
+/// reader keeps a partial block for the next one. The stream must start at a block boundary.
+async fn read_messages(conn: &mut Conn, seen: &mut Vec<u64>, count: usize, filler: &str) {
+    let mut body = String::new();
+    while seen.len() < count {
+        let data = conn.chunk().await.expect("the stream goes on");
+        body.push_str(std::str::from_utf8(&data).unwrap());
+        let cut = body.rfind("\n\n").map_or(0, |i| i + 2);
+        for (event, data) in sse_events(&body[..cut]) {
             assert_eq!(event, None, "only messages are expected");
             let envelope: Value = serde_json::from_str(&data).unwrap();
             let id = envelope["id"].as_u64().unwrap();
@@ -759,26 +775,10 @@ async fn a_stream_that_falls_behind_gets_every_chunk_intact_and_in_order() {
             assert_eq!(text, format!("{id:05}{filler}"), "message {id} intact");
             seen.push(id);
         }
-    };
-    while seen.len() < BEHIND {
-        let data = conn.chunk().await.expect("the stream goes on");
-        body.push_str(std::str::from_utf8(&data).unwrap());
-        // Whole blocks only: keep a partial block for the next chunk.
-        let cut = body.rfind("\n\n").map_or(0, |i| i + 2);
-        check(&body[..cut], &mut seen);
         body.drain(..cut);
     }
-    // Caught up: small messages, one at a time, each while the stream is idle.
-    for i in BEHIND + 1..=BEHIND + AFTER {
-        server.publish("big", &format!("{i:05}{filler}")).await;
-        while seen.len() < i {
-            let data = conn.chunk().await.expect("the stream goes on");
-            body.push_str(std::str::from_utf8(&data).unwrap());
-            let cut = body.rfind("\n\n").map_or(0, |i| i + 2);
-            check(&body[..cut], &mut seen);
-            body.drain(..cut);
-        }
-    }
-    let expected: Vec<u64> = (1..=(BEHIND + AFTER) as u64).collect();
-    assert_eq!(seen, expected);
+    assert!(
+        body.is_empty(),
+        "a partial block after message {count}: {body:?}"
+    );
 }
