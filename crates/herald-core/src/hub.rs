@@ -50,7 +50,7 @@ impl Hub {
     /// channel's subscribers and queue the rest for their connections' tasks. With `share` set
     /// to the number of worker threads, a large fan-out is spread over all of them instead of
     /// being written by the publishing thread alone (which would cap one channel's publish rate
-    /// at one core's write speed). Channels of up to [`SHARE_ABOVE`] subscribers are written
+    /// at one core's write speed). Channels of up to `SHARE_ABOVE` (32) subscribers are written
     /// by the publisher alone.
     pub fn with_direct_share(share: usize) -> Self {
         Self {

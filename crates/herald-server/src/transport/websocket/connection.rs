@@ -13,8 +13,8 @@
 //! outbox to this task, which writes it in order. The outbox's busy flag keeps the two writers
 //! from ever interleaving bytes.
 //!
-//! The connection is written against [`WsSocket`] and runs on plain TCP ([`run`]) or TLS
-//! ([`run_tls`]); only TCP has the direct writer (see `socket`).
+//! The connection is written against [`WsSocket`] and runs on plain TCP (`Arc<TcpStream>`) or
+//! TLS (`Box<TlsStream>`); only TCP has the direct writer (see `socket`).
 
 use std::sync::Arc;
 use std::time::Duration;
