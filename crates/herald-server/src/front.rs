@@ -35,6 +35,7 @@ use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -54,6 +55,8 @@ use crate::server;
 
 /// Largest request head the front reads; a larger one goes to hyper.
 pub const PEEK_LIMIT: usize = 8 * 1024;
+/// Bytes of the first look at a request head, on the stack of a poll.
+const STACK_PEEK: usize = 2048;
 /// The least time hyper is given to read a head the front handed over.
 const MIN_HEAD_WAIT: Duration = Duration::from_millis(10);
 
@@ -161,31 +164,47 @@ enum Next {
     },
 }
 
-/// Waits for a request head and decides who answers it, without consuming anything. The peek
-/// buffer exists only once bytes have arrived, so an idle connection holds none.
+/// Waits for a request head and decides who answers it, without consuming anything. The first
+/// look is through a buffer on the stack of the poll itself, so a connection waiting for its
+/// next request holds none, and a head that fits (most do) costs one system call; a larger one
+/// is peeked again into a heap buffer of [`PEEK_LIMIT`].
 async fn next_head(stream: &TcpStream, app: &App) -> io::Result<Head> {
-    // Wait for a byte with a one-byte peek, not for readiness alone: readiness left over from
-    // the previous request would let the buffer below be allocated, and then held, while the
-    // connection waits idle.
-    let mut byte = [0u8; 1];
-    if poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut byte))).await? == 0 {
-        return Ok(Head::Closed);
-    }
-    let mut buf = vec![0; PEEK_LIMIT];
-    let n = poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut buf))).await?;
-    if n == 0 {
-        return Ok(Head::Closed);
-    }
     let config = &app.config;
-    Ok(
-        match parse_head(&buf[..n], config.max_headers, config.max_header_size) {
+    let classify =
+        |bytes: &[u8]| match parse_head(bytes, config.max_headers, config.max_header_size) {
             Some((request, len)) => Head::Native {
                 request: Box::new(request),
                 len,
             },
             None => Head::ForHyper,
-        },
-    )
+        };
+    let first = poll_fn(|cx| {
+        let mut buf = [0u8; STACK_PEEK];
+        let mut peeked = ReadBuf::new(&mut buf);
+        // A peek, not readiness alone: readiness left over from the previous request must not
+        // count as a new one.
+        if let Err(error) = ready!(stream.poll_peek(cx, &mut peeked)) {
+            return Poll::Ready(Err(error));
+        }
+        let bytes = peeked.filled();
+        Poll::Ready(Ok(match classify(bytes) {
+            Head::ForHyper if bytes.len() == STACK_PEEK => None,
+            _ if bytes.is_empty() => Some(Head::Closed),
+            head => Some(head),
+        }))
+    })
+    .await?;
+    if let Some(head) = first {
+        return Ok(head);
+    }
+    // The stack buffer was full and did not hold a whole head the front takes: look further.
+    let mut buf = vec![0; PEEK_LIMIT];
+    let n = poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut buf))).await?;
+    Ok(if n == 0 {
+        Head::Closed
+    } else {
+        classify(&buf[..n])
+    })
 }
 
 /// A request the front answers, parsed from the start of `bytes`, and the length of its head;
@@ -245,18 +264,24 @@ pub fn parse_head(
 /// Consumes the `len` bytes of a head already peeked (they are in the socket, so this does
 /// not wait for the client).
 async fn discard(stream: &TcpStream, len: usize) -> io::Result<()> {
-    let mut buf = vec![0; len];
-    let mut filled = 0;
-    while filled < len {
-        poll_fn(|cx| stream.poll_read_ready(cx)).await?;
-        match stream.try_read(&mut buf[filled..]) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+    let mut left = len;
+    poll_fn(|cx| {
+        // Read into the stack of the poll: the bytes are thrown away.
+        let mut buf = [0u8; STACK_PEEK];
+        while left > 0 {
+            if let Err(error) = ready!(stream.poll_read_ready(cx)) {
+                return Poll::Ready(Err(error));
+            }
+            match stream.try_read(&mut buf[..left.min(STACK_PEEK)]) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
-    }
-    Ok(())
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 /// False if the HTTP/1.1 request asks to close the connection after its answer.
