@@ -116,7 +116,9 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
             }
         };
         let keep_alive = wants_keep_alive(request.headers());
-        match respond(&app, &stream, request, peer, keep_alive).await {
+        // Boxed: a request's state is needed only while it is answered, not while the
+        // connection waits idle for the next one.
+        match Box::pin(respond(&app, &stream, request, peer, keep_alive)).await {
             Ok(Next::Request) if !app.shutdown.is_cancelled() => {}
             Ok(Next::Request | Next::Close) => return,
             Ok(Next::Stream { head, body, framed }) => {
@@ -728,6 +730,23 @@ mod tests {
         let text = std::str::from_utf8(&head).expect("ASCII");
         assert!(!text.contains("content-length"), "{text}");
         assert!(!text.contains("transfer-encoding"), "{text}");
+    }
+
+    /// Every keep-alive connection waiting for its next request holds this future; the memory
+    /// per idle connection depends on it staying small (a request's state is boxed).
+    #[tokio::test]
+    async fn idle_connection_tasks_stay_small() {
+        let app = crate::app::App::new(crate::config::Config::default()).expect("default settings");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let _client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let task = serve(app.clone(), stream, peer, app.track_connection_from(None));
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 640, "connection task future is {size} bytes");
     }
 
     /// Every idle SSE or iframe stream holds the task started by `run_stream`; the memory per
