@@ -737,13 +737,8 @@ mod tests {
     #[tokio::test]
     async fn idle_connection_tasks_stay_small() {
         let app = crate::app::App::new(crate::config::Config::default()).expect("default settings");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let _client = TcpStream::connect(listener.local_addr().expect("address"))
-            .await
-            .expect("connect");
-        let (stream, peer) = listener.accept().await.expect("accept");
+        let (_client, stream) = crate::transport::websocket::connection::connected_pair().await;
+        let peer = stream.peer_addr().expect("peer");
         let task = serve(app.clone(), stream, peer, app.track_connection_from(None));
         let size = std::mem::size_of_val(&task);
         assert!(size <= 640, "connection task future is {size} bytes");
@@ -754,13 +749,8 @@ mod tests {
     #[tokio::test]
     async fn idle_stream_tasks_stay_small() {
         let app = crate::app::App::new(crate::config::Config::default()).expect("default settings");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let _client = TcpStream::connect(listener.local_addr().expect("address"))
-            .await
-            .expect("connect");
-        let (stream, peer) = listener.accept().await.expect("accept");
+        let (_client, stream) = crate::transport::websocket::connection::connected_pair().await;
+        let peer = stream.peer_addr().expect("peer");
         let body = crate::http::boxed(Empty::<Bytes>::new());
         let stream = Stream {
             socket: Arc::new(stream),
