@@ -30,13 +30,15 @@
 //! extensions): it frames its own chunks ([`PreFramed`]) and lets the publisher write to the
 //! socket directly while it is idle (see `transport::stream`).
 
+use std::cell::RefCell;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{ready, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt as _;
@@ -57,6 +59,8 @@ use crate::server;
 pub const PEEK_LIMIT: usize = 8 * 1024;
 /// Bytes of the first look at a request head, on the stack of a poll.
 const STACK_PEEK: usize = 2048;
+/// Headers parsed without allocating (hyper's default `max-headers`).
+const STACK_HEADERS: usize = 100;
 /// The least time hyper is given to read a head the front handed over.
 const MIN_HEAD_WAIT: Duration = Duration::from_millis(10);
 
@@ -217,8 +221,17 @@ pub fn parse_head(
     max_headers: usize,
     max_header_size: usize,
 ) -> Option<(Request<Empty<Bytes>>, usize)> {
-    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut parsed = httparse::Request::new(&mut headers);
+    // Room for hyper's default header count on the stack; only a larger configured limit
+    // allocates.
+    let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut on_heap = Vec::new();
+    let headers = if max_headers <= STACK_HEADERS {
+        &mut on_stack[..max_headers]
+    } else {
+        on_heap.resize(max_headers, httparse::EMPTY_HEADER);
+        &mut on_heap[..]
+    };
+    let mut parsed = httparse::Request::new(headers);
     let len = match parsed.parse(bytes) {
         Ok(httparse::Status::Complete(len)) if len <= max_header_size => len,
         _ => return None,
@@ -305,11 +318,8 @@ async fn respond(
     peer: SocketAddr,
     keep_alive: bool,
 ) -> io::Result<Next> {
-    // Boxed: the router's future is large and finished once the response exists; inline, its
-    // space would stay in this connection's task for as long as a stream runs.
-    let handler = Box::pin(router::handle(Arc::clone(app), request, peer));
     let response = tokio::select! {
-        response = handler => response,
+        response = router::handle(Arc::clone(app), request, peer) => response,
         () = client_gone(stream) => return Ok(Next::Close),
     };
     let (parts, body) = response.into_parts();
@@ -469,9 +479,8 @@ fn response_head(parts: &http::response::Parts, framing: Framing, keep_alive: bo
     }
     match framing {
         Framing::Length(length) => {
-            head.extend_from_slice(b"content-length: ");
-            head.extend_from_slice(length.to_string().as_bytes());
-            head.extend_from_slice(b"\r\n");
+            // Writing to a `BytesMut` cannot fail.
+            let _ = write!(head, "content-length: {length}\r\n");
         }
         Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None => {}
@@ -481,11 +490,28 @@ fn response_head(parts: &http::response::Parts, framing: Framing, keep_alive: bo
     }
     if !parts.headers.contains_key(header::DATE) {
         head.extend_from_slice(b"date: ");
-        head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        append_date(&mut head);
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
     head
+}
+
+/// Appends the current time as an HTTP date, formatted at most once a second per thread (as
+/// hyper does): every long-poll answer carries one.
+fn append_date(out: &mut BytesMut) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(cached_second, text)| {
+        if *cached_second != second {
+            *cached_second = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
 }
 
 /// Appends a chunk's size line.
@@ -658,6 +684,8 @@ mod tests {
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
         let head = format!("GET /listen?cid=a HTTP/1.1\r\n{many}\r\n");
         assert!(parse(&head).is_none(), "too many headers");
+        // A configured limit above the on-stack room is honoured too.
+        assert!(parse_head(head.as_bytes(), 150, 16 * 1024).is_some());
         let head = format!(
             "GET /listen?cid=a HTTP/1.1\r\nX: {}\r\n\r\n",
             "v".repeat(200)
