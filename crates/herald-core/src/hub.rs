@@ -1,9 +1,11 @@
 //! The hub: which local connections follow which channel.
 //!
 //! The hub is the fan-out point. It maps each channel to the outboxes of the local connections
-//! subscribed to it, split over shards so that subscribing to one channel never waits on
-//! delivering another. Delivery pushes one shared `Arc<Message>` into each outbox and never
-//! blocks: the cost per subscriber is a reference-count increment and a short lock.
+//! subscribed to it, split over shards so that subscribing to a channel waits only on
+//! deliveries to channels of the same shard (one of 64). Delivery hands one shared
+//! `Arc<Message>` to each outbox and never blocks: an idle connection's outbox may write it to
+//! the socket at once (one non-blocking system call), a busy one queues it (a reference-count
+//! increment and a short lock).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -50,7 +52,7 @@ impl Hub {
     /// channel's subscribers and queue the rest for their connections' tasks. With `share` set
     /// to the number of worker threads, a large fan-out is spread over all of them instead of
     /// being written by the publishing thread alone (which would cap one channel's publish rate
-    /// at one core's write speed). Channels of up to `SHARE_ABOVE` (32) subscribers are written
+    /// at one core's write speed). Channels of up to `SHARE_ABOVE` subscribers are written
     /// by the publisher alone.
     pub fn with_direct_share(share: usize) -> Self {
         Self {

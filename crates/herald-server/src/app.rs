@@ -22,7 +22,8 @@ pub struct App {
     pub config: Config,
     /// Cancelled when the server begins shutting down; streams watch it to end cleanly.
     pub shutdown: CancellationToken,
-    /// Tasks that outlive their HTTP connection (upgraded WebSockets); shutdown waits on them.
+    /// Every connection's task, and the tasks that outlive a connection's request phase
+    /// (upgraded WebSockets, streams served by the front); shutdown waits on them.
     pub tasks: TaskTracker,
     /// Live subscriber connections, for ticks and shutdown.
     pub registry: Arc<Registry>,
@@ -46,8 +47,9 @@ impl App {
             max_channels: config.max_channels,
             max_memory: config.max_history_memory,
         };
-        // Publishers write directly to their share of a channel's idle subscribers; the rest
-        // is written by the connections' tasks on the runtime's other worker threads.
+        // Publishers write directly to every idle subscriber of a small channel, and to their
+        // share of a large one's; the rest is written by the connections' tasks on the
+        // runtime's other worker threads (see `Hub::deliver`).
         let workers = tokio::runtime::Handle::try_current()
             .map_or(1, |runtime| runtime.metrics().num_workers());
         // Each channel's history limits come from its namespace, once, when it is created.

@@ -3,12 +3,13 @@
 //! One task per TCP connection. A plain-TCP connection starts in the `front`, which answers
 //! SSE, iframe and long-poll requests itself and hands everything else to hyper's HTTP/1 state
 //! machine; a TLS connection goes to hyper directly. Streams and upgraded WebSockets get their
-//! own task, tracked so shutdown can wait for them. Accept errors (such as running out of file descriptors) are logged and retried
-//! after a pause, never in a tight loop. Shutdown: stop accepting, tell every stream to end
-//! with a reconnect hint, let in-flight requests finish, and give up after the grace period.
+//! own task, tracked so shutdown can wait for them. Accept errors (such as running out of file
+//! descriptors) are logged and retried after a pause, never in a tight loop. Shutdown: stop
+//! accepting, tell every stream to end with a reconnect hint, let in-flight requests finish,
+//! and give up after the grace period.
 //!
 //! With TLS configured, each connection's task first completes the handshake (see `tls`),
-//! bounded in time, then serves HTTP over the encrypted stream in the same way.
+//! bounded in time, then serves HTTP over the encrypted stream with hyper.
 
 use std::convert::Infallible;
 use std::io;
@@ -54,9 +55,9 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Binds `config.listen` and starts serving in the background. With `tls_cert` and
-    /// `tls_key` set, loads them first; a file that cannot be used is an `InvalidInput` error
-    /// naming it.
+    /// Binds `config.listen` and starts serving in the background. Invalid settings, and a
+    /// TLS certificate, TLS key or token key file that cannot be used, are `InvalidInput`
+    /// errors naming the problem.
     pub async fn start(config: Config) -> io::Result<Self> {
         config
             .validate()

@@ -449,7 +449,10 @@ async fn idle_sse_streams_and_long_polls_hold_little_memory() {
                 .json()
                 .await
                 .unwrap();
-            assert_eq!(published["published"][0]["subscribers"], N, "{name}: {published}");
+            assert_eq!(
+                published["published"][0]["subscribers"], N,
+                "{name}: {published}"
+            );
         }
         drop(streams);
     }

@@ -66,7 +66,7 @@ pub async fn listen<B: RequestBody>(
 }
 
 /// True when the request asks to upgrade to WebSocket.
-pub fn wants_websocket(headers: &HeaderMap) -> bool {
+fn wants_websocket(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())

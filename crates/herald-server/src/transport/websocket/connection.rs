@@ -44,8 +44,9 @@ enum End {
     Echo(Option<u16>),
 }
 
-/// Serves a connection on any [`WsSocket`] until it ends (`Listen::serve` picks the socket
-/// type: the shared TCP stream, or the boxed TLS stream).
+/// Serves a connection on any [`WsSocket`] until it ends (`take_socket` in the module above
+/// picks the socket type once the upgrade is done: the shared TCP stream, or the boxed TLS
+/// stream).
 pub(super) async fn run_on<S: WsSocket>(
     app: Arc<App>,
     socket: S,

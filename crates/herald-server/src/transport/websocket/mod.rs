@@ -277,8 +277,8 @@ fn take_socket(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
 #[cfg(test)]
 mod tests {
     /// Every idle WebSocket holds the connection task started by `run_upgraded`; the memory
-    /// budget per idle connection (BENCHMARKS.md) depends on it staying small, on TCP and TLS
-    /// alike.
+    /// budget per idle connection (BENCHMARKS.md) depends on it staying small. This measures
+    /// plain TCP; `connection`'s TLS tests measure the TLS stream's state.
     #[tokio::test]
     async fn idle_websocket_tasks_stay_small() {
         use super::Serve as _;
