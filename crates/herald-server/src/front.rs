@@ -769,6 +769,7 @@ mod tests {
         let peer = stream.peer_addr().expect("peer");
         let task = serve(app.clone(), stream, peer, app.track_connection_from(None));
         let size = std::mem::size_of_val(&task);
+        eprintln!("connection task future: {size} bytes");
         assert!(size <= 640, "connection task future is {size} bytes");
     }
 
