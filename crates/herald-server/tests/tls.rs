@@ -2,7 +2,7 @@
 //! self-signed certificate generated per test (rcgen), clients that never finish the handshake
 //! or speak plain HTTP to the TLS port, and the startup errors for unusable settings. Clients
 //! are real: hyper's HTTP/1 client and tokio-tungstenite over tokio-rustls streams that trust
-//! only the test certificate, and a raw WSS client (below) for peers that misbehave. (reqwest's
+//! only the test certificate, and `common::raw::RawWs` over TLS for peers that misbehave. (reqwest's
 //! rustls backend is not used: without a built-in crypto provider it would make every plain
 //! `reqwest::Client` in the other test files panic.)
 #![allow(clippy::unwrap_used)]
@@ -176,6 +176,11 @@ impl TlsServer {
     /// A TLS connection to the server (handshake complete).
     async fn tls_connect(&self) -> ClientTls {
         tls_connect(&self.connector, self.addr()).await
+    }
+
+    /// A raw WSS client that has completed the handshake for `target`.
+    async fn raw_ws(&self, target: &str) -> RawWs<ClientTls> {
+        RawWs::handshake_over(self.tls_connect().await, self.addr(), target, &[]).await
     }
 
     /// A `wss://` WebSocket to `path_and_query`.
@@ -421,13 +426,7 @@ async fn wss_gets_backlog_live_messages_and_command_replies() {
 #[tokio::test]
 async fn wss_answers_pings_and_echoes_a_close() {
     let server = start_tls(|_| {}).await;
-    let mut raw = RawWs::handshake_over(
-        server.tls_connect().await,
-        server.inner.server.local_addr(),
-        "/listen?cid=pp",
-        &[],
-    )
-    .await;
+    let mut raw = server.raw_ws("/listen?cid=pp").await;
     assert_eq!(raw.next_json().await["type"], "subscribed");
 
     raw.send_frame(true, OP_PING, b"are you there").await;
@@ -449,13 +448,7 @@ async fn wss_answers_pings_and_echoes_a_close() {
 async fn wss_peer_that_never_answers_pings_is_closed_with_1008() {
     let interval = Duration::from_millis(200);
     let server = start_tls(|c| c.ws_ping_interval = interval).await;
-    let mut deaf = RawWs::handshake_over(
-        server.tls_connect().await,
-        server.inner.server.local_addr(),
-        "/listen?cid=deaf",
-        &[],
-    )
-    .await;
+    let mut deaf = server.raw_ws("/listen?cid=deaf").await;
     let started = Instant::now();
     let mut pings = 0;
     let code = loop {

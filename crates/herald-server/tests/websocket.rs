@@ -239,7 +239,6 @@ async fn assert_still_serves(server: &TestServer) {
 // frames exactly as written here.
 // ---------------------------------------------------------------------------------------------
 
-/// The handshake headers of a valid WebSocket request.
 /// Writes `GET target` with `headers` and reads the response head (and body, by
 /// Content-Length). Bytes after the response stay in `buf`.
 async fn raw_request(
