@@ -23,4 +23,4 @@ pub mod tls;
 pub mod transport;
 
 pub use config::{Cli, Command, Config, ConfigError, NamespaceOptions, Options, ServeArgs};
-pub use server::RunningServer;
+pub use server::{RunningServer, StartError};

@@ -58,7 +58,7 @@ async fn run(config: Config) -> ExitCode {
             tracing::error!(%error, "cannot start");
             // A setting that cannot be used (a key or certificate file) is a configuration
             // error, like those `Config::resolve` finds: exit status 2.
-            return if error.kind() == std::io::ErrorKind::InvalidInput {
+            return if error.is_configuration() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

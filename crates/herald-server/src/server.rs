@@ -47,6 +47,33 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// buffers and its subscriptions forever: its outbox overflows, and this ends the socket.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting, or a file a setting names (a token key), cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    /// The listening socket could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the system said.
+        source: io::Error,
+    },
+}
+
+impl StartError {
+    /// True when the settings are at fault (the `herald` binary exits with status 2), not the
+    /// system.
+    pub fn is_configuration(&self) -> bool {
+        !matches!(self, Self::Listen { .. })
+    }
+}
+
 /// A running server.
 pub struct RunningServer {
     addr: SocketAddr,
@@ -56,20 +83,22 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Binds `config.listen` and starts serving in the background. Invalid settings, and a
-    /// TLS certificate, TLS key or token key file that cannot be used, are `InvalidInput`
-    /// errors naming the problem.
-    pub async fn start(config: Config) -> io::Result<Self> {
-        config
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    /// TLS certificate, TLS key or token key file that cannot be used, are configuration
+    /// errors naming the problem ([`StartError::is_configuration`]).
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
-        let app =
-            App::new(config).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-        let listener = TcpListener::bind(app.config.listen).await?;
-        let addr = listener.local_addr()?;
+        let app = App::new(config)?;
+        let listen = app.config.listen;
+        let listen_error = |source| StartError::Listen {
+            addr: listen,
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(listen_error)?;
+        let addr = listener.local_addr().map_err(listen_error)?;
         if let Some(cert) = app.config.tls_cert.as_ref().filter(|_| tls.is_some()) {
             tracing::info!(cert = %cert.display(), "TLS is on: serving https and wss");
         }

@@ -57,12 +57,6 @@ pub enum TlsSetupError {
     },
 }
 
-impl From<TlsSetupError> for io::Error {
-    fn from(error: TlsSetupError) -> Self {
-        io::Error::new(io::ErrorKind::InvalidInput, error)
-    }
-}
-
 /// Loads the PEM certificate chain (leaf first) and private key into an acceptor.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
     let cert_error = |message: String| TlsSetupError::Certificate {

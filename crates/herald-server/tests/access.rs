@@ -913,6 +913,7 @@ async fn a_bad_key_file_stops_the_server_from_starting() {
         .err()
         .expect("refused");
     assert!(error.to_string().contains("jwt_rsa_public.pem"), "{error}");
+    assert!(error.is_configuration(), "{error:?}");
 }
 
 #[tokio::test]

@@ -80,13 +80,18 @@ fn help_documents_every_option() {
     }
 }
 
-/// Runs `herald` with `args` (serving on a free port if it ever gets that far) and returns its
-/// output once it exits; fails after 10 s instead of hanging on a server that starts.
+/// Runs `herald` with `args` (on a free port unless they name one) and returns its output once
+/// it exits; fails after 10 s instead of hanging on a server that starts.
 fn run_to_exit(args: &[&str]) -> std::process::Output {
     use std::process::Stdio;
+    let listen: &[&str] = if args.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let mut child = Command::new(BIN)
         .args(args)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(listen)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -124,6 +129,12 @@ fn invalid_settings_exit_with_a_message() {
         assert_eq!(out.status.code(), Some(2), "--workers {workers}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("workers"));
     }
+    // A port already taken is the system's doing, not the settings': status 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run_to_exit(&["serve", "--listen", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
 }
 
 /// How many runtime worker threads process `pid` has.

@@ -635,7 +635,11 @@ async fn start_error(cert: PathBuf, key: PathBuf) -> String {
     match RunningServer::start(config).await {
         Ok(_) => panic!("the server started with unusable TLS files"),
         Err(error) => {
-            assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(
+                matches!(error, herald_server::StartError::Tls(_)),
+                "{error:?}"
+            );
+            assert!(error.is_configuration());
             error.to_string()
         }
     }
