@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::broker::{Broker, EngineError, HistoryRead, Published};
 use crate::channel::ChannelId;
 use crate::hub::Hub;
-use crate::memory::{ChannelLimitsResolver, HistoryLimits, MemoryBroker};
+use crate::memory::{BrokerBounds, ChannelLimitsResolver, HistoryLimits, MemoryBroker};
 use crate::message::Payload;
 use crate::outbox::Outbox;
 use crate::position::ChannelCursor;
@@ -33,13 +33,13 @@ impl Engine {
     /// An engine with in-process history delivering into `hub`, each new channel's history
     /// limits decided by `resolver`.
     pub fn in_memory_with_resolver(
-        limits: HistoryLimits,
+        bounds: BrokerBounds,
         hub: Arc<Hub>,
         resolver: ChannelLimitsResolver,
     ) -> Self {
         let broker = Arc::new(MemoryBroker::with_resolver(
             Arc::clone(&hub),
-            limits,
+            bounds,
             resolver,
         ));
         Self::with_broker(hub, broker)

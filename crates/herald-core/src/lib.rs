@@ -29,7 +29,7 @@ pub use channel::{ChannelId, ChannelIdError, MAX_CHANNEL_ID_LEN};
 pub use clock::now_ms;
 pub use engine::Engine;
 pub use hub::Hub;
-pub use memory::{ChannelLimits, ChannelLimitsResolver, HistoryLimits, MemoryBroker};
+pub use memory::{BrokerBounds, ChannelLimits, ChannelLimitsResolver, HistoryLimits, MemoryBroker};
 pub use message::{script_safe_json, websocket_frame, Message, Payload, PayloadError, OPCODE_TEXT};
 pub use outbox::{DirectDelivery, DirectOutcome, Drained, Outbox, Overflow, Signals};
 pub use position::{

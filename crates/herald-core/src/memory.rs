@@ -48,6 +48,25 @@ pub struct HistoryLimits {
     pub max_memory: usize,
 }
 
+/// The limits of the memory broker as a whole, whatever each channel's own history limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerBounds {
+    /// Most channels the broker keeps state for.
+    pub max_channels: usize,
+    /// Most bytes of envelopes retained across all channels.
+    pub max_memory: usize,
+}
+
+impl HistoryLimits {
+    /// The limits on the whole broker.
+    pub fn bounds(&self) -> BrokerBounds {
+        BrokerBounds {
+            max_channels: self.max_channels,
+            max_memory: self.max_memory,
+        }
+    }
+}
+
 /// The history limits of one channel, fixed when the channel is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelLimits {
@@ -171,7 +190,7 @@ impl ChannelLog {
 /// Positions and history in process memory. See the module documentation.
 pub struct MemoryBroker {
     hub: Arc<Hub>,
-    limits: HistoryLimits,
+    bounds: BrokerBounds,
     resolver: ChannelLimitsResolver,
     shards: Box<[Shard]>,
     hasher: RandomState,
@@ -191,20 +210,19 @@ impl MemoryBroker {
             size: limits.size,
             ttl: limits.ttl,
         };
-        Self::with_resolver(hub, limits, Arc::new(move |_| every_channel))
+        Self::with_resolver(hub, limits.bounds(), Arc::new(move |_| every_channel))
     }
 
-    /// A broker that delivers into `hub` and gives each new channel the history limits
-    /// `resolver` returns for it (`limits.max_channels` and `limits.max_memory` still bound the
-    /// whole; `limits.size` and `limits.ttl` are not used).
+    /// A broker that delivers into `hub`, within `bounds`, and gives each new channel the
+    /// history limits `resolver` returns for it.
     pub fn with_resolver(
         hub: Arc<Hub>,
-        limits: HistoryLimits,
+        bounds: BrokerBounds,
         resolver: ChannelLimitsResolver,
     ) -> Self {
         Self {
             hub,
-            limits,
+            bounds,
             resolver,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -244,10 +262,10 @@ impl MemoryBroker {
         if let Some(log) = shard.get(cid) {
             return Ok(Arc::clone(log));
         }
-        if self.channels.load(Ordering::Relaxed) >= self.limits.max_channels {
+        if self.channels.load(Ordering::Relaxed) >= self.bounds.max_channels {
             return Err(EngineError::Limit(format!(
                 "the server holds its maximum of {} channels",
-                self.limits.max_channels
+                self.bounds.max_channels
             )));
         }
         let log = Arc::new(Mutex::new(ChannelLog::new(now, (self.resolver)(cid))));
@@ -271,9 +289,9 @@ impl MemoryBroker {
         log.messages.push_back(Arc::clone(&message));
         let freed = log.trim(now);
         let total = self.account(retained_size(&message), freed);
-        if total > self.limits.max_memory {
+        if total > self.bounds.max_memory {
             // Make room from this channel's own history, oldest first.
-            let mut excess = total - self.limits.max_memory;
+            let mut excess = total - self.bounds.max_memory;
             self.release(log.drop_oldest_while(|m| {
                 let more = excess > 0;
                 excess = excess.saturating_sub(retained_size(m));
@@ -491,8 +509,11 @@ mod tests {
             },
             ttl: Duration::from_secs(600),
         });
-        let b =
-            MemoryBroker::with_resolver(Arc::new(Hub::new()), HistoryLimits::default(), resolver);
+        let b = MemoryBroker::with_resolver(
+            Arc::new(Hub::new()),
+            HistoryLimits::default().bounds(),
+            resolver,
+        );
         let short = ChannelId::parse("short:1").expect("cid");
         let long = ChannelId::parse("long").expect("cid");
         publish(&b, &short, 4);
@@ -518,8 +539,11 @@ mod tests {
                 Duration::from_secs(600)
             },
         });
-        let b =
-            MemoryBroker::with_resolver(Arc::new(Hub::new()), HistoryLimits::default(), resolver);
+        let b = MemoryBroker::with_resolver(
+            Arc::new(Hub::new()),
+            HistoryLimits::default().bounds(),
+            resolver,
+        );
         let kept = ChannelId::parse("kept").expect("cid");
         let flash = ChannelId::parse("flash:1").expect("cid");
         publish(&b, &kept, 5);

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use herald_core::{ChannelLimitsResolver, Engine, HistoryLimits, Hub};
+use herald_core::{BrokerBounds, ChannelLimitsResolver, Engine, Hub};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,9 +41,7 @@ impl App {
     pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
         let access = Access::from_config(&config)?;
         let browser = OriginPolicy::new(&config.allowed_origins, config.cors_credentials)?;
-        let limits = HistoryLimits {
-            size: config.history_size,
-            ttl: config.history_ttl,
+        let bounds = BrokerBounds {
             max_channels: config.max_channels,
             max_memory: config.max_history_memory,
         };
@@ -56,7 +54,7 @@ impl App {
         let namespaces = Arc::clone(&access.namespaces);
         let resolver: ChannelLimitsResolver = Arc::new(move |cid| namespaces.limits(cid));
         let engine = Engine::in_memory_with_resolver(
-            limits,
+            bounds,
             Arc::new(Hub::with_direct_share(workers)),
             resolver,
         );
