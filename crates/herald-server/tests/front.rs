@@ -656,11 +656,18 @@ async fn listen_requests_with_a_body_expect_or_a_large_head_are_answered() {
     let server = common::start().await;
     server.publish("x", "m1").await;
     let addr = server.server.local_addr();
-    let big = "a".repeat(10 * 1024);
+    // Larger than what the front peeks at (hyper answers), and between its first look on the
+    // stack and that limit (the front answers after a second look).
+    let big = "a".repeat(herald_server::front::PEEK_LIMIT + 1024);
+    let medium = "a".repeat(4 * 1024);
     let cases: Vec<(&str, String)> = vec![
         (
-            "a head larger than 8 KiB",
+            "a head larger than the front's peek limit",
             raw::get("/listen?cid=x&since=0", addr, &[("X-Big", &big)]),
+        ),
+        (
+            "a head of about 4 KiB",
+            raw::get("/listen?cid=x&since=0", addr, &[("X-Medium", &medium)]),
         ),
         (
             "a body",

@@ -36,15 +36,22 @@ impl Herald {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut seen = Vec::new();
+            let mut tx_sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let addr = line
                     .find("addr=")
                     .and_then(|at| line[at + 5..].split_whitespace().next())
                     .map(str::to_string);
+                // Lines are kept until the address is known; after that the pipe is only
+                // drained, so a long-running child does not grow this test's memory.
+                if tx_sent {
+                    continue;
+                }
                 seen.push(line);
                 if let Some(addr) = addr {
                     let _ = tx.send((addr, std::mem::take(&mut seen)));
+                    tx_sent = true;
                 }
             }
         });
