@@ -3,7 +3,7 @@
 # for the WebSocket scenarios), with herald-bench as the load generator.
 #
 #   bench/compare.sh [--repeat R] [--rev REV] [--scenarios a,b,…] [--duration D]
-#                    [--time-limit SECONDS] [--out DIR]
+#                    [--time-limit SECONDS] [--out DIR] [--no-record]
 #
 #   --repeat R        runs of every scenario against every server (default 3); medians are
 #                     reported, with the min–max range
@@ -17,6 +17,8 @@
 #                     would not fit are skipped (and listed as skipped), and a watchdog stops
 #                     everything at S + 120 s
 #   --out DIR         results directory (default bench/results/<UTC date-time>)
+#   --no-record       leave BENCHMARKS.md alone (by default the run's table of medians and
+#                     the targets judged from it replace its "Latest run" section)
 #
 # Runs as root on Debian: installs nginx and libnginx-mod-nchan when the module is missing and
 # stops the system nginx service if it runs. Servers listen on 127.0.0.1 only: Herald on 18000,
@@ -26,7 +28,9 @@
 #
 # Writes one herald-bench JSON per run (<scenario>.<server>.<n>.json, with a .ctx.json beside
 # it: load average and the CPU other processes used during the run), server logs, and
-# summary.md (machine, command, table of medians, every run) via bench/summarize.py.
+# summary.md (machine, command, table of medians, targets judged from them, every run) via
+# bench/summarize.py, and (unless --no-record) the same medians and targets into BENCHMARKS.md
+# via bench/record.py.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,9 +40,10 @@ SCENARIOS="idle idlesse idlelongpoll fanout50 fanout100 many sse longpoll publis
 DURATION=10s
 TIME_LIMIT=3600
 OUT=
+RECORD=true
 COMMAND="bench/compare.sh${*:+ $*}"
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
     case $1 in
         --repeat) REPEAT=$2; shift 2 ;;
@@ -47,6 +52,7 @@ while [[ $# -gt 0 ]]; do
         --duration) DURATION=$2; shift 2 ;;
         --time-limit) TIME_LIMIT=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
+        --no-record) RECORD=false; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -434,5 +440,9 @@ END=$(date +%s)
     echo "skipped=${SKIPPED[*]:-}"
 } >> "$OUT/machine.txt"
 python3 "$ROOT/bench/summarize.py" "$OUT" > "$OUT/summary.md"
+if [[ $RECORD == true ]]; then
+    python3 "$ROOT/bench/record.py" "$OUT" "$ROOT/BENCHMARKS.md"
+    log "BENCHMARKS.md: its \"Latest run\" section now shows this run"
+fi
 log "done in $(( END - START )) s: $OUT/summary.md"
 cat "$OUT/summary.md"

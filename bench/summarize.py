@@ -165,6 +165,86 @@ def totals(reports):
     return t
 
 
+def median_of(runs, scenario, server, extract):
+    """Median of a metric over a scenario's runs against one server, or None."""
+    values = [extract(r) for _, _, r in runs.get((scenario, server), []) if r is not None]
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def verdict(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def targets(runs, w):
+    """The issue's targets, judged from this run's medians (rounding towards worse for Herald)."""
+    cpu = lambda r: get(r, "server", "cpu_us_per_delivery")
+    rss = lambda r: get(r, "server", "bytes_per_idle_connection")
+    rate = lambda r: get(r, "deliveries", "per_second")
+    p99 = lambda r: ms(get(r, "latency_us", "p99"))
+    rows = []
+
+    h = median_of(runs, "idle", "herald", rss)
+    if h is not None:
+        rows.append(("memory per idle WebSocket ≤ 2 KiB (2,048 B)",
+                     "{} B".format(fmt(h, "{:,.0f}", +1)), verdict(h <= 2048)))
+    for scenario, bound, label in (("fanout50", 0.85, "1 channel × 2,000 subs × 50/s"),
+                                   ("many", 0.5, "many channels")):
+        h, n = median_of(runs, scenario, "herald", cpu), median_of(runs, scenario, "nchan", cpu)
+        if h is None or not n:
+            continue
+        b = median_of(runs, scenario, "bare", cpu)
+        floor = "" if b is None else "; bare floor {} µs = {} ×".format(
+            fmt(b, "{:.2f}"), fmt(b / n, "{:.3f}"))
+        ratio = fmt(h / n, "{:.3f}", +1)
+        rows.append((f"server CPU per delivery ≤ {bound} × nchan's, {label}",
+                     "{} vs {} µs = {} ×{}".format(fmt(h, "{:.2f}", +1), fmt(n, "{:.2f}", -1),
+                                                   ratio, floor),
+                     verdict(float(ratio) <= bound)))
+    for scenario in ("fanout100", "fanout200"):
+        h, n = median_of(runs, scenario, "herald", rate), median_of(runs, scenario, "nchan", rate)
+        if h is None or n is None:
+            continue
+        rows.append((f"at saturation ({scenario}: {scenario[6:]}/s), deliveries/s ≥ nchan's",
+                     "{} vs {}".format(fmt(h, "{:,.0f}", -1), fmt(n, "{:,.0f}", +1)),
+                     verdict(h >= n)))
+    compared, worse = [], []
+    for scenario in SCENARIOS:
+        if scenario in IDLE or scenario == "publish":
+            continue
+        h, n = median_of(runs, scenario, "herald", p99), median_of(runs, scenario, "nchan", p99)
+        if h is None or n is None:
+            continue
+        compared.append("{} {} vs {}".format(scenario, fmt(h, "{:.2f}", +1), fmt(n, "{:.2f}", -1)))
+        if h > n:
+            worse.append(scenario)
+    if compared:
+        rows.append(("p99 latency ≤ nchan's at the same load (ms)", "; ".join(compared),
+                     verdict(not worse) + (" (worse: " + ", ".join(worse) + ")" if worse else "")))
+    lost, checked = [], 0
+    for scenario in SCENARIOS:
+        if scenario in IDLE or ("herald" not in [s for (sc, s) in runs if sc == scenario]):
+            continue
+        reports = [r for _, _, r in runs[(scenario, "herald")] if r is not None]
+        missing = len(runs[(scenario, "herald")]) - len(reports)
+        t = totals(reports)
+        checked += 1
+        if t["lost"] or t["publish_errors"] or missing:
+            lost.append("{} ({:,} lost, {:,} failed publishes, {} runs without results)".format(
+                scenario, t["lost"], t["publish_errors"], missing))
+    if checked:
+        rows.append(("zero loss in every scenario", "; ".join(lost) or
+                     f"0 lost, 0 failed publishes in {checked} scenario(s)", verdict(not lost)))
+    if not rows:
+        return
+    w("## Targets, judged from this run")
+    w("")
+    w("| target | this run | |")
+    w("|---|---|---|")
+    for target, result, status in rows:
+        w(f"| {target} | {result} | {status} |")
+
+
 def main():
     directory = sys.argv[1]
     info = machine(directory)
@@ -255,6 +335,8 @@ def main():
         for label, h, n, ratio, b in rows:
             w("| {} | {} | {} | {} | {} | {} |".format(title if first else "", label, h, n, ratio, b))
             first = False
+    w("")
+    targets(runs, w)
     w("")
     w("## Every run")
     w("")
