@@ -45,7 +45,8 @@ seed config 'history_size = 7\nhistory_ttl = "5s"\nlisten = "127.0.0.1:9"\npubli
     'allowed_origins = ["https://*.example.com"]\n[namespaces.chat]\nhistory_size = 5\nprivate = true\n'
 # Mode byte 0: raw token text; 1: claim bytes signed with the target's HS256 secret.
 seed request_head '\x4fGET /listen?cid=a HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n' \
-    '\x07GET /listen/?cid=a HTTP/1.1\nContent-Length: 0\n\n' '\x4fPOST /publish HTTP/1.1\r\n\r\n'
+    '\x07GET /listen/?cid=a HTTP/1.1\nContent-Length: 0\n\n' '\x4fPOST /publish HTTP/1.1\r\n\r\n' \
+    '\x4fPOST /publish?cid=a HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}'
 seed token '\x00eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.AAAA' '\x00a.b.c' '\x00' \
     '\x01{"sub":"u1","exp":4102444800,"channels":["room5","chat:*"],"publish":["*"]}' \
     '\x01{"sub":"u1","exp":1}' '\x01{"sub":7,"exp":"x","channels":[""]}'

@@ -1,9 +1,11 @@
-//! Request heads the connection front peeks at: `front::parse_head` never panics, and a head it
-//! takes is a complete `GET /listen` head within the limits, with no body, no upgrade and no
-//! `Expect`, whose parsed target and headers are exactly those of the bytes.
+//! Request heads the connection front peeks at: `front::parse_head` never panics, and a request
+//! it takes is within the limits, with no upgrade, no `Expect` and no chunked body, whose parsed
+//! target and headers are exactly those of the bytes: a complete `GET /listen` head with no
+//! body, or a complete `POST /publish` head followed by all of its one `Content-Length` body.
 #![no_main]
 
 use herald_server::front::parse_head;
+use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,23 +18,54 @@ fuzz_target!(|data: &[u8]| {
     let Some((request, len)) = parse_head(bytes, max_headers, max_header_size) else {
         return;
     };
-    assert!(len <= bytes.len() && len <= max_header_size);
-    assert!(bytes[..len].ends_with(b"\n"), "a complete head ends with a line end");
-    assert_eq!(request.method(), http::Method::GET);
+    assert!(len <= bytes.len());
     assert_eq!(request.version(), http::Version::HTTP_11);
-    assert!(matches!(request.uri().path(), "/listen" | "/listen/"));
     assert!(request.headers().len() <= max_headers);
     for name in ["upgrade", "transfer-encoding", "expect"] {
         assert!(!request.headers().contains_key(name), "{name}");
     }
-    for value in request.headers().get_all("content-length") {
-        assert_eq!(value.as_bytes(), b"0");
-    }
-    let head = String::from_utf8_lossy(&bytes[..len]);
+    let lengths: Vec<_> = request.headers().get_all("content-length").iter().collect();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
     let target = request
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    assert!(head.contains(&format!("GET {target} ")), "{head:?} vs {target:?}");
+    let body_len = match method {
+        http::Method::GET => {
+            assert!(matches!(path.as_str(), "/listen" | "/listen/"));
+            assert!(lengths.iter().all(|v| v.as_bytes() == b"0"));
+            0
+        }
+        http::Method::POST => {
+            assert!(matches!(path.as_str(), "/publish" | "/publish/"));
+            assert_eq!(lengths.len(), 1);
+            let declared: usize = std::str::from_utf8(lengths[0].as_bytes())
+                .expect("digits")
+                .parse()
+                .expect("a length");
+            declared
+        }
+        other => panic!("front took a {other} request"),
+    };
+    let head_len = len - body_len;
+    assert!(head_len <= max_header_size);
+    assert!(bytes[..head_len].ends_with(b"\n"), "a complete head ends with a line end");
+    let body = request.into_body().collect();
+    let body = ready_now(body).to_bytes();
+    assert_eq!(&body[..], &bytes[head_len..len], "the body is the bytes after the head");
+    let head = String::from_utf8_lossy(&bytes[..head_len]);
+    assert!(head.contains(&format!("{method} {target} ")), "{head:?} vs {target:?}");
 });
+
+/// A `Full` body is ready at once: poll it once with a no-op waker.
+fn ready_now<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok(collected)) => collected,
+        std::task::Poll::Ready(Err(never)) => match never {},
+        std::task::Poll::Pending => panic!("a Full body is always ready"),
+    }
+}

@@ -2,9 +2,10 @@
 //! answered without hyper — long polls with `content-length` and keep-alive, pipelined
 //! requests, `Connection: close`, errors as JSON, SSE and forever-iframe streams with chunked
 //! framing, the client going away while a response is in flight, shutdown of an open stream —
-//! and the requests the front hands to hyper for the rest of the connection (a publish on a
-//! connection the front started, HTTP/1.0, a head split across writes, bodies, `Expect`, large
-//! heads, WebSocket upgrades).
+//! publishes whose body came with the head (pipelined, JSON and text, refused ones) — and the
+//! requests the front hands to hyper for the rest of the connection (any other path, HTTP/1.0,
+//! a head split across writes, a publish body still on its way or chunked, bodies on a listen,
+//! `Expect`, large heads, WebSocket upgrades).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -314,7 +315,8 @@ async fn a_publish_then_health_on_a_connection_the_front_started() {
     assert_complete(&listen);
     assert_eq!(messages(&listen).0, ["m1"]);
 
-    // A publish on the same socket: hyper serves the connection from here on.
+    // A publish on the same socket (the front answers it too), then a request hyper serves
+    // the connection for from there on.
     let request = raw::publish("mx", "m2", conn.addr);
     let published = roundtrip(&mut conn.stream, &mut conn.buf, &request).await;
     assert_eq!(published.status, 200, "{published:?}");
@@ -328,6 +330,113 @@ async fn a_publish_then_health_on_a_connection_the_front_started() {
     // A long poll still works on the connection hyper now serves.
     let listen = conn.roundtrip_get("/listen?cid=mx&since=0", &[]).await;
     assert_eq!(messages(&listen).0, ["m1", "m2"]);
+}
+
+#[tokio::test]
+async fn pipelined_publishes_are_answered_in_order_and_delivered() {
+    let server = common::start().await;
+    let (mut ws, _) = connect_async(server.ws_url("/listen?cid=pp").as_str())
+        .await
+        .unwrap();
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
+    wait_for_subscribers(&server, "pp", 1).await;
+    let mut conn = Conn::open(&server).await;
+    let json = |body: &str| {
+        format!(
+            "POST /publish?cid=pp HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Three requests in one write: JSON, text, and JSON that is not valid.
+    let pipelined = format!(
+        "{}{}{}",
+        json(r#"{"n":1}"#),
+        raw::publish("pp", "two", conn.addr),
+        json("{nope")
+    );
+    conn.send(&pipelined).await;
+    for id in [1, 2] {
+        let answer = conn.response().await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_complete(&answer);
+        let body = answer.json();
+        assert_eq!(body["published"][0]["id"], id, "{body}");
+        assert_eq!(body["published"][0]["subscribers"], 1, "{body}");
+    }
+    let refused = conn.response().await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(refused.json()["error"].is_string(), "{refused:?}");
+    assert_eq!(
+        ws_next_json(&mut ws, STEP).await["data"],
+        serde_json::json!({"n": 1})
+    );
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "two");
+    // The connection goes on, with a long poll the front answers.
+    let listen = conn.roundtrip_get("/listen?cid=pp&since=0", &[]).await;
+    assert_complete(&listen);
+    let ids: Vec<_> = listen
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(ids, [1, 2], "{listen:?}");
+}
+
+#[tokio::test]
+async fn publishes_whose_body_is_not_all_there_are_answered_by_hyper() {
+    let server = common::start_with(|c| c.max_body = 16).await;
+    let cases: Vec<(&str, Vec<&str>, u16)> = vec![
+        (
+            "a body sent after its head",
+            vec!["POST /publish?cid=pb HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n", "hi"],
+            200,
+        ),
+        (
+            "a chunked body",
+            vec!["POST /publish?cid=pb HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"],
+            200,
+        ),
+        (
+            "Expect: 100-continue",
+            vec!["POST /publish?cid=pb HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", "hi"],
+            200,
+        ),
+        (
+            "a body over max-body, all there (the front refuses it)",
+            vec!["POST /publish?cid=pb HTTP/1.1\r\nHost: h\r\nContent-Length: 17\r\n\r\n01234567890123456"],
+            413,
+        ),
+    ];
+    let mut published = 0;
+    for (name, parts, status) in cases {
+        let mut conn = Conn::open(&server).await;
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            conn.send(part).await;
+        }
+        let mut answer = conn.response().await;
+        if answer.status == 100 {
+            answer = conn.response().await;
+        }
+        assert_eq!(answer.status, status, "{name}: {answer:?}");
+        if status == 200 {
+            published += 1;
+            assert_eq!(answer.json()["published"][0]["id"], published, "{name}");
+        } else {
+            assert!(answer.json()["error"].is_string(), "{name}: {answer:?}");
+        }
+        // Still usable afterwards.
+        let again = conn.roundtrip_get("/listen?cid=pb&since=0", &[]).await;
+        assert_eq!(
+            messages(&again).0.len(),
+            published as usize,
+            "{name}: the next request"
+        );
+    }
 }
 
 #[tokio::test]
