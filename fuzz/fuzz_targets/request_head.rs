@@ -51,20 +51,32 @@ fuzz_target!(|data: &[u8]| {
     };
     let head_len = len - body_len;
     assert!(head_len <= max_header_size);
-    assert!(bytes[..head_len].ends_with(b"\n"), "a complete head ends with a line end");
+    assert!(
+        bytes[..head_len].ends_with(b"\n"),
+        "a complete head ends with a line end"
+    );
     let body = request.into_body().collect();
     let body = ready_now(body).to_bytes();
-    assert_eq!(&body[..], &bytes[head_len..len], "the body is the bytes after the head");
+    assert_eq!(
+        &body[..],
+        &bytes[head_len..len],
+        "the body is the bytes after the head"
+    );
     let head = String::from_utf8_lossy(&bytes[..head_len]);
-    assert!(head.contains(&format!("{method} {target} ")), "{head:?} vs {target:?}");
+    assert!(
+        head.contains(&format!("{method} {target} ")),
+        "{head:?} vs {target:?}"
+    );
 });
 
 /// A `Full` body is ready at once: poll it once with a no-op waker.
-fn ready_now<F: std::future::Future>(future: F) -> F::Output {
+fn ready_now<T>(
+    future: impl std::future::Future<Output = Result<T, std::convert::Infallible>>,
+) -> T {
     let mut future = std::pin::pin!(future);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match future.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(Ok(collected)) => collected,
+        std::task::Poll::Ready(Ok(value)) => value,
         std::task::Poll::Ready(Err(never)) => match never {},
         std::task::Poll::Pending => panic!("a Full body is always ready"),
     }
