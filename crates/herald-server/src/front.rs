@@ -26,8 +26,13 @@
 //! Everything else — a WebSocket upgrade, any other method or path, HTTP/1.0, a publish whose
 //! body is chunked or still on its way, a head larger than [`PEEK_LIMIT`] or not yet complete
 //! in the socket, anything `httparse` or the `http` types refuse — goes to hyper, with the
-//! connection untouched, for the rest of the connection's life. hyper then gives every malformed request its usual answer. TLS
-//! connections always go to hyper (a TLS stream cannot be peeked).
+//! connection untouched, for the rest of the connection's life. hyper then gives every
+//! malformed request its usual answer. TLS connections always go to hyper (a TLS stream cannot
+//! be peeked).
+//!
+//! The price of leaving the socket untouched: a request the front answers is read twice (a
+//! peek, then a read of exactly its bytes), and the next head's first peek usually finds the
+//! socket empty — three `recvfrom` calls per keep-alive request where hyper makes one.
 //!
 //! While a response is in flight the front watches the socket for the client going away
 //! (end of stream or reset), as hyper does, and drops the request when it does. Bytes the client
@@ -286,11 +291,11 @@ pub fn parse_head(
         let (Some(length), None) = (lengths.next(), lengths.next()) else {
             return None;
         };
-        let digits = length.as_bytes();
-        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        // Digits only: `parse` alone would take a sign. Overflow and "" fail to parse.
+        if !length.as_bytes().iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let body_len: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+        let body_len: usize = length.to_str().ok()?.parse().ok()?;
         let end = len
             .checked_add(body_len)
             .filter(|&end| end <= bytes.len())?;
@@ -706,6 +711,7 @@ mod tests {
             "POST /publish?cid=a HTTP/1.1\r\n\r\nhi",
             "POST /publish?cid=a HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
             "POST /publish?cid=a HTTP/1.1\r\nContent-Length: +2\r\n\r\nhi",
+            "POST /publish?cid=a HTTP/1.1\r\nContent-Length: \r\n\r\nhi",
             "POST /publish?cid=a HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
             "POST /publish?cid=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
             "POST /publish?cid=a HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nhi",

@@ -385,7 +385,10 @@ async fn pipelined_publishes_are_answered_in_order_and_delivered() {
 }
 
 #[tokio::test]
-async fn publishes_whose_body_is_not_all_there_are_answered_by_hyper() {
+/// Publishes the front does not take (a late, chunked or `Expect` body: `parse_head`'s unit
+/// tests show it hands them to hyper) and one it takes but refuses, each on its own connection:
+/// every one gets its answer and leaves the connection usable.
+async fn publishes_with_a_late_chunked_expecting_or_oversized_body_are_answered() {
     let server = common::start_with(|c| c.max_body = 16).await;
     let cases: Vec<(&str, Vec<&str>, u16)> = vec![
         (
@@ -404,7 +407,7 @@ async fn publishes_whose_body_is_not_all_there_are_answered_by_hyper() {
             200,
         ),
         (
-            "a body over max-body, all there (the front refuses it)",
+            "a body over max-body, all there (the front answers 413)",
             vec!["POST /publish?cid=pb HTTP/1.1\r\nHost: h\r\nContent-Length: 17\r\n\r\n01234567890123456"],
             413,
         ),
