@@ -2,14 +2,18 @@
 """Writes a bench/compare.sh run into BENCHMARKS.md.
 
     python3 bench/record.py bench/results/<run> BENCHMARKS.md
+    python3 bench/record.py --check BENCHMARKS.md
 
 Replaces the section between the two markers below (appending it after "## How to run"'s
 section the first time) with the run's summary.md: its header, the table of medians and the
 targets judged from them. The per-run table stays in summary.md, which the section links to.
-Everything outside the markers is left as it is.
+Everything outside the markers is left as it is. With --check, nothing is written: it exits
+1 unless the section is exactly what this script writes from the summary.md it links to (so
+no one edits the recorded figures by hand; .ci/run checks it).
 """
 
 import os
+import re
 import sys
 
 BEGIN = "<!-- bench/compare.sh writes from here to the end marker; edits inside are overwritten -->"
@@ -37,7 +41,28 @@ def section(run_dir, benchmarks):
             f"Every run of it, with the noise beside each: {where}.", ""] + body + [END]
 
 
+def check(benchmarks):
+    with open(benchmarks) as f:
+        text = f.read().splitlines()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"record.py: {benchmarks} has no section written by bench/compare.sh")
+    recorded = text[text.index(BEGIN):text.index(END) + 1]
+    link = next((m.group(1) for line in recorded
+                 for m in [re.search(r"\[summary\]\(([^)]+)/summary\.md\)", line)] if m), None)
+    if link is None:
+        sys.exit(f"record.py: the section in {benchmarks} links to no summary in the repository")
+    run_dir = os.path.join(os.path.dirname(benchmarks) or ".", link)
+    if section(run_dir, benchmarks) != recorded:
+        sys.exit(f"record.py: the section in {benchmarks} is not what {run_dir}/summary.md gives "
+                 f"(edited by hand?); run: python3 bench/record.py {run_dir} {benchmarks}")
+
+
 def main():
+    if len(sys.argv) != 3:
+        sys.exit("usage: record.py RUN_DIR BENCHMARKS.md | record.py --check BENCHMARKS.md")
+    if sys.argv[1] == "--check":
+        check(sys.argv[2])
+        return
     run_dir, benchmarks = sys.argv[1], sys.argv[2]
     with open(benchmarks) as f:
         text = f.read().splitlines()

@@ -223,7 +223,7 @@ def targets(runs, w):
                      verdict(not worse) + (" (worse: " + ", ".join(worse) + ")" if worse else "")))
     lost, checked = [], 0
     for scenario in SCENARIOS:
-        if scenario in IDLE or ("herald" not in [s for (sc, s) in runs if sc == scenario]):
+        if scenario in IDLE or (scenario, "herald") not in runs:
             continue
         reports = [r for _, _, r in runs[(scenario, "herald")] if r is not None]
         missing = len(runs[(scenario, "herald")]) - len(reports)
