@@ -1,4 +1,4 @@
-//! Request heads the connection front peeks at: `front::parse_head` never panics, and a request
+//! Request heads the connection front reads: `front::parse_head` never panics, and a request
 //! it takes is within the limits, with no upgrade, no `Expect` and no chunked body, whose parsed
 //! target and headers are exactly those of the bytes: a complete `GET /listen` head with no
 //! body, or a complete `POST /publish` head followed by all of its one `Content-Length` body.

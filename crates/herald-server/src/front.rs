@@ -7,32 +7,32 @@
 //! WebSockets give hyper's state back when they upgrade; these transports cannot, as their
 //! answer is an ordinary `200`.
 //!
-//! So a plain-TCP connection starts here. The front peeks at the first request head
-//! (`MSG_PEEK`: nothing is consumed) and parses it with `httparse`. A complete, well-formed
-//! HTTP/1.1 `GET /listen` that is not a WebSocket upgrade and has no body is answered here, by
-//! the same router as every other request: the head is consumed, the response head is
-//! written, then the body — with `Content-Length` when it is complete (long polling), chunked
-//! when it streams (SSE, iframe). Between requests the connection holds no buffer at all. A
-//! streamed response ends the connection; after a complete one the front waits for the next
-//! head (`idle-timeout`; the first one within `header-read-timeout`, as hyper does).
+//! So a plain-TCP connection starts here. The front reads the first request head into a buffer
+//! on the stack of its poll and parses it with `httparse`. A complete, well-formed HTTP/1.1
+//! `GET /listen` that is not a WebSocket upgrade and has no body is answered here, by the same
+//! router as every other request: the response head is written, then the body — with
+//! `Content-Length` when it is complete (long polling), chunked when it streams (SSE, iframe).
+//! Between requests the connection holds no buffer at all (bytes of a pipelined request read
+//! with the previous one are kept until they are answered). A streamed response ends the
+//! connection; after a complete one the front waits for the next head (`idle-timeout`; the
+//! first one within `header-read-timeout`, as hyper does).
 //!
-//! A `POST /publish` is answered here too when its whole body is already in the socket behind
-//! its head (one plain `Content-Length`, no `Expect`, head and body within [`PEEK_LIMIT`]):
-//! that is how a backend's keep-alive publisher sends small messages, and it spares every
-//! publish hyper's dispatcher, buffers and head timer (measured in BENCHMARKS.md: about 1 µs
-//! of server CPU per delivery in the many-channels scenario, where a publish feeds 5
-//! deliveries).
+//! A `POST /publish` is answered here too when its whole body came with its head (one plain
+//! `Content-Length`, no `Expect`, head and body within [`READ_LIMIT`]): that is how a
+//! backend's keep-alive publisher sends small messages, and it spares every publish hyper's
+//! dispatcher, buffers and head timer (measured in BENCHMARKS.md: about 1 µs of server CPU per
+//! delivery in the many-channels scenario, where a publish feeds 5 deliveries).
 //!
 //! Everything else — a WebSocket upgrade, any other method or path, HTTP/1.0, a publish whose
-//! body is chunked or still on its way, a head larger than [`PEEK_LIMIT`] or not yet complete
-//! in the socket, anything `httparse` or the `http` types refuse — goes to hyper, with the
-//! connection untouched, for the rest of the connection's life. hyper then gives every
-//! malformed request its usual answer. TLS connections always go to hyper (a TLS stream cannot
-//! be peeked).
+//! body is chunked or still on its way, a head larger than [`READ_LIMIT`] or not yet complete
+//! when it is read, anything `httparse` or the `http` types refuse — goes to hyper for the rest
+//! of the connection's life, through [`Prefixed`]: hyper reads first every byte the front read,
+//! so it sees the connection exactly as the client sent it, and gives every malformed request
+//! its usual answer. TLS connections always go to hyper.
 //!
-//! The price of leaving the socket untouched: a request the front answers is read twice (a
-//! peek, then a read of exactly its bytes), and the next head's first peek usually finds the
-//! socket empty — three `recvfrom` calls per keep-alive request where hyper makes one.
+//! A request the front answers costs one `recvfrom`: a read that does not fill the buffer has
+//! drained the socket, so its readiness is cleared at once and the next wait goes straight to
+//! the event loop (an earlier design peeked, read, then peeked again: three per request).
 //!
 //! While a response is in flight the front watches the socket for the client going away
 //! (end of stream or reset), as hyper does, and drops the request when it does. Bytes the client
@@ -46,7 +46,7 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, Read as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{ready, Poll};
@@ -58,19 +58,20 @@ use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Version
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tokio::io::ReadBuf;
+use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::admission::ConnectionSlot;
 use crate::app::App;
 use crate::http::Body;
+use crate::prefixed::Prefixed;
 use crate::router;
 use crate::server;
 
 /// Largest request head the front reads; a larger one goes to hyper.
-pub const PEEK_LIMIT: usize = 8 * 1024;
-/// Bytes of the first look at a request head, on the stack of a poll.
-const STACK_PEEK: usize = 2048;
+pub const READ_LIMIT: usize = 8 * 1024;
+/// Bytes of the first read of a request head, on the stack of a poll.
+const STACK_READ: usize = 2048;
 /// Headers parsed without allocating (hyper's default `max-headers`).
 const STACK_HEADERS: usize = 100;
 /// The least time hyper is given to read a head the front handed over.
@@ -80,6 +81,8 @@ const MIN_HEAD_WAIT: Duration = Duration::from_millis(10);
 pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
     // Shared: an SSE stream's direct writer writes to it from the publishing thread.
     let stream = Arc::new(stream);
+    // Bytes read but not yet used: the start of a pipelined request, or (for hyper) all of it.
+    let mut buffered = BytesMut::new();
     let mut wait = app.config.header_read_timeout;
     loop {
         let now = tokio::time::Instant::now();
@@ -88,7 +91,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
             .checked_add(wait)
             .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
         let head = tokio::select! {
-            head = tokio::time::timeout_at(deadline, next_head(&stream, &app)) => head,
+            head = tokio::time::timeout_at(deadline, next_head(&stream, &app, &mut buffered)) => head,
             () = app.shutdown.cancelled() => return,
         };
         let request = match head {
@@ -108,7 +111,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
                     tracing::warn!(%peer, "socket still shared at the hand-over to hyper");
                     return;
                 };
-                let io = TokioIo::new(stream);
+                let io = TokioIo::new(Prefixed::new(buffered.freeze(), stream));
                 // Boxed: hyper's connection state is large, and only this branch needs it.
                 Box::pin(server::serve_http(
                     app,
@@ -120,14 +123,10 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
                 .await;
                 return;
             }
-            Ok(Ok(Head::Native { mut request, len })) => {
+            Ok(Ok(Head::Native(mut request))) => {
                 request
                     .extensions_mut()
                     .insert(DirectSocket(Arc::clone(&stream)));
-                if let Err(error) = discard(&stream, len).await {
-                    tracing::debug!(%peer, %error, "connection ended while reading a request");
-                    return;
-                }
                 *request
             }
         };
@@ -156,11 +155,8 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
 
 /// What the next request on a connection is.
 enum Head {
-    /// A request the front answers; it takes `len` bytes (its head, a publish's body too).
-    Native {
-        request: Box<Request<Full<Bytes>>>,
-        len: usize,
-    },
+    /// A request the front answers, read off the connection (its head, a publish's body too).
+    Native(Box<Request<Full<Bytes>>>),
     /// Anything else: hyper serves the connection from here on.
     ForHyper,
     /// The client closed the connection before sending a request.
@@ -182,47 +178,134 @@ enum Next {
     },
 }
 
-/// Waits for a request head and decides who answers it, without consuming anything. The first
-/// look is through a buffer on the stack of the poll itself, so a connection waiting for its
-/// next request holds none, and a head that fits (most do) costs one system call; a larger one
-/// is peeked again into a heap buffer of [`PEEK_LIMIT`].
-async fn next_head(stream: &TcpStream, app: &App) -> io::Result<Head> {
+/// Reads the next request head and decides who answers it. A request the front answers is
+/// taken out of `buffered` (or never enters it); for hyper, everything read stays there, to be
+/// read again through [`Prefixed`].
+///
+/// The first read goes into a buffer on the stack of the poll itself, so a connection waiting
+/// for its next request holds none, and a request that arrives whole (most do) costs one
+/// system call; bytes after it (a pipelined request) are kept in `buffered`. A head larger than
+/// the stack buffer is read on into `buffered`, up to [`READ_LIMIT`], as far as the socket
+/// holds it now.
+async fn next_head(stream: &TcpStream, app: &App, buffered: &mut BytesMut) -> io::Result<Head> {
     let config = &app.config;
-    let classify =
-        |bytes: &[u8]| match parse_head(bytes, config.max_headers, config.max_header_size) {
-            Some((request, len)) => Head::Native {
-                request: Box::new(request),
-                len,
-            },
-            None => Head::ForHyper,
-        };
-    let first = poll_fn(|cx| {
-        let mut buf = [0u8; STACK_PEEK];
-        let mut peeked = ReadBuf::new(&mut buf);
-        // A peek, not readiness alone: readiness left over from the previous request must not
-        // count as a new one.
-        if let Err(error) = ready!(stream.poll_peek(cx, &mut peeked)) {
-            return Poll::Ready(Err(error));
+    let classify = |bytes: &[u8]| parse_head(bytes, config.max_headers, config.max_header_size);
+    if !buffered.is_empty() {
+        // A pipelined request, read with the one before it, may be here whole already.
+        if let Some((request, len)) = classify(buffered) {
+            consume(buffered, len);
+            return Ok(Head::Native(Box::new(request)));
         }
-        let bytes = peeked.filled();
-        Poll::Ready(Ok(match classify(bytes) {
-            Head::ForHyper if bytes.len() == STACK_PEEK => None,
-            _ if bytes.is_empty() => Some(Head::Closed),
-            head => Some(head),
+        // A whole head the front does not take is hyper's now: its client may be waiting for
+        // the answer, with nothing more to send.
+        if !head_incomplete(buffered) || buffered.len() >= READ_LIMIT {
+            return Ok(Head::ForHyper);
+        }
+    }
+    let first = poll_fn(|cx| {
+        let mut buf = [0u8; STACK_READ];
+        let n = match ready!(poll_read_some(stream, cx, &mut buf)) {
+            Ok(n) => n,
+            Err(error) => return Poll::Ready(Err(error)),
+        };
+        if n == 0 {
+            return Poll::Ready(Ok(Some(if buffered.is_empty() {
+                Head::Closed
+            } else {
+                Head::ForHyper
+            })));
+        }
+        if buffered.is_empty() {
+            if let Some((request, len)) = classify(&buf[..n]) {
+                buffered.extend_from_slice(&buf[len..n]);
+                return Poll::Ready(Ok(Some(Head::Native(Box::new(request)))));
+            }
+        }
+        buffered.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(match classify(buffered) {
+            Some((request, len)) => {
+                consume(buffered, len);
+                Some(Head::Native(Box::new(request)))
+            }
+            None if n == STACK_READ => None,
+            None => Some(Head::ForHyper),
         }))
     })
     .await?;
     if let Some(head) = first {
         return Ok(head);
     }
-    // The stack buffer was full and did not hold a whole head the front takes: look further.
-    let mut buf = vec![0; PEEK_LIMIT];
-    let n = poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut buf))).await?;
-    Ok(if n == 0 {
-        Head::Closed
-    } else {
-        classify(&buf[..n])
-    })
+    // The stack buffer was filled without a whole head the front takes: read on, without
+    // waiting for more than the socket holds.
+    while buffered.len() < READ_LIMIT {
+        let start = buffered.len();
+        buffered.resize(READ_LIMIT, 0);
+        let n = read_now(stream, &mut buffered[start..])?.unwrap_or(0);
+        buffered.truncate(start + n);
+        if n == 0 {
+            break;
+        }
+        if let Some((request, len)) = classify(buffered) {
+            consume(buffered, len);
+            return Ok(Head::Native(Box::new(request)));
+        }
+    }
+    Ok(Head::ForHyper)
+}
+
+/// True if `bytes` are the start of a request head that has not ended yet.
+fn head_incomplete(bytes: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    matches!(
+        httparse::Request::new(&mut headers).parse(bytes),
+        Ok(httparse::Status::Partial)
+    )
+}
+
+/// Drops the first `len` bytes of `buffered`, and its allocation once nothing is left, so an
+/// idle connection keeps no buffer.
+fn consume(buffered: &mut BytesMut, len: usize) {
+    buffered.advance(len);
+    if buffered.is_empty() {
+        *buffered = BytesMut::new();
+    }
+}
+
+/// Waits until the socket is readable and reads what it holds into `buf`; `0` at its end.
+fn poll_read_some(
+    stream: &TcpStream,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        if let Some(n) = read_now(stream, buf)? {
+            return Poll::Ready(Ok(n));
+        }
+    }
+}
+
+/// Reads what the socket holds into `buf` without waiting: `None` if it holds nothing. A read
+/// that does not fill `buf` has drained the socket, so its readiness is cleared at once, as
+/// tokio's own reads do: the next wait goes straight to the event loop instead of first
+/// making a read that would block. (Only readiness seen before this read is cleared; data that
+/// arrives after it is a new event.)
+fn read_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    let mut read = 0;
+    let outcome = stream.try_io(Interest::READABLE, || {
+        let mut socket: &socket2::Socket = &socket2::SockRef::from(stream);
+        read = socket.read(buf)?;
+        if read > 0 && read < buf.len() {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match outcome {
+        Ok(()) => Ok(Some(read)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((read > 0).then_some(read)),
+        Err(e) => Err(e),
+    }
 }
 
 /// A request the front answers, parsed from the start of `bytes`, and how many bytes it takes
@@ -309,29 +392,6 @@ pub fn parse_head(
     };
     *request.method_mut() = method;
     Some((request, end))
-}
-
-/// Consumes the `len` bytes of a head already peeked (they are in the socket, so this does
-/// not wait for the client).
-async fn discard(stream: &TcpStream, len: usize) -> io::Result<()> {
-    let mut left = len;
-    poll_fn(|cx| {
-        // Read into the stack of the poll: the bytes are thrown away.
-        let mut buf = [0u8; STACK_PEEK];
-        while left > 0 {
-            if let Err(error) = ready!(stream.poll_read_ready(cx)) {
-                return Poll::Ready(Err(error));
-            }
-            match stream.try_read(&mut buf[..left.min(STACK_PEEK)]) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-                Ok(n) => left -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        Poll::Ready(Ok(()))
-    })
-    .await
 }
 
 /// False if the HTTP/1.1 request asks to close the connection after its answer.

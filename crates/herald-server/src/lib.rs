@@ -13,6 +13,7 @@ pub mod browser;
 pub mod config;
 pub mod front;
 pub mod http;
+pub mod prefixed;
 pub mod publish;
 pub mod query;
 pub mod registry;

@@ -414,7 +414,7 @@ async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str) {
 /// idle after an answer. All are served by the connection front, which keeps no HTTP parser
 /// buffers while a response is in flight or between requests; through hyper, the first two held
 /// about 11.7 KB and 10.0 KB each in a release build. The bound leaves room for a debug build's
-/// larger futures while failing if hyper's two 8 KiB buffers, the front's 8 KiB peek buffer or
+/// larger futures while failing if hyper's two 8 KiB buffers, the front's 8 KiB read buffer or
 /// the long poll's request headers stay with an idle connection.
 #[tokio::test]
 async fn idle_sse_streams_and_long_polls_hold_little_memory() {
@@ -427,7 +427,7 @@ async fn idle_sse_streams_and_long_polls_hold_little_memory() {
     // Bounds in bytes per connection; measured in a debug build (`cargo test -p herald-server
     // --test binary idle_sse -- --nocapture` prints them): about 1.7 KB, 3.9 KB and 1.1 KB,
     // against 7.8 KB for a long poll that keeps its headers and 5.4 KB for keep-alive
-    // connections left holding the peek buffer.
+    // connections left holding the head buffer.
     for (name, request, expect, bound, cid) in [
         (
             "SSE stream",

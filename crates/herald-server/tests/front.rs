@@ -384,6 +384,76 @@ async fn pipelined_publishes_are_answered_in_order_and_delivered() {
     assert_eq!(ids, [1, 2], "{listen:?}");
 }
 
+/// A request the front does not take, read together with one it answers, is handed to hyper
+/// with its bytes as soon as the first is answered: the client sent it whole and waits.
+#[tokio::test]
+async fn requests_for_hyper_pipelined_behind_answered_ones_are_answered() {
+    let server = common::start().await;
+    server.publish("ph", "m1").await;
+    let mut conn = Conn::open(&server).await;
+    let addr = conn.addr;
+    let three = format!(
+        "{}{}{}",
+        raw::get("/listen?cid=ph&since=0", addr, &[]),
+        raw::publish("ph", "m2", addr),
+        raw::get("/health", addr, &[]),
+    );
+    conn.send(&three).await;
+    assert_eq!(messages(&conn.response().await).0, ["m1"]);
+    let published = conn.response().await;
+    assert_eq!(published.json()["published"][0]["id"], 2, "{published:?}");
+    let health = conn.response().await;
+    assert_eq!(health.status, 200, "{health:?}");
+    assert!(
+        health.json()["connections"].as_u64().is_some(),
+        "{health:?}"
+    );
+
+    // A WebSocket handshake behind a long poll, in the same write.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut both = raw::get("/listen?cid=ph&since=1", addr, &[]).into_bytes();
+    both.extend(raw::upgrade_request(addr, "/listen?cid=ph&since=0", None));
+    stream.write_all(&both).await.unwrap();
+    let mut buf = Vec::new();
+    let poll = tokio::time::timeout(STEP, read_response(&mut stream, &mut buf))
+        .await
+        .expect("long poll answered in time")
+        .expect("a response");
+    assert_eq!(messages(&poll).0, ["m2"]);
+    let upgrade = tokio::time::timeout(STEP, read_response(&mut stream, &mut buf))
+        .await
+        .expect("handshake answered in time")
+        .expect("a response");
+    assert_eq!(upgrade.status, 101, "{upgrade:?}");
+    let mut ws = raw::RawWs::after_handshake(stream, buf);
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+    for id in [1, 2] {
+        assert_eq!(ws.next_json().await["id"], id);
+    }
+}
+
+/// A pipelined request cut short by the end of a read is read on when the rest comes, and
+/// the front still answers it.
+#[tokio::test]
+async fn a_pipelined_request_completed_by_a_later_write_is_answered() {
+    let server = common::start().await;
+    publish_n(&server, "pc", 2).await;
+    let mut conn = Conn::open(&server).await;
+    let second = raw::get("/listen?cid=pc&since=1", conn.addr, &[]);
+    let (start, rest) = second.split_at(10);
+    conn.send(&format!(
+        "{}{start}",
+        raw::get("/listen?cid=pc&since=0", conn.addr, &[])
+    ))
+    .await;
+    assert_eq!(messages(&conn.response().await).0, ["m1", "m2"]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.send(rest).await;
+    let answer = conn.response().await;
+    assert_complete(&answer);
+    assert_eq!(messages(&answer).0, ["m2"]);
+}
+
 #[tokio::test]
 /// Publishes the front does not take (a late, chunked or `Expect` body: `parse_head`'s unit
 /// tests show it hands them to hyper) and one it takes but refuses, each on its own connection:
@@ -768,13 +838,13 @@ async fn listen_requests_with_a_body_expect_or_a_large_head_are_answered() {
     let server = common::start().await;
     server.publish("x", "m1").await;
     let addr = server.server.local_addr();
-    // Larger than what the front peeks at (hyper answers), and between its first look on the
-    // stack and that limit (the front answers after a second look).
-    let big = "a".repeat(herald_server::front::PEEK_LIMIT + 1024);
+    // Larger than what the front reads of a head (hyper answers), and between its first read on
+    // the stack and that limit (the front answers after reading on).
+    let big = "a".repeat(herald_server::front::READ_LIMIT + 1024);
     let medium = "a".repeat(4 * 1024);
     let cases: Vec<(&str, String)> = vec![
         (
-            "a head larger than the front's peek limit",
+            "a head larger than the front's read limit",
             raw::get("/listen?cid=x&since=0", addr, &[("X-Big", &big)]),
         ),
         (
@@ -839,6 +909,38 @@ async fn a_websocket_upgrade_still_works() {
     assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
     let replayed = ws.next_json().await;
     assert_eq!(replayed["data"], "hi", "{replayed}");
+}
+
+/// The front reads a head before it knows who answers it; hyper must still see every byte of
+/// a handshake larger than the front's first read, and the frames the client sent behind it.
+#[tokio::test]
+async fn a_large_upgrade_with_frames_behind_it_in_one_write_is_served_whole() {
+    let server = common::start().await;
+    let addr = server.server.local_addr();
+    let padding = "p".repeat(5 * 1024);
+    let mut headers = raw::UPGRADE_HEADERS.to_vec();
+    headers.push(("X-Padding", &padding));
+    let mut request = raw::upgrade_request(addr, "/listen?cid=big", Some(&headers));
+    for reference in ["one", "two"] {
+        let ping = format!(r#"{{"type":"ping","ref":"{reference}"}}"#);
+        request.extend(raw::client_frame(true, 1, ping.as_bytes(), true));
+    }
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&request).await.unwrap();
+    let mut buf = Vec::new();
+    let response = tokio::time::timeout(STEP, read_response(&mut stream, &mut buf))
+        .await
+        .expect("handshake answered in time")
+        .expect("a response head");
+    assert_eq!(response.status, 101, "{response:?}");
+    let mut ws = raw::RawWs::after_handshake(stream, buf);
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+    for reference in ["one", "two"] {
+        assert_eq!(
+            ws.next_json().await,
+            serde_json::json!({"type": "pong", "ref": reference})
+        );
+    }
 }
 
 /// An idle SSE stream's chunks are written straight to its socket by the publisher; once the

@@ -31,6 +31,7 @@ use crate::access::Identity;
 use crate::admission::ConnectionSlot;
 use crate::app::App;
 use crate::http::{boxed, ApiError, Body};
+use crate::prefixed::Prefixed;
 use crate::query::SubscribeQuery;
 use crate::registry::Kind;
 use crate::tls::TlsStream;
@@ -258,10 +259,14 @@ enum Taken {
 /// compiler keeps its slot across the `await` that follows), costing each idle WebSocket about
 /// 1.5 KB more (measured with the idle scenario of `bench/compare.sh`).
 fn take_socket(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
-    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+    let upgraded = match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
         Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
-            let leftover = read_buf.to_vec();
-            return Some(Taken::Tcp(Arc::new(io.into_inner()), leftover));
+            // hyper read from the front's prefix first: what it left of that comes after its
+            // own read buffer.
+            let (unread, socket) = io.into_inner().into_parts();
+            let mut leftover = read_buf.to_vec();
+            leftover.extend_from_slice(&unread);
+            return Some(Taken::Tcp(Arc::new(socket), leftover));
         }
         Err(upgraded) => upgraded,
     };

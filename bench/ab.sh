@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# A/B of two Herald builds on one herald-bench scenario: alternating single runs against fresh
+# servers, so that both see the same machine state; prints one line per run and the medians.
+#
+#   bench/ab.sh [--rounds N] [--syscalls] A=BINARY B=BINARY -- HERALD-BENCH-ARGS...
+#
+# BINARY is a `herald` executable (build the other side with `git worktree add` and
+# `CARGO_TARGET_DIR=...  cargo build --release -p herald-server`). HERALD-BENCH-ARGS are a
+# scenario's arguments without URLs, e.g. those `bench/compare.sh` prints for `many`:
+#   --transport ws --subscribers 5000 --channels 1000 --rate 2000 --payload-size 100
+#   --pub-concurrency 8 --duration 10s
+# --syscalls: also attach `strace -c -f` to each server for 5 s of the publish phase and print
+# its system calls per published message (strace slows the server: the CPU figure of such a
+# run is not comparable with runs without it, so those runs are separate, extra rounds).
+# Needs target/release/herald-bench (cargo build --release -p herald-bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3
+syscalls=0
+sides=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --rounds) rounds=$2; shift 2 ;;
+        --syscalls) syscalls=1; shift ;;
+        --) shift; break ;;
+        *=*) sides+=("$1"); shift ;;
+        *) echo "ab.sh: unexpected argument $1" >&2; exit 2 ;;
+    esac
+done
+if [ ${#sides[@]} -lt 2 ] || [ $# -eq 0 ]; then
+    sed -n '2,16p' "$0" >&2
+    exit 2
+fi
+bench=target/release/herald-bench
+[ -x "$bench" ] || { echo "ab.sh: build $bench first" >&2; exit 2; }
+ulimit -n "$(ulimit -Hn)"
+out=$(mktemp -d /tmp/herald-ab.XXXXXX)
+echo "results in $out"
+
+port=18300
+# One run: side label, binary, round, whether to trace.
+run() {
+    local label=$1 binary=$2 round=$3 trace=$4
+    shift 4
+    port=$((port + 1))
+    "$binary" serve --listen "127.0.0.1:$port" --log warn >"$out/$label.$round.server.log" 2>&1 &
+    local server=$!
+    for _ in $(seq 50); do
+        curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    "$bench" --sub-url "ws://127.0.0.1:$port/listen?cid={ch}" \
+        --pub-url "http://127.0.0.1:$port/publish?cid={ch}" \
+        --server-pid "$server" --json "$out/$label.$round.json" "$@" \
+        >"$out/$label.$round.log" 2>&1 &
+    local generator=$!
+    if [ "$trace" = 1 ]; then
+        # Attach after connecting and warming up (scenarios here connect in a few seconds).
+        sleep 6
+        timeout 5 strace -c -f -p "$server" -o "$out/$label.$round.strace" >/dev/null 2>&1 || true
+    fi
+    wait "$generator" || true
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+}
+
+for round in $(seq "$rounds"); do
+    for side in "${sides[@]}"; do
+        run "${side%%=*}" "${side#*=}" "$round" 0 "$@"
+    done
+done
+if [ "$syscalls" = 1 ]; then
+    for side in "${sides[@]}"; do
+        run "${side%%=*}" "${side#*=}" trace 1 "$@"
+    done
+fi
+
+python3 - "$out" "$rounds" "$syscalls" "${sides[@]%%=*}" <<'PY'
+import json, re, statistics, sys
+out, rounds, syscalls, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+for label in labels:
+    cpu, p99, lost = [], [], 0
+    for r in range(1, rounds + 1):
+        d = json.load(open(f"{out}/{label}.{r}.json"))
+        c = d["server"]["cpu_us_per_delivery"] if d["deliveries"]["received"] else None
+        if c is None:
+            c = d["server"]["cpu_seconds"] * 1e6 / max(d["publish"]["published"], 1)
+        cpu.append(c)
+        p99.append(d["latency_us"]["p99"] / 1000)
+        lost += d["deliveries"]["lost"]
+        print(f"{label} run {r}: server CPU {c:.2f} µs, p99 {p99[-1]:.2f} ms, lost {d['deliveries']['lost']}")
+    print(f"{label} median: server CPU {median(cpu):.2f} µs, p99 {median(p99):.2f} ms, lost {lost} (all runs)")
+    if syscalls:
+        published = json.load(open(f"{out}/{label}.trace.json"))["publish"]["achieved_rate"] * 5
+        counts = {}
+        for line in open(f"{out}/{label}.trace.strace"):
+            m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
+            if m and m.group(2) != "total":
+                counts[m.group(2)] = int(m.group(1))
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:8]
+        print(f"{label} system calls per publish (5 s traced): " +
+              ", ".join(f"{name} {n / published:.2f}" for name, n in top))
+PY
