@@ -82,17 +82,22 @@ out, rounds, syscalls, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 for label in labels:
-    cpu, p99, lost = [], [], 0
+    cpu, user, p99, lost = [], [], [], 0
     for r in range(1, rounds + 1):
         d = json.load(open(f"{out}/{label}.{r}.json"))
-        c = d["server"]["cpu_us_per_delivery"] if d["deliveries"]["received"] else None
+        server = d["server"]
+        c = server["cpu_us_per_delivery"] if d["deliveries"]["received"] else None
         if c is None:
-            c = d["server"]["cpu_seconds"] * 1e6 / max(d["publish"]["published"], 1)
+            c = server["cpu_seconds"] * 1e6 / max(d["publish"]["published"], 1)
         cpu.append(c)
+        # The user-mode part of it (the server's own code; the rest is the kernel's).
+        user.append(c * server["cpu_user_seconds"] / server["cpu_seconds"] if server["cpu_seconds"] else 0)
         p99.append(d["latency_us"]["p99"] / 1000)
         lost += d["deliveries"]["lost"]
-        print(f"{label} run {r}: server CPU {c:.2f} µs, p99 {p99[-1]:.2f} ms, lost {d['deliveries']['lost']}")
-    print(f"{label} median: server CPU {median(cpu):.2f} µs, p99 {median(p99):.2f} ms, lost {lost} (all runs)")
+        print(f"{label} run {r}: server CPU {c:.2f} µs (user {user[-1]:.2f}), "
+              f"p99 {p99[-1]:.2f} ms, lost {d['deliveries']['lost']}")
+    print(f"{label} median: server CPU {median(cpu):.2f} µs (user {median(user):.2f}), "
+          f"p99 {median(p99):.2f} ms, lost {lost} (all runs)")
     if syscalls:
         published = json.load(open(f"{out}/{label}.trace.json"))["publish"]["achieved_rate"] * 5
         counts = {}

@@ -57,6 +57,17 @@ def cpu_per_publish(report):
     return cpu * 1e6 / published
 
 
+def cpu_part_per_delivery(report, part):
+    """The user or system part of the server's CPU per delivery, µs (None for reports of
+    herald-bench versions that did not split it)."""
+    total = get(report, "server", "cpu_seconds")
+    piece = get(report, "server", f"cpu_{part}_seconds")
+    per_delivery = get(report, "server", "cpu_us_per_delivery")
+    if total is None or piece is None or per_delivery is None or not total:
+        return None
+    return per_delivery * piece / total
+
+
 # (label, extractor, format, direction: +1 higher is better, -1 lower is better)
 def delivery_metrics():
     return [
@@ -65,6 +76,8 @@ def delivery_metrics():
         ("latency p99 (ms)", lambda r: ms(get(r, "latency_us", "p99")), "{:.2f}", -1),
         ("latency max (ms)", lambda r: ms(get(r, "latency_us", "max")), "{:.2f}", -1),
         ("server CPU per delivery (µs)", lambda r: get(r, "server", "cpu_us_per_delivery"), "{:.2f}", -1),
+        ("of which user mode (µs)", lambda r: cpu_part_per_delivery(r, "user"), "{:.2f}", -1),
+        ("of which kernel (µs)", lambda r: cpu_part_per_delivery(r, "system"), "{:.2f}", -1),
         ("publishes/s achieved", lambda r: get(r, "publish", "achieved_rate"), "{:,.1f}", +1),
     ]
 
@@ -196,6 +209,13 @@ def targets(runs, w):
         b = median_of(runs, scenario, "bare", cpu)
         floor = "" if b is None else "; bare floor {} µs = {} ×".format(
             fmt(b, "{:.2f}"), fmt(b / n, "{:.3f}"))
+        hk = median_of(runs, scenario, "herald", lambda r: cpu_part_per_delivery(r, "system"))
+        nk = median_of(runs, scenario, "nchan", lambda r: cpu_part_per_delivery(r, "system"))
+        if hk is not None and nk is not None:
+            # The kernel's part alone, against the bound: how much room user space leaves.
+            floor += "; kernel part alone {} vs {} µs = {} × (the bound is {} µs)".format(
+                fmt(hk, "{:.2f}"), fmt(nk, "{:.2f}"), fmt(hk / nk, "{:.3f}"),
+                fmt(bound * n, "{:.2f}", -1))
         ratio = fmt(h / n, "{:.3f}", +1)
         rows.append((f"server CPU per delivery ≤ {bound} × nchan's, {label}",
                      "{} vs {} µs = {} ×{}".format(fmt(h, "{:.2f}", +1), fmt(n, "{:.2f}", -1),

@@ -31,7 +31,12 @@ impl Proc {
 
     /// User plus system CPU time consumed so far, in seconds.
     pub fn cpu_seconds(self) -> io::Result<f64> {
-        parse_cpu_seconds(&fs::read_to_string(self.path("stat"))?)
+        Ok(self.cpu_times()?.total())
+    }
+
+    /// User and system CPU time consumed so far.
+    pub fn cpu_times(self) -> io::Result<CpuTimes> {
+        parse_cpu_times(&fs::read_to_string(self.path("stat"))?)
     }
 
     /// Resident set size in bytes.
@@ -46,9 +51,15 @@ impl Proc {
 pub struct Group(pub Vec<Proc>);
 
 impl Group {
-    /// The summed user plus system CPU time, in seconds.
-    pub fn cpu_seconds(&self) -> io::Result<f64> {
-        self.0.iter().map(|p| p.cpu_seconds()).sum()
+    /// The summed user and system CPU times.
+    pub fn cpu_times(&self) -> io::Result<CpuTimes> {
+        self.0.iter().try_fold(CpuTimes::default(), |sum, p| {
+            let times = p.cpu_times()?;
+            Ok(CpuTimes {
+                user: sum.user + times.user,
+                system: sum.system + times.system,
+            })
+        })
     }
 
     /// The summed resident set size, in bytes.
@@ -57,13 +68,40 @@ impl Group {
     }
 }
 
+/// CPU time of a process, split by where it was spent, in seconds. The split shows how much
+/// of a server's cost is its own code (user) and how much the kernel's work on its behalf
+/// (system: for a fan-out mostly the TCP send path, which every server pays alike).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTimes {
+    /// Time in user mode (`utime`).
+    pub user: f64,
+    /// Time in the kernel on the process's behalf (`stime`).
+    pub system: f64,
+}
+
+impl CpuTimes {
+    /// User plus system time.
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    /// The time spent from `earlier` to `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in seconds. The command name
-/// (field 2) is in parentheses and may hold spaces, so fields are counted after the last `)`.
-fn parse_cpu_seconds(stat: &str) -> io::Result<f64> {
+/// utime and stime (fields 14 and 15) of a `/proc/PID/stat` line, in seconds. The command
+/// name (field 2) is in parentheses and may hold spaces, so fields are counted after the last
+/// `)`.
+fn parse_cpu_times(stat: &str) -> io::Result<CpuTimes> {
     let after_name = stat
         .rfind(')')
         .map(|at| &stat[at + 1..])
@@ -76,8 +114,12 @@ fn parse_cpu_seconds(stat: &str) -> io::Result<f64> {
             .and_then(|f| f.parse().ok())
             .ok_or_else(|| invalid("bad utime/stime in stat"))
     };
-    let ticks = tick()? + tick()?;
-    Ok(ticks as f64 / USER_HZ)
+    let user = tick()?;
+    let system = tick()?;
+    Ok(CpuTimes {
+        user: user as f64 / USER_HZ,
+        system: system as f64 / USER_HZ,
+    })
 }
 
 /// The `VmRSS:` line of `/proc/PID/status`, in bytes.
@@ -103,8 +145,11 @@ mod tests {
     fn parses_stat_with_spaces_in_the_name() {
         let stat =
             "4242 (my (weird) srv) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 3 0";
-        assert!((parse_cpu_seconds(stat).unwrap() - 3.25).abs() < 1e-9);
-        assert!(parse_cpu_seconds("garbage").is_err());
+        let times = parse_cpu_times(stat).unwrap();
+        assert!((times.user - 2.5).abs() < 1e-9, "{times:?}");
+        assert!((times.system - 0.75).abs() < 1e-9, "{times:?}");
+        assert!((times.total() - 3.25).abs() < 1e-9, "{times:?}");
+        assert!(parse_cpu_times("garbage").is_err());
     }
 
     #[test]
@@ -127,14 +172,10 @@ mod tests {
         let two = Group(vec![Proc::Myself, Proc::Myself]).rss_bytes().unwrap();
         // Two reads of the same process, a moment apart: about twice one read.
         assert!(two > one * 3 / 2 && two < one * 5 / 2, "{one} {two}");
-        assert!(
-            Group(vec![Proc::Myself, Proc::Myself])
-                .cpu_seconds()
-                .unwrap()
-                >= 0.0
-        );
+        let times = Group(vec![Proc::Myself, Proc::Myself]).cpu_times().unwrap();
+        assert!(times.user >= 0.0 && times.system >= 0.0, "{times:?}");
         let broken = Group(vec![Proc::Myself, Proc::Pid(u32::MAX)]);
         assert!(broken.rss_bytes().is_err());
-        assert!(broken.cpu_seconds().is_err());
+        assert!(broken.cpu_times().is_err());
     }
 }

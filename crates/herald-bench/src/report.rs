@@ -135,6 +135,10 @@ pub struct Server {
     pub pids: Vec<u32>,
     /// User + system CPU seconds during the publish phase.
     pub cpu_seconds: Option<f64>,
+    /// Of that, in user mode (the server's own code).
+    pub cpu_user_seconds: Option<f64>,
+    /// Of that, in the kernel on the server's behalf (system calls, the TCP stack).
+    pub cpu_system_seconds: Option<f64>,
     /// That CPU time per delivery received during the publish phase, µs.
     pub cpu_us_per_delivery: Option<f64>,
     /// RSS before any subscriber connected.
@@ -238,7 +242,7 @@ impl fmt::Display for Report {
         if let Some(server) = &self.server {
             writeln!(
                 f,
-                "server       pid {}: CPU {} s in the publish phase = {} µs per delivery",
+                "server       pid {}: CPU {} s in the publish phase ({} user, {} system) = {} µs per delivery",
                 server
                     .pids
                     .iter()
@@ -246,6 +250,8 @@ impl fmt::Display for Report {
                     .collect::<Vec<_>>()
                     .join("+"),
                 opt(server.cpu_seconds.map(|v| format!("{v:.2}"))),
+                opt(server.cpu_user_seconds.map(|v| format!("{v:.2}"))),
+                opt(server.cpu_system_seconds.map(|v| format!("{v:.2}"))),
                 opt(server.cpu_us_per_delivery.map(|v| format!("{v:.2}")))
             )?;
             writeln!(

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::latency::Percentiles;
 use crate::limits;
 use crate::net::Connector;
-use crate::procstat::{Group, Proc};
+use crate::procstat::{CpuTimes, Group, Proc};
 use crate::publish::{PublishConfig, Publishers};
 use crate::report::{self, Phases, Publish, Report, Server, Subscribers};
 use crate::scenario::{Scenario, Transport};
@@ -102,7 +102,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
     let warmup_time = warmup_start.elapsed();
 
     state.set_phase(Phase::Publish);
-    let cpu_start = server.as_ref().and_then(|p| p.cpu_seconds().ok());
+    let cpu_start = server.as_ref().and_then(|p| p.cpu_times().ok());
     let bench_cpu_start = Proc::Myself.cpu_seconds().ok();
     let publish_start = Instant::now();
     publishers
@@ -110,7 +110,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
         .await?;
     let publish_time = publish_start.elapsed();
     let received_in_phase = RunState::get(&state.received_in_publish_phase);
-    let cpu_end = server.as_ref().and_then(|p| p.cpu_seconds().ok());
+    let cpu_end = server.as_ref().and_then(|p| p.cpu_times().ok());
     let bench_cpu_end = Proc::Myself.cpu_seconds().ok();
 
     state.set_phase(Phase::Drain);
@@ -143,7 +143,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
     let ok_publishes = published.dispatched.iter().sum::<u64>() - failed_publishes;
     let unsent = RunState::get(&state.unsent);
     let connected = RunState::get(&state.connected);
-    let server_cpu = cpu_start.zip(cpu_end).map(|(a, b)| b - a);
+    let server_cpu = cpu_start.zip(cpu_end).map(|(a, b)| b.since(a));
     Ok(Report {
         label: scenario.label.clone(),
         transport: scenario.transport,
@@ -184,10 +184,12 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
         server: scenario.server_pid.first().map(|&pid| Server {
             pid,
             pids: scenario.server_pid.clone(),
-            cpu_seconds: server_cpu,
+            cpu_seconds: server_cpu.map(CpuTimes::total),
+            cpu_user_seconds: server_cpu.map(|cpu| cpu.user),
+            cpu_system_seconds: server_cpu.map(|cpu| cpu.system),
             cpu_us_per_delivery: server_cpu
                 .filter(|_| received_in_phase > 0)
-                .map(|cpu| cpu * 1e6 / received_in_phase as f64),
+                .map(|cpu| cpu.total() * 1e6 / received_in_phase as f64),
             rss_before_bytes: rss_before,
             rss_connected_bytes: rss_connected,
             rss_end_bytes: rss_end,
