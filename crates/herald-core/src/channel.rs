@@ -52,6 +52,13 @@ impl ChannelId {
         &self.0
     }
 
+    /// True if both are the same allocation, not only equal text. Equality checks this first
+    /// (`Arc`'s `==` does), so an id compared once per delivery is best shared: see
+    /// [`crate::Subscriptions`].
+    pub fn shares(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The namespace of the channel: the part before the first `:`, if any.
     pub fn namespace(&self) -> Option<&str> {
         self.0.split_once(':').map(|(ns, _)| ns)

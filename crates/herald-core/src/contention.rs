@@ -1,13 +1,23 @@
-//! Deciding when a channel is "hot": its publishes keep colliding on the channel lock.
+//! How loaded a channel is, judged by its publishes colliding on the channel lock.
 //!
-//! A hot channel is better served by queueing each message and letting every connection write
-//! its backlog in one system call than by the publisher writing to idle sockets itself (see
-//! `Hub::deliver`). One collision proves little — two publishers can meet by chance at a few
-//! dozen messages per second — and flipping the delivery strategy on it costs CPU at exactly
-//! the rates where direct writes pay off most. So the channel keeps a small score under its
-//! lock: a contended publish adds [`CONTENDED_STEP`], an uncontended one takes one away, and
-//! the channel counts as hot while the score is at least [`HOT_AT`]. It takes two collisions
-//! close together to turn hot, and a run of quiet publishes to cool down again.
+//! The load decides how `Hub::deliver` writes a message:
+//! - **quiet** (no recent collision): the publisher writes every idle subscriber itself. While
+//!   one thread keeps up with the channel, that is the cheapest way and the quickest: handing
+//!   part of the fan-out to other workers costs a task wake-up per subscriber handed over
+//!   (measured in BENCHMARKS.md: about 5 % more server CPU per delivery and a higher p99 at
+//!   50 publishes/s to 2,000 subscribers);
+//! - **warm** (a recent collision: a publish had to wait for the previous one's fan-out): the
+//!   publisher writes its share and the other workers' connection tasks the rest, so a large
+//!   fan-out uses every core;
+//! - **hot** (collisions close together): every message is queued, and each connection writes
+//!   its backlog in one system call.
+//!
+//! One collision proves little — two publishers can meet by chance at a few dozen messages per
+//! second — and turning hot on it costs CPU at exactly the rates where direct writes pay off
+//! most. So the channel keeps a small score under its lock: a contended publish adds
+//! [`CONTENDED_STEP`], an uncontended one takes one away; the channel is warm while the score
+//! is above zero and hot while it is at least [`HOT_AT`]. It takes two collisions close
+//! together to turn hot, and a run of uncontended publishes to become quiet again.
 
 /// What a contended publish adds to the score.
 const CONTENDED_STEP: u8 = 2;
@@ -20,44 +30,80 @@ const MAX_SCORE: u8 = 8;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Contention(u8);
 
+/// How loaded a channel is; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// No recent collision: the publisher writes every idle subscriber.
+    Quiet,
+    /// A recent collision: the fan-out is shared with the other workers.
+    Warm,
+    /// Collisions close together: every message is queued for the connections.
+    Hot,
+}
+
 impl Contention {
-    /// Records one publish (`contended`: it had to wait for the channel lock) and tells
-    /// whether the channel is hot now.
-    pub fn record(&mut self, contended: bool) -> bool {
+    /// Records one publish (`contended`: it had to wait for the channel lock) and tells how
+    /// loaded the channel is now.
+    pub fn record(&mut self, contended: bool) -> Load {
         self.0 = if contended {
             self.0.saturating_add(CONTENDED_STEP).min(MAX_SCORE)
         } else {
             self.0.saturating_sub(1)
         };
-        self.0 >= HOT_AT
+        match self.0 {
+            0 => Load::Quiet,
+            score if score >= HOT_AT => Load::Hot,
+            _ => Load::Warm,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Contention;
+    use super::{Contention, Load};
 
     #[test]
-    fn one_collision_is_not_hot() {
+    fn uncontended_publishes_are_quiet() {
         let mut c = Contention::default();
-        assert!(!c.record(true));
-        assert!(!c.record(false));
-        assert!(!c.record(true), "two collisions apart are not hot");
+        for _ in 0..10 {
+            assert_eq!(c.record(false), Load::Quiet);
+        }
+    }
+
+    #[test]
+    fn one_collision_is_warm_then_quiet_again() {
+        let mut c = Contention::default();
+        assert_eq!(c.record(true), Load::Warm);
+        assert_eq!(c.record(false), Load::Warm);
+        assert_eq!(c.record(false), Load::Quiet);
+        assert_eq!(
+            c.record(true),
+            Load::Warm,
+            "two collisions apart are not hot"
+        );
     }
 
     #[test]
     fn collisions_close_together_are_hot_until_quiet_publishes_cool_it() {
         let mut c = Contention::default();
-        assert!(!c.record(true));
-        assert!(c.record(true));
+        assert_eq!(c.record(true), Load::Warm);
+        assert_eq!(c.record(true), Load::Hot);
         for _ in 0..10 {
-            assert!(c.record(true), "stays hot under constant contention");
+            assert_eq!(
+                c.record(true),
+                Load::Hot,
+                "stays hot under constant contention"
+            );
         }
-        let quiet = (0..10).take_while(|_| c.record(false)).count();
+        let hot = (0..10).take_while(|_| c.record(false) == Load::Hot).count();
         assert!(
-            quiet <= 4,
-            "cools down after at most 5 quiet publishes, took {quiet}"
+            hot <= 4,
+            "cools down after at most 5 quiet publishes, took {hot}"
         );
-        assert!(!c.record(false));
+        let warm = (0..10)
+            .take_while(|_| c.record(false) == Load::Warm)
+            .count();
+        assert!(warm <= 4, "quiet after at most 4 more, took {warm}");
+        assert_eq!(c.record(false), Load::Quiet);
     }
 }

@@ -14,15 +14,16 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::channel::ChannelId;
+use crate::contention::Load;
 use crate::message::Message;
 use crate::outbox::Outbox;
 
 const SHARDS: usize = 64;
 
-/// Channels with at most this many local subscribers are written entirely by the publisher.
-/// Sharing a fan-out with the other workers costs a task wake-up per queued subscriber (often a
-/// cross-thread one); that is worth it only when the fan-out is large enough to keep another
-/// core busy. Measured on the many-channels benchmark (5 subscribers per channel, 2 workers):
+/// Channels with at most this many local subscribers are written entirely by the publisher,
+/// even when warm. Sharing a fan-out with the other workers costs a task wake-up per queued
+/// subscriber (often a cross-thread one); that is worth it only when the fan-out is large
+/// enough to keep another core busy. Measured on the many-channels benchmark (5 subscribers per channel, 2 workers):
 /// writing all 5 directly took 22.3 µs of server CPU per delivery against 25.0 µs when 2 of
 /// the 5 were queued, and cut p99 latency from 0.68 to 0.55 ms.
 const SHARE_ABOVE: usize = 32;
@@ -48,12 +49,12 @@ impl Hub {
         Self::with_direct_share(1)
     }
 
-    /// An empty hub whose publishers deliver directly to at most `1 / share` of a large
-    /// channel's subscribers and queue the rest for their connections' tasks. With `share` set
-    /// to the number of worker threads, a large fan-out is spread over all of them instead of
-    /// being written by the publishing thread alone (which would cap one channel's publish rate
-    /// at one core's write speed). Channels of up to `SHARE_ABOVE` subscribers are written
-    /// by the publisher alone.
+    /// An empty hub whose publishers, when a channel is warm, deliver directly to `1 / share`
+    /// of a large channel's subscribers and queue the rest for their connections' tasks. With
+    /// `share` set to the number of worker threads, a large fan-out whose publisher no longer
+    /// keeps up alone is spread over all of them (instead of capping one channel's publish
+    /// rate at one core's write speed). Channels of up to `SHARE_ABOVE` subscribers are
+    /// written by the publisher alone.
     pub fn with_direct_share(share: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
@@ -113,19 +114,20 @@ impl Hub {
         true
     }
 
-    /// Hands `message` to every subscriber of its channel; returns how many accepted it. The
-    /// publisher writes directly to its share of the subscribers (see
-    /// [`Hub::with_direct_share`]), or to none of them when `hot` — a channel whose publishes
-    /// queue up is better served by each connection writing its backlog in one system call.
-    pub fn deliver(&self, message: &Arc<Message>, hot: bool) -> usize {
+    /// Hands `message` to every subscriber of its channel; returns how many accepted it. By
+    /// the channel's `load` (see [`Load`]), the publisher writes directly to every idle
+    /// subscriber (quiet), to its share of them (warm; see [`Hub::with_direct_share`]), or to
+    /// none (hot: a channel whose publishes queue up is better served by each connection
+    /// writing its backlog in one system call).
+    pub fn deliver(&self, message: &Arc<Message>, load: Load) -> usize {
         let shard = self.shard(message.cid()).read();
         shard.get(message.cid()).map_or(0, |subscribers| {
-            let direct = if hot {
-                0
-            } else if subscribers.len() <= SHARE_ABOVE {
-                subscribers.len()
-            } else {
-                subscribers.len().div_ceil(self.direct_share)
+            let direct = match load {
+                Load::Hot => 0,
+                Load::Warm if subscribers.len() > SHARE_ABOVE => {
+                    subscribers.len().div_ceil(self.direct_share)
+                }
+                Load::Quiet | Load::Warm => subscribers.len(),
             };
             let (now, later) = subscribers.split_at(direct);
             now.iter().filter(|o| o.push(message)).count()
@@ -186,19 +188,29 @@ mod tests {
     }
 
     #[test]
-    fn publishers_write_small_channels_alone() {
+    fn publishers_write_small_channels_alone_even_when_warm() {
         let (hub, counter, outboxes, m) = counted_channel("small", SHARE_ABOVE);
-        assert_eq!(hub.deliver(&m, false), SHARE_ABOVE);
-        assert_eq!(counter.0.load(Ordering::Relaxed), SHARE_ABOVE);
+        assert_eq!(hub.deliver(&m, Load::Quiet), SHARE_ABOVE);
+        assert_eq!(hub.deliver(&m, Load::Warm), SHARE_ABOVE);
+        assert_eq!(counter.0.load(Ordering::Relaxed), 2 * SHARE_ABOVE);
         assert_eq!(outboxes.iter().map(|o| o.len()).sum::<usize>(), 0);
     }
 
     #[test]
-    fn publishers_write_directly_to_their_share_and_queue_the_rest() {
+    fn publishers_of_quiet_channels_write_every_subscriber() {
+        let total = SHARE_ABOVE * 4;
+        let (hub, counter, outboxes, m) = counted_channel("quiet", total);
+        assert_eq!(hub.deliver(&m, Load::Quiet), total);
+        assert_eq!(counter.0.load(Ordering::Relaxed), total);
+        assert_eq!(outboxes.iter().map(|o| o.len()).sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn publishers_of_warm_channels_write_their_share_and_queue_the_rest() {
         let total = SHARE_ABOVE + 3;
         let (hub, counter, outboxes, m) = counted_channel("big", total);
         let direct = total.div_ceil(2);
-        assert_eq!(hub.deliver(&m, false), total);
+        assert_eq!(hub.deliver(&m, Load::Warm), total);
         assert_eq!(
             counter.0.load(Ordering::Relaxed),
             direct,
@@ -211,7 +223,7 @@ mod tests {
             "the rest left to the connections' tasks"
         );
 
-        assert_eq!(hub.deliver(&m, true), total);
+        assert_eq!(hub.deliver(&m, Load::Hot), total);
         assert_eq!(
             counter.0.load(Ordering::Relaxed),
             direct,
@@ -262,11 +274,11 @@ mod tests {
             0,
             &Payload::from_text(b"hi").expect("payload"),
         );
-        assert_eq!(hub.deliver(&m, false), 1);
+        assert_eq!(hub.deliver(&m, Load::Quiet), 1);
         assert_eq!((x.len(), y.len()), (1, 0));
         assert!(hub.unsubscribe(&a, &x));
         assert!(!hub.unsubscribe(&a, &x));
-        assert_eq!(hub.deliver(&m, false), 0);
+        assert_eq!(hub.deliver(&m, Load::Quiet), 0);
         assert_eq!(hub.channel_count(), 1);
     }
 }

@@ -27,6 +27,7 @@ mod subscriptions;
 pub use broker::{BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
 pub use channel::{ChannelId, ChannelIdError, MAX_CHANNEL_ID_LEN};
 pub use clock::now_ms;
+pub use contention::Load;
 pub use engine::Engine;
 pub use hub::Hub;
 pub use memory::{BrokerBounds, ChannelLimits, ChannelLimitsResolver, HistoryLimits, MemoryBroker};

@@ -92,6 +92,9 @@ impl Default for HistoryLimits {
 }
 
 struct ChannelLog {
+    /// The channel's id, shared by every message published to it (so that subscribers
+    /// compare ids by pointer; see `Subscriptions`).
+    cid: ChannelId,
     epoch: Epoch,
     last: u64,
     messages: VecDeque<Arc<Message>>,
@@ -104,8 +107,9 @@ struct ChannelLog {
 }
 
 impl ChannelLog {
-    fn new(now: u64, limits: ChannelLimits) -> Self {
+    fn new(cid: ChannelId, now: u64, limits: ChannelLimits) -> Self {
         Self {
+            cid,
             epoch: Epoch::random(),
             last: 0,
             messages: VecDeque::new(),
@@ -268,7 +272,11 @@ impl MemoryBroker {
                 self.bounds.max_channels
             )));
         }
-        let log = Arc::new(Mutex::new(ChannelLog::new(now, (self.resolver)(cid))));
+        let log = Arc::new(Mutex::new(ChannelLog::new(
+            cid.clone(),
+            now,
+            (self.resolver)(cid),
+        )));
         shard.insert(cid.clone(), Arc::clone(&log));
         self.channels.fetch_add(1, Ordering::Relaxed);
         Ok(log)
@@ -282,10 +290,10 @@ impl MemoryBroker {
             Some(guard) => (guard, false),
             None => (log.lock(), true),
         };
-        let hot = log.contention.record(contended);
+        let load = log.contention.record(contended);
         log.last += 1;
         log.touched_ms = now;
-        let message = Message::new(cid.clone(), log.position(), now, payload);
+        let message = Message::new(log.cid.clone(), log.position(), now, payload);
         log.messages.push_back(Arc::clone(&message));
         let freed = log.trim(now);
         let total = self.account(retained_size(&message), freed);
@@ -299,7 +307,7 @@ impl MemoryBroker {
             }));
         }
         // Still under the channel lock: the hub sees this channel's messages in order.
-        let subscribers = self.hub.deliver(&message, hot);
+        let subscribers = self.hub.deliver(&message, load);
         Ok(Published {
             message,
             subscribers,
@@ -401,6 +409,17 @@ mod tests {
             [1, 2, 3]
         );
         assert!(msgs.iter().all(|m| m.epoch() == msgs[0].epoch()));
+    }
+
+    #[test]
+    fn a_channels_messages_share_one_id() {
+        let b = broker(10);
+        let first = publish(&b, &ChannelId::parse("c").expect("cid"), 1);
+        // Published with another, equal id: the message still carries the channel's own.
+        let second = publish(&b, &ChannelId::parse("c").expect("cid"), 1);
+        assert!(first[0].cid().shares(second[0].cid()));
+        let other = publish(&b, &ChannelId::parse("d").expect("cid"), 1);
+        assert!(!first[0].cid().shares(other[0].cid()));
     }
 
     #[test]

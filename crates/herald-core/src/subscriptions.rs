@@ -78,18 +78,22 @@ impl Subscriptions {
     /// then stores `message.position()` there: one lookup instead of a check and then
     /// [`Self::accept`].
     pub fn next_position(&mut self, message: &Message) -> Option<&mut Position> {
-        self.entries
+        let (cid, position) = self
+            .entries
             .iter_mut()
-            .find(|(c, p)| c == message.cid() && follows(p, message.position()))
-            .map(|(_, p)| p)
+            .find(|(c, p)| c == message.cid() && follows(p, message.position()))?;
+        adopt(cid, message);
+        Some(position)
     }
 
     /// Decides what to do with `message` and, unless it is dropped, advances the channel's
     /// position to it.
     pub fn accept(&mut self, message: &Message) -> Accept {
-        let Some((_, position)) = self.entries.iter_mut().find(|(c, _)| c == message.cid()) else {
+        let Some((cid, position)) = self.entries.iter_mut().find(|(c, _)| c == message.cid())
+        else {
             return Accept::NotSubscribed;
         };
+        adopt(cid, message);
         let incoming = message.position();
         let same_epoch = incoming.epoch == position.epoch;
         let decision = if same_epoch && incoming.offset <= position.offset {
@@ -113,6 +117,16 @@ impl Subscriptions {
     /// passes back as `since` or `Last-Event-ID` to resume every channel exactly.
     pub fn cursor(&self) -> String {
         format_cursor(self.entries.iter().map(|(_, p)| p))
+    }
+}
+
+/// Keeps `message`'s id in place of the equal one the subscription started with. The messages
+/// of a channel share one id, so every later comparison with them is a pointer comparison,
+/// not a read of both texts: on a large fan-out that is a cache line less per subscriber and
+/// delivery.
+fn adopt(cid: &mut ChannelId, message: &Message) {
+    if !cid.shares(message.cid()) {
+        *cid = message.cid().clone();
     }
 }
 
@@ -144,6 +158,20 @@ mod tests {
             epoch: Epoch::from_u64(epoch),
             offset,
         }
+    }
+
+    #[test]
+    fn a_delivered_message_s_id_replaces_the_equal_one_subscribed_with() {
+        let mut subs = Subscriptions::new();
+        subs.insert(ChannelId::parse("a").expect("cid"), at(1, 5));
+        let first = message("a", 1, 6);
+        assert!(!subs.channels().any(|c| c.shares(first.cid())));
+        *subs.next_position(&first).expect("the next message") = first.position();
+        assert!(subs.channels().any(|c| c.shares(first.cid())));
+        let second = message("a", 1, 7);
+        assert_eq!(subs.accept(&second), Accept::Deliver);
+        assert!(subs.channels().any(|c| c.shares(second.cid())));
+        assert_eq!(subs.len(), 1);
     }
 
     #[test]

@@ -45,9 +45,10 @@ impl App {
             max_channels: config.max_channels,
             max_memory: config.max_history_memory,
         };
-        // Publishers write directly to every idle subscriber of a small channel, and to their
-        // share of a large one's; the rest is written by the connections' tasks on the
-        // runtime's other worker threads (see `Hub::deliver`).
+        // Publishers write directly to every idle subscriber of a channel while they keep up
+        // alone; once a large channel's publishes start to collide, to their share of it, the
+        // rest being written by the connections' tasks on the runtime's other worker threads
+        // (see `Hub::deliver` and `herald_core::Load`).
         let workers = tokio::runtime::Handle::try_current()
             .map_or(1, |runtime| runtime.metrics().num_workers());
         // Each channel's history limits come from its namespace, once, when it is created.

@@ -2205,3 +2205,86 @@ async fn a_thousand_subscribers_each_receive_all_messages_in_order() {
     eprintln!("took {:?}", started.elapsed());
     server.assert_healthy().await;
 }
+
+/// Publishers racing on one large channel make it change how it is written — by the publisher
+/// alone while quiet, shared with the connections' tasks once publishes collide, all queued
+/// when hot (`herald_core::Load`) — from one message to the next. Every subscriber still gets
+/// every message once, in id order. (Which modes a run goes through depends on timing; with
+/// 8 publishers on one channel, collisions are the rule.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_publishers_on_a_large_channel_reach_every_subscriber_in_order() {
+    const CLIENTS: usize = 200;
+    const PUBLISHERS: usize = 8;
+    const EACH: u64 = 40;
+    const TOTAL: u64 = PUBLISHERS as u64 * EACH;
+    let server = common::start_with(|c| c.history_size = TOTAL as usize).await;
+    let url = server.ws_url("/listen?cid=race");
+    let clients: Vec<Ws> = futures_util::stream::iter(0..CLIENTS)
+        .map(|_| {
+            let url = url.clone();
+            async move {
+                let (mut ws, _) = tokio::time::timeout(STEP, connect_async(url.as_str()))
+                    .await
+                    .expect("handshake in time")
+                    .unwrap();
+                assert_subscribed(&next_json(&mut ws).await, "race", 0);
+                ws
+            }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut bodies = Vec::new();
+                for id in 1..=TOTAL {
+                    let v = next_json(&mut ws).await;
+                    assert_eq!(v["id"], id, "{v}");
+                    bodies.push(v["data"].as_str().unwrap().to_owned());
+                }
+                bodies
+            })
+        })
+        .collect();
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let client = server.client.clone();
+            let url = server.url("/publish?cid=race");
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let response = client.post(&url).body(format!("p{p}-{i}")).send().await;
+                    assert_eq!(response.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let history: Vec<String> = {
+        let response = server
+            .client
+            .get(server.url(&format!("/messages?cid=race&since=0&limit={TOTAL}")))
+            .send()
+            .await
+            .unwrap();
+        let messages: Value = response.json().await.unwrap();
+        messages
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["data"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(history.len(), TOTAL as usize);
+    for reader in readers {
+        let bodies = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("every subscriber receives everything")
+            .unwrap();
+        assert_eq!(bodies, history, "every subscriber gets history's order");
+    }
+    server.assert_healthy().await;
+}
