@@ -420,12 +420,7 @@ async fn requests_for_hyper_pipelined_behind_answered_ones_are_answered() {
         .expect("long poll answered in time")
         .expect("a response");
     assert_eq!(messages(&poll).0, ["m2"]);
-    let upgrade = tokio::time::timeout(STEP, read_response(&mut stream, &mut buf))
-        .await
-        .expect("handshake answered in time")
-        .expect("a response");
-    assert_eq!(upgrade.status, 101, "{upgrade:?}");
-    let mut ws = raw::RawWs::after_handshake(stream, buf);
+    let mut ws = raw::RawWs::upgraded(stream, buf).await;
     assert_eq!(ws.next_json().await["type"], "subscribed");
     for id in [1, 2] {
         assert_eq!(ws.next_json().await["id"], id);
@@ -927,13 +922,7 @@ async fn a_large_upgrade_with_frames_behind_it_in_one_write_is_served_whole() {
     }
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(&request).await.unwrap();
-    let mut buf = Vec::new();
-    let response = tokio::time::timeout(STEP, read_response(&mut stream, &mut buf))
-        .await
-        .expect("handshake answered in time")
-        .expect("a response head");
-    assert_eq!(response.status, 101, "{response:?}");
-    let mut ws = raw::RawWs::after_handshake(stream, buf);
+    let mut ws = raw::RawWs::upgraded(stream, Vec::new()).await;
     assert_eq!(ws.next_json().await["type"], "subscribed");
     for reference in ["one", "two"] {
         assert_eq!(

@@ -2141,15 +2141,11 @@ async fn shutdown_closes_websockets_with_1001_promptly() {
 // Scale
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_subscribers_each_receive_all_messages_in_order() {
-    const CLIENTS: usize = 1_000;
-    const MESSAGES: u64 = 100;
-    let started = Instant::now();
-    let server = common::start().await;
-    let url = server.ws_url("/listen?cid=crowd");
-
-    let clients: Vec<Ws> = futures_util::stream::iter(0..CLIENTS)
+/// `n` WebSocket subscribers of `cid`, each past its `subscribed` frame (100 handshakes at a
+/// time).
+async fn connect_crowd(server: &TestServer, cid: &str, n: usize) -> Vec<Ws> {
+    let url = server.ws_url(&format!("/listen?cid={cid}"));
+    futures_util::stream::iter(0..n)
         .map(|_| {
             let url = url.clone();
             async move {
@@ -2157,13 +2153,23 @@ async fn a_thousand_subscribers_each_receive_all_messages_in_order() {
                     .await
                     .expect("handshake in time")
                     .unwrap();
-                assert_subscribed(&next_json(&mut ws).await, "crowd", 0);
+                assert_subscribed(&next_json(&mut ws).await, cid, 0);
                 ws
             }
         })
         .buffer_unordered(100)
         .collect()
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscribers_each_receive_all_messages_in_order() {
+    const CLIENTS: usize = 1_000;
+    const MESSAGES: u64 = 100;
+    let started = Instant::now();
+    let server = common::start().await;
+
+    let clients = connect_crowd(&server, "crowd", CLIENTS).await;
     assert_eq!(clients.len(), CLIENTS);
 
     let payload = |i: u64| json!({"seq": i, "text": format!("message {i} of {MESSAGES}")});
@@ -2218,22 +2224,7 @@ async fn racing_publishers_on_a_large_channel_reach_every_subscriber_in_order() 
     const EACH: u64 = 40;
     const TOTAL: u64 = PUBLISHERS as u64 * EACH;
     let server = common::start_with(|c| c.history_size = TOTAL as usize).await;
-    let url = server.ws_url("/listen?cid=race");
-    let clients: Vec<Ws> = futures_util::stream::iter(0..CLIENTS)
-        .map(|_| {
-            let url = url.clone();
-            async move {
-                let (mut ws, _) = tokio::time::timeout(STEP, connect_async(url.as_str()))
-                    .await
-                    .expect("handshake in time")
-                    .unwrap();
-                assert_subscribed(&next_json(&mut ws).await, "race", 0);
-                ws
-            }
-        })
-        .buffer_unordered(50)
-        .collect()
-        .await;
+    let clients = connect_crowd(&server, "race", CLIENTS).await;
     let readers: Vec<_> = clients
         .into_iter()
         .map(|mut ws| {

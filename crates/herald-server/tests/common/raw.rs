@@ -525,7 +525,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
         let mut request = upgrade_request(addr, target, None);
         request.extend_from_slice(first_frames);
         stream.write_all(&request).await.unwrap();
-        let mut buf = Vec::new();
+        Self::upgraded(stream, Vec::new()).await
+    }
+
+    /// Reads the `101` answering an upgrade request (with [`UPGRADE_HEADERS`]' key) already
+    /// written to `stream`, and checks its accept key; `buf` holds bytes read from `stream`
+    /// past earlier responses.
+    pub async fn upgraded(mut stream: S, mut buf: Vec<u8>) -> Self {
         let response = tokio::time::timeout(STEP, read_response(&mut stream, &mut buf))
             .await
             .expect("handshake response in time")
