@@ -427,6 +427,65 @@ async fn requests_for_hyper_pipelined_behind_answered_ones_are_answered() {
     }
 }
 
+/// Pipelined requests — some the front answers, then some it hands to hyper — arrive cut at
+/// arbitrary bytes into separate writes; every one is answered, in order, whichever reads its
+/// bytes end up in. The cuts come from a fixed-seed generator, so a failure repeats.
+#[tokio::test]
+async fn pipelined_requests_cut_at_arbitrary_bytes_are_answered_in_order() {
+    let server = common::start().await;
+    let addr = server.server.local_addr();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |bound: usize| {
+        // xorshift64: enough to spread cut points, no dependency.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % bound as u64) as usize
+    };
+    for round in 0..24 {
+        let cid = format!("cut{round}");
+        server.publish(&cid, "m0").await;
+        let requests = [
+            raw::get(&format!("/listen?cid={cid}&since=0"), addr, &[]),
+            raw::publish(&cid, "m1", addr),
+            raw::get(&format!("/listen?cid={cid}&since=1"), addr, &[]),
+            // hyper's from here on.
+            raw::get(&format!("/messages?cid={cid}&since=0"), addr, &[]),
+            raw::publish(&cid, "m2", addr),
+            raw::get(&format!("/listen?cid={cid}&since=2"), addr, &[]),
+        ]
+        .concat()
+        .into_bytes();
+        let mut cuts: Vec<usize> = (0..1 + next(4))
+            .map(|_| 1 + next(requests.len() - 1))
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut conn = Conn::open(&server).await;
+        let mut start = 0;
+        for end in cuts.into_iter().chain([requests.len()]) {
+            conn.stream.write_all(&requests[start..end]).await.unwrap();
+            start = end;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let context = format!("round {round}");
+        assert_eq!(messages(&conn.response().await).0, ["m0"], "{context}");
+        let published = conn.response().await;
+        assert_eq!(published.json()["published"][0]["id"], 2, "{context}");
+        assert_eq!(messages(&conn.response().await).0, ["m1"], "{context}");
+        let history = conn.response().await;
+        assert_eq!(history.status, 200, "{context}: {history:?}");
+        assert_eq!(
+            history.json().as_array().map(Vec::len),
+            Some(2),
+            "{context}"
+        );
+        let published = conn.response().await;
+        assert_eq!(published.json()["published"][0]["id"], 3, "{context}");
+        assert_eq!(messages(&conn.response().await).0, ["m2"], "{context}");
+    }
+}
+
 /// A pipelined request cut short by the end of a read is read on when the rest comes, and
 /// the front still answers it.
 #[tokio::test]
