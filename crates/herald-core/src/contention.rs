@@ -1,11 +1,11 @@
 //! How loaded a channel is, judged by its publishes colliding on the channel lock.
 //!
 //! The load decides how `Hub::deliver` writes a message:
-//! - **quiet** (no recent collision): the publisher writes every idle subscriber itself. While
-//!   one thread keeps up with the channel, that is the cheapest way and the quickest: handing
-//!   part of the fan-out to other workers costs a task wake-up per subscriber handed over
-//!   (measured in BENCHMARKS.md: about 5 % more server CPU per delivery and a higher p99 at
-//!   50 publishes/s to 2,000 subscribers);
+//! - **quiet** (no recent collision): the publisher writes every idle subscriber itself (up to
+//!   a bound, `DIRECT_MAX` in `hub`). While one thread keeps up with the channel, that is the
+//!   cheapest way and the quickest: handing part of the fan-out to other workers costs a task
+//!   wake-up per subscriber handed over (measured in BENCHMARKS.md: about 5 % more server CPU
+//!   per delivery and a higher p99 at 50 publishes/s to 2,000 subscribers);
 //! - **warm** (a recent collision: a publish had to wait for the previous one's fan-out): the
 //!   publisher writes its share and the other workers' connection tasks the rest, so a large
 //!   fan-out uses every core;

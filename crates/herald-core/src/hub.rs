@@ -28,6 +28,13 @@ const SHARDS: usize = 64;
 /// the 5 were queued, and cut p99 latency from 0.68 to 0.55 ms.
 const SHARE_ABOVE: usize = 32;
 
+/// The most subscribers a publisher writes itself in one delivery, whatever the channel's
+/// load; the rest are queued for their connections' tasks on the other workers. The writes
+/// hold the publisher's worker thread and the channel's shard of the hub (a subscribe to any
+/// channel of that shard waits for them), so their number is bounded: 2,048 loopback writes
+/// take 6–12 ms on the machines of BENCHMARKS.md.
+const DIRECT_MAX: usize = 2048;
+
 type Shard = RwLock<HashMap<ChannelId, Vec<Arc<Outbox>>>>;
 
 /// The local subscriber sets of all channels.
@@ -118,7 +125,7 @@ impl Hub {
     /// the channel's `load` (see [`Load`]), the publisher writes directly to every idle
     /// subscriber (quiet), to its share of them (warm; see [`Hub::with_direct_share`]), or to
     /// none (hot: a channel whose publishes queue up is better served by each connection
-    /// writing its backlog in one system call).
+    /// writing its backlog in one system call). Never more than `DIRECT_MAX` directly.
     pub fn deliver(&self, message: &Arc<Message>, load: Load) -> usize {
         let shard = self.shard(message.cid()).read();
         shard.get(message.cid()).map_or(0, |subscribers| {
@@ -128,7 +135,8 @@ impl Hub {
                     subscribers.len().div_ceil(self.direct_share)
                 }
                 Load::Quiet | Load::Warm => subscribers.len(),
-            };
+            }
+            .min(DIRECT_MAX);
             let (now, later) = subscribers.split_at(direct);
             now.iter().filter(|o| o.push(message)).count()
                 + later.iter().filter(|o| o.push_queued(message)).count()
@@ -203,6 +211,15 @@ mod tests {
         assert_eq!(hub.deliver(&m, Load::Quiet), total);
         assert_eq!(counter.0.load(Ordering::Relaxed), total);
         assert_eq!(outboxes.iter().map(|o| o.len()).sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn publishers_write_a_bounded_number_of_subscribers_themselves() {
+        let total = DIRECT_MAX + 10;
+        let (hub, counter, outboxes, m) = counted_channel("huge", total);
+        assert_eq!(hub.deliver(&m, Load::Quiet), total);
+        assert_eq!(counter.0.load(Ordering::Relaxed), DIRECT_MAX);
+        assert_eq!(outboxes.iter().map(|o| o.len()).sum::<usize>(), 10);
     }
 
     #[test]
