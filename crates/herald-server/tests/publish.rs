@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{expect_error, now_ms, wait_for_subscribers, SseReader, TestServer};
+use common::{expect_error, history, now_ms, wait_for_subscribers, SseReader, TestServer};
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -29,18 +29,6 @@ async fn post(
         request = request.header("content-type", ct);
     }
     request.send().await.unwrap()
-}
-
-/// The whole retained history of `cid` as envelopes (short poll without `since`).
-async fn history(server: &TestServer, cid: &str) -> Vec<Value> {
-    let response = server
-        .client
-        .get(server.url(&format!("/messages?cid={cid}&limit=1000")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
 }
 
 /// The raw body of the history poll, to check the exact bytes of `data`.

@@ -2254,21 +2254,11 @@ async fn racing_publishers_on_a_large_channel_reach_every_subscriber_in_order() 
     for publisher in publishers {
         publisher.await.unwrap();
     }
-    let history: Vec<String> = {
-        let response = server
-            .client
-            .get(server.url(&format!("/messages?cid=race&since=0&limit={TOTAL}")))
-            .send()
-            .await
-            .unwrap();
-        let messages: Value = response.json().await.unwrap();
-        messages
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["data"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let history: Vec<String> = common::history(&server, "race")
+        .await
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(history.len(), TOTAL as usize);
     for reader in readers {
         let bodies = tokio::time::timeout(Duration::from_secs(60), reader)

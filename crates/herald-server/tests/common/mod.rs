@@ -191,6 +191,18 @@ fn parse_block(block: &str) -> SseEvent {
     event
 }
 
+/// The whole retained history of `cid` (up to 1,000 messages) as envelopes, oldest first.
+pub async fn history(server: &TestServer, cid: &str) -> Vec<Value> {
+    let response = server
+        .client
+        .get(server.url(&format!("/messages?cid={cid}&limit=1000")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
 /// Publishes `n` text messages `m1`… to `cid`; returns the channel's epoch.
 pub async fn publish_n(server: &TestServer, cid: &str, n: usize) -> String {
     let mut epoch = String::new();
