@@ -2,11 +2,13 @@
 # A/B of two Herald builds on one herald-bench scenario: alternating single runs against fresh
 # servers, so that both see the same machine state; prints one line per run and the medians.
 #
-#   bench/ab.sh [--rounds N] [--syscalls] A=BINARY B=BINARY -- HERALD-BENCH-ARGS...
+#   bench/ab.sh [--rounds N] [--syscalls] A=SERVER B=SERVER -- HERALD-BENCH-ARGS...
 #
-# BINARY is a `herald` executable (build the other side with `git worktree add` and
-# `CARGO_TARGET_DIR=...  cargo build --release -p herald-server`). HERALD-BENCH-ARGS are a
-# scenario's arguments without URLs, e.g. those `bench/compare.sh` prints for `many`:
+# SERVER is a `herald` executable, optionally followed by `herald serve` flags for that side
+# only, as one word: "w1=target/release/herald --workers 1". Build the other side of a change
+# with `git worktree add` and `CARGO_TARGET_DIR=... cargo build --release -p herald-server`.
+# HERALD-BENCH-ARGS are a scenario's arguments without URLs, as in BENCHMARKS.md's scenario
+# table; for `many`:
 #   --transport ws --subscribers 5000 --channels 1000 --rate 2000 --payload-size 100
 #   --pub-concurrency 8 --duration 10s
 # --syscalls: also attach `strace -c -f` to each server for 5 s of the publish phase and print
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ ${#sides[@]} -lt 2 ] || [ $# -eq 0 ]; then
-    sed -n '2,16p' "$0" >&2
+    sed -n '2,/^set /{/^set /!p}' "$0" >&2
     exit 2
 fi
 bench=target/release/herald-bench
@@ -39,12 +41,15 @@ out=$(mktemp -d /tmp/herald-ab.XXXXXX)
 echo "results in $out"
 
 port=18300
-# One run: side label, binary, round, whether to trace.
+# One run: side label, server (executable and its own flags), round, whether to trace.
 run() {
-    local label=$1 binary=$2 round=$3 trace=$4
+    local label=$1 round=$3 trace=$4
+    local -a server_cmd
+    read -r -a server_cmd <<<"$2"
     shift 4
     port=$((port + 1))
-    "$binary" serve --listen "127.0.0.1:$port" --log warn >"$out/$label.$round.server.log" 2>&1 &
+    "${server_cmd[0]}" serve --listen "127.0.0.1:$port" --log warn "${server_cmd[@]:1}" \
+        >"$out/$label.$round.server.log" 2>&1 &
     local server=$!
     for _ in $(seq 50); do
         curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
