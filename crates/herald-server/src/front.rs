@@ -215,18 +215,19 @@ async fn next_head(stream: &TcpStream, app: &App, buffered: &mut BytesMut) -> io
                 Head::ForHyper
             })));
         }
-        if buffered.is_empty() {
-            if let Some((request, len)) = classify(&buf[..n]) {
-                buffered.extend_from_slice(&buf[len..n]);
-                return Poll::Ready(Ok(Some(Head::Native(Box::new(request)))));
-            }
-        }
-        buffered.extend_from_slice(&buf[..n]);
-        Poll::Ready(Ok(match classify(buffered) {
-            Some((request, len)) => {
-                consume(buffered, len);
-                Some(Head::Native(Box::new(request)))
-            }
+        // Parsed where the bytes are: on the stack when nothing came before them, else
+        // behind the start of the head in `buffered`.
+        let parsed = if buffered.is_empty() {
+            let parsed = classify(&buf[..n]);
+            let used = parsed.as_ref().map_or(0, |(_, len)| *len);
+            buffered.extend_from_slice(&buf[used..n]);
+            parsed
+        } else {
+            buffered.extend_from_slice(&buf[..n]);
+            classify(buffered).inspect(|(_, len)| consume(buffered, *len))
+        };
+        Poll::Ready(Ok(match parsed {
+            Some((request, _)) => Some(Head::Native(Box::new(request))),
             None if n == STACK_READ => None,
             None => Some(Head::ForHyper),
         }))
