@@ -40,9 +40,16 @@ pub enum EngineError {
 pub struct Published {
     /// The message with its position.
     pub message: Arc<Message>,
-    /// Local subscribers it was handed to.
+    /// Local subscribers it is handed to: the channel's local connections when it was
+    /// published (one being dropped for falling behind counts too).
     pub subscribers: usize,
 }
+
+/// Called by [`Broker::publish`] with the outcome of a publish as soon as it is known, before
+/// the message is handed to any local subscriber: a publisher answered from here does not
+/// wait for the fan-out (see `front::EarlyAnswer` in the server). It runs while the channel is
+/// held, so it must be quick and must not block.
+pub type BeforeFanOut<'a> = &'a mut (dyn FnMut(&Published) + Send);
 
 /// A cursor that cannot be served exactly: messages the client asked for are gone, or the
 /// history it refers to was replaced (another epoch).
@@ -83,11 +90,13 @@ pub struct HistoryRead {
 /// Where positions and history live. See the module documentation.
 pub trait Broker: Send + Sync + 'static {
     /// Gives `payload` the channel's next position, stores it in history and hands it to the
-    /// hub. Messages of one channel must reach the hub in position order.
+    /// hub. Messages of one channel must reach the hub in position order. `before_fan_out`,
+    /// if given, is called once with the outcome before the hub gets the message.
     fn publish<'a>(
         &'a self,
         cid: &'a ChannelId,
         payload: &'a Payload,
+        before_fan_out: Option<BeforeFanOut<'a>>,
     ) -> BoxFuture<'a, Result<Published, EngineError>>;
 
     /// Reads at most `limit` messages after `cursor`, oldest first. Reading a channel that does

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::broker::{Broker, EngineError, HistoryRead, Published};
+use crate::broker::{BeforeFanOut, Broker, EngineError, HistoryRead, Published};
 use crate::channel::ChannelId;
 use crate::hub::Hub;
 use crate::memory::{BrokerBounds, ChannelLimitsResolver, HistoryLimits, MemoryBroker};
@@ -61,7 +61,20 @@ impl Engine {
         cid: &ChannelId,
         payload: &Payload,
     ) -> Result<Published, EngineError> {
-        self.broker.publish(cid, payload).await
+        self.broker.publish(cid, payload, None).await
+    }
+
+    /// Publishes `payload` to `cid`, calling `before_fan_out` with the outcome as soon as it is
+    /// known, before any local subscriber is handed the message (see [`BeforeFanOut`]).
+    pub async fn publish_answering_first(
+        &self,
+        cid: &ChannelId,
+        payload: &Payload,
+        before_fan_out: BeforeFanOut<'_>,
+    ) -> Result<Published, EngineError> {
+        self.broker
+            .publish(cid, payload, Some(before_fan_out))
+            .await
     }
 
     /// Subscribes `outbox` to `cid` and returns the backlog after `cursor` (all of it that
@@ -167,5 +180,30 @@ mod tests {
         assert_eq!(batch[0].offset(), 4);
         engine.unsubscribe(&outbox, &cid);
         assert_eq!(engine.hub().subscriber_count(&cid), 0);
+    }
+
+    #[tokio::test]
+    async fn the_publisher_can_be_answered_before_the_fan_out() {
+        let engine = Engine::in_memory(HistoryLimits::default());
+        let cid = ChannelId::parse("room").expect("cid");
+        let outboxes: Vec<_> = (0..3).map(|_| Outbox::new(8)).collect();
+        for outbox in &outboxes {
+            engine.hub().subscribe(&cid, outbox);
+        }
+        let handed = || outboxes.iter().map(|o| o.len()).sum::<usize>();
+        let mut early = None;
+        let p = Payload::from_text(b"x").expect("payload");
+        let published = engine
+            .publish_answering_first(&cid, &p, &mut |outcome: &Published| {
+                early = Some((outcome.message.offset(), outcome.subscribers, handed()));
+            })
+            .await
+            .expect("publish");
+        assert_eq!(
+            early,
+            Some((1, 3, 0)),
+            "position and subscriber count known before any subscriber had the message"
+        );
+        assert_eq!((published.subscribers, handed()), (3, 3));
     }
 }

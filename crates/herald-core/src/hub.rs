@@ -122,26 +122,44 @@ impl Hub {
         true
     }
 
-    /// Hands `message` to every subscriber of its channel; returns how many accepted it. By
-    /// the channel's `load` (see [`Load`]), the publisher writes directly to every idle
+    /// Hands `message` to every subscriber of its channel; returns how many it was handed to.
+    /// By the channel's `load` (see [`Load`]), the publisher writes directly to every idle
     /// subscriber (quiet), to its share of them (warm; see [`Hub::with_direct_share`]), or to
     /// none (hot: a channel whose publishes queue up is better served by each connection
     /// writing its backlog in one system call). Never more than `DIRECT_MAX` directly.
     pub fn deliver(&self, message: &Arc<Message>, load: Load) -> usize {
+        self.deliver_after(message, load, |_| {})
+    }
+
+    /// [`Hub::deliver`], calling `before` with the number of subscribers first: the set is
+    /// fixed from that moment until every one of them has been handed the message.
+    pub fn deliver_after(
+        &self,
+        message: &Arc<Message>,
+        load: Load,
+        before: impl FnOnce(usize),
+    ) -> usize {
         let shard = self.shard(message.cid()).read();
-        shard.get(message.cid()).map_or(0, |subscribers| {
-            let direct = match load {
-                Load::Hot => 0,
-                Load::Warm if subscribers.len() > SHARE_ABOVE => {
-                    subscribers.len().div_ceil(self.direct_share)
-                }
-                Load::Quiet | Load::Warm => subscribers.len(),
+        let subscribers = shard.get(message.cid()).map_or(&[][..], Vec::as_slice);
+        before(subscribers.len());
+        let direct = match load {
+            Load::Hot => 0,
+            Load::Warm if subscribers.len() > SHARE_ABOVE => {
+                subscribers.len().div_ceil(self.direct_share)
             }
-            .min(DIRECT_MAX);
-            let (now, later) = subscribers.split_at(direct);
-            now.iter().filter(|o| o.push(message)).count()
-                + later.iter().filter(|o| o.push_queued(message)).count()
-        })
+            Load::Quiet | Load::Warm => subscribers.len(),
+        }
+        .min(DIRECT_MAX);
+        let (now, later) = subscribers.split_at(direct);
+        // A connection being dropped for falling behind refuses the message; it was still a
+        // subscriber when the message was published, and is counted as one.
+        for outbox in now {
+            outbox.push(message);
+        }
+        for outbox in later {
+            outbox.push_queued(message);
+        }
+        subscribers.len()
     }
 
     /// Number of local subscribers of `cid`.

@@ -24,7 +24,7 @@ mod outbox;
 mod position;
 mod subscriptions;
 
-pub use broker::{BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
+pub use broker::{BeforeFanOut, BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
 pub use channel::{ChannelId, ChannelIdError, MAX_CHANNEL_ID_LEN};
 pub use clock::now_ms;
 pub use contention::Load;

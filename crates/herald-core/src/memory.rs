@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::broker::{BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
+use crate::broker::{BeforeFanOut, BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
 use crate::channel::ChannelId;
 use crate::clock::now_ms;
 use crate::contention::Contention;
@@ -282,7 +282,12 @@ impl MemoryBroker {
         Ok(log)
     }
 
-    fn publish_now(&self, cid: &ChannelId, payload: &Payload) -> Result<Published, EngineError> {
+    fn publish_now(
+        &self,
+        cid: &ChannelId,
+        payload: &Payload,
+        before_fan_out: Option<BeforeFanOut<'_>>,
+    ) -> Result<Published, EngineError> {
         let now = now_ms();
         let log = self.log(cid, now)?;
         // Publishes that keep having to wait for the channel make it hot (see `contention`).
@@ -307,7 +312,14 @@ impl MemoryBroker {
             }));
         }
         // Still under the channel lock: the hub sees this channel's messages in order.
-        let subscribers = self.hub.deliver(&message, load);
+        let subscribers = self.hub.deliver_after(&message, load, |subscribers| {
+            if let Some(before_fan_out) = before_fan_out {
+                before_fan_out(&Published {
+                    message: Arc::clone(&message),
+                    subscribers,
+                });
+            }
+        });
         Ok(Published {
             message,
             subscribers,
@@ -334,8 +346,9 @@ impl Broker for MemoryBroker {
         &'a self,
         cid: &'a ChannelId,
         payload: &'a Payload,
+        before_fan_out: Option<BeforeFanOut<'a>>,
     ) -> BoxFuture<'a, Result<Published, EngineError>> {
-        let result = self.publish_now(cid, payload);
+        let result = self.publish_now(cid, payload, before_fan_out);
         Box::pin(std::future::ready(result))
     }
 
@@ -390,7 +403,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let p = Payload::from_text(i.to_string().as_bytes()).expect("payload");
-                b.publish_now(cid, &p).expect("published").message
+                b.publish_now(cid, &p, None).expect("published").message
             })
             .collect()
     }
@@ -513,7 +526,7 @@ mod tests {
         let p = Payload::from_text(b"x").expect("payload");
         let third = ChannelId::parse("c").expect("cid");
         assert!(matches!(
-            b.publish_now(&third, &p),
+            b.publish_now(&third, &p, None),
             Err(EngineError::Limit(_))
         ));
     }
@@ -590,10 +603,10 @@ mod tests {
         let big = ChannelId::parse("big").expect("cid");
         let small = ChannelId::parse("small").expect("cid");
         let p = Payload::from_text(&[b'x'; 200]).expect("payload");
-        let first = b.publish_now(&small, &p).expect("published").message;
+        let first = b.publish_now(&small, &p, None).expect("published").message;
         let size = retained_size(&first);
         for _ in 0..20 {
-            b.publish_now(&big, &p).expect("published");
+            b.publish_now(&big, &p, None).expect("published");
             assert!(b.retained_bytes() <= 1000, "{}", b.retained_bytes());
         }
         // `big` paid for its own messages; `small` keeps its one.
@@ -612,7 +625,7 @@ mod tests {
 
         // A message larger than the whole budget is delivered but not kept.
         let huge = Payload::from_text(&[b'y'; 2000]).expect("payload");
-        let m = b.publish_now(&big, &huge).expect("published").message;
+        let m = b.publish_now(&big, &huge, None).expect("published").message;
         assert_eq!(m.offset(), 21);
         let r = b
             .read_now(&big, ChannelCursor::Offset(20), 100)

@@ -62,6 +62,7 @@ use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::admission::ConnectionSlot;
+use crate::answer_first::AnswerFirst;
 use crate::app::App;
 use crate::http::Body;
 use crate::prefixed::Prefixed;
@@ -94,7 +95,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
             head = tokio::time::timeout_at(deadline, next_head(&stream, &app, &mut buffered)) => head,
             () = app.shutdown.cancelled() => return,
         };
-        let request = match head {
+        let mut request = match head {
             // Like hyper's header-read timeout: close without an answer.
             Err(_elapsed) => return,
             Ok(Err(error)) => {
@@ -131,9 +132,20 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
             }
         };
         let keep_alive = wants_keep_alive(request.headers());
+        // The front answers two requests: `GET /listen` and `POST /publish`. A publish may be
+        // answered before its fan-out (see `answer_first`).
+        let answer_first = (request.method() == Method::POST).then(|| {
+            let early = AnswerFirst::new(
+                Arc::clone(&stream),
+                keep_alive && !app.shutdown.is_cancelled(),
+            );
+            request.extensions_mut().insert(early.clone());
+            early
+        });
         // Boxed: a request's state is needed only while it is answered, not while the
         // connection waits idle for the next one.
-        match Box::pin(respond(&app, &stream, request, peer, keep_alive)).await {
+        let answering = respond(&app, &stream, request, peer, keep_alive, answer_first);
+        match Box::pin(answering).await {
             Ok(Next::Request) if !app.shutdown.is_cancelled() => {}
             Ok(Next::Request | Next::Close) => return,
             Ok(Next::Stream { head, body, framed }) => {
@@ -406,18 +418,31 @@ fn wants_keep_alive(headers: &http::HeaderMap) -> bool {
 }
 
 /// Answers one request: runs the router (dropping the request if the client goes away), then
-/// writes the response.
+/// writes the response — or, if the handler answered early through `answer_first`, what is
+/// left of that answer.
 async fn respond(
     app: &Arc<App>,
     stream: &TcpStream,
     request: Request<Full<Bytes>>,
     peer: SocketAddr,
     keep_alive: bool,
+    answer_first: Option<AnswerFirst>,
 ) -> io::Result<Next> {
     let response = tokio::select! {
         response = router::handle(Arc::clone(app), request, peer) => response,
         () = client_gone(stream) => return Ok(Next::Close),
     };
+    if let Some(sent) = answer_first.as_ref().and_then(AnswerFirst::collect) {
+        if let Some(error) = sent.error {
+            return Err(error);
+        }
+        write_all(stream, &mut [sent.rest]).await?;
+        return Ok(if sent.keep_alive {
+            Next::Request
+        } else {
+            Next::Close
+        });
+    }
     let (parts, body) = response.into_parts();
     let no_body = parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
@@ -539,7 +564,7 @@ const CRLF: Bytes = Bytes::from_static(b"\r\n");
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// How a response body is delimited.
-enum Framing {
+pub(crate) enum Framing {
     Length(u64),
     Chunked,
     /// A status that has no body.
@@ -548,7 +573,11 @@ enum Framing {
 
 /// The response's status line and headers, as hyper would write them (lower-case names, a
 /// `date`).
-fn response_head(parts: &http::response::Parts, framing: Framing, keep_alive: bool) -> BytesMut {
+pub(crate) fn response_head(
+    parts: &http::response::Parts,
+    framing: Framing,
+    keep_alive: bool,
+) -> BytesMut {
     let mut head = BytesMut::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(parts.status.as_str().as_bytes());

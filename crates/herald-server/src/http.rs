@@ -43,20 +43,28 @@ pub fn full(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
-    let mut response = Response::new(boxed(Full::new(body.into())));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Response::from_parts(head(status, content_type), boxed(Full::new(body.into())))
 }
+
+/// The status and headers of a [`full`] response.
+pub fn head(status: StatusCode, content_type: &'static str) -> http::response::Parts {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    parts
+        .headers
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    parts
+}
+
+/// The content type of JSON responses.
+pub const JSON: &str = "application/json";
 
 /// A JSON response.
 pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    full(status, "application/json", body)
+    full(status, JSON, body)
 }
 
 /// A failure of an API call, carrying everything needed to answer it.

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod answer_first;
 pub mod app;
 pub mod browser;
 pub mod config;

@@ -3,8 +3,10 @@
 //! Checks who is publishing (loopback, or a configured key: `access::keys`) and that every
 //! channel's namespace exists, reads the body within the size
 //! limit, validates it once into a payload and publishes it to each named channel. The answer
-//! reports each message's position and how many local subscribers it was handed to; it never
-//! waits for subscribers to read.
+//! reports each message's position and how many local subscribers it is handed to; it never
+//! waits for subscribers to read. A publish to one channel that the connection front serves
+//! is answered before its fan-out, as soon as the message has its position (see
+//! `answer_first`); any other publish once every channel has had its fan-out.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -13,10 +15,11 @@ use std::sync::Arc;
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use herald_core::Payload;
+use herald_core::{ChannelId, Payload, Published};
 
+use crate::answer_first::AnswerFirst;
 use crate::app::App;
-use crate::http::{json, ApiError, Body, RequestBody};
+use crate::http::{head, json, ApiError, Body, RequestBody, JSON};
 use crate::query::SubscribeQuery;
 
 /// Handles one publish request.
@@ -26,6 +29,7 @@ pub async fn handle<B: RequestBody>(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     app.access.keys.authorize(request.headers(), peer)?;
+    let answer_first = request.extensions().get::<AnswerFirst>().cloned();
     let query = SubscribeQuery::parse(
         request.uri().query(),
         app.config.max_channels_per_connection,
@@ -63,12 +67,38 @@ pub async fn handle<B: RequestBody>(
     }
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
+    if let (Some(answer), [cid]) = (&answer_first, cids.as_slice()) {
+        // Answered as soon as the message has its position, before its fan-out.
+        let mut body = None;
+        let outcome = app
+            .engine
+            .publish_answering_first(cid, &payload, &mut |outcome: &Published| {
+                let text = answer_body([(cid, outcome)]);
+                answer.send(&head(StatusCode::OK, JSON), text.as_bytes());
+                body = Some(text);
+            })
+            .await?;
+        let body = body.unwrap_or_else(|| answer_body([(cid, &outcome)]));
+        return Ok(json(StatusCode::OK, body));
+    }
+    let mut outcomes = Vec::with_capacity(cids.len());
+    for cid in &cids {
+        outcomes.push(app.engine.publish(cid, &payload).await?);
+    }
+    Ok(json(
+        StatusCode::OK,
+        answer_body(cids.iter().zip(&outcomes)),
+    ))
+}
+
+/// The answer to a publish: each channel's message position and subscriber count.
+fn answer_body<'a>(outcomes: impl IntoIterator<Item = (&'a ChannelId, &'a Published)>) -> String {
     // Written by hand: this is the publish hot path, and every field is a number or a string
     // that never needs escaping (channel ids and epochs have safe alphabets).
-    let mut body = String::with_capacity(32 + cids.len() * 96);
+    let outcomes = outcomes.into_iter();
+    let mut body = String::with_capacity(32 + outcomes.size_hint().0 * 112);
     body.push_str("{\"published\":[");
-    for (i, cid) in cids.iter().enumerate() {
-        let outcome = app.engine.publish(cid, &payload).await?;
+    for (i, (cid, outcome)) in outcomes.enumerate() {
         let position = outcome.message.position();
         if i > 0 {
             body.push(',');
@@ -83,7 +113,7 @@ pub async fn handle<B: RequestBody>(
         );
     }
     body.push_str("]}");
-    Ok(json(StatusCode::OK, body))
+    body
 }
 
 /// `application/json` or any `…+json` media type, parameters ignored.

@@ -2,7 +2,8 @@
 //! answered without hyper — long polls with `content-length` and keep-alive, pipelined
 //! requests, `Connection: close`, errors as JSON, SSE and forever-iframe streams with chunked
 //! framing, the client going away while a response is in flight, shutdown of an open stream —
-//! publishes whose body came with the head (pipelined, JSON and text, refused ones) — and the
+//! publishes whose body came with the head (pipelined, JSON and text, refused ones, answered
+//! before their fan-out and finished when the socket takes an answer only in part) — and the
 //! requests the front hands to hyper for the rest of the connection (any other path, HTTP/1.0,
 //! a head split across writes, a publish body still on its way or chunked, bodies on a listen,
 //! `Expect`, large heads, WebSocket upgrades).
@@ -590,6 +591,109 @@ async fn connection_close_is_answered_and_the_server_closes() {
         .await;
     assert_eq!(response.header("connection"), Some("close"), "{response:?}");
     assert!(conn.closed_by_server().await);
+}
+
+/// A publish the front answers before its fan-out (`src/answer_first.rs`) carries the same
+/// head as any other answer, honours `Connection: close`, and is followed by its delivery.
+#[tokio::test]
+async fn an_early_publish_answer_is_a_whole_answer_and_honours_connection_close() {
+    let server = common::start().await;
+    let (mut ws, _) = connect_async(server.ws_url("/listen?cid=ea").as_str())
+        .await
+        .unwrap();
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
+    wait_for_subscribers(&server, "ea", 1).await;
+
+    let mut conn = Conn::open(&server).await;
+    let request = raw::publish("ea", "kept", conn.addr);
+    let answer = roundtrip(&mut conn.stream, &mut conn.buf, &request).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_complete(&answer);
+    assert_date(&answer);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+    assert_eq!(answer.header("connection"), None, "{answer:?}");
+    let body = answer.json();
+    assert_eq!(body["published"][0]["id"], 1, "{body}");
+    assert_eq!(body["published"][0]["subscribers"], 1, "{body}");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "kept");
+
+    let request = raw::publish("ea", "last", conn.addr).replacen(
+        "\r\n\r\n",
+        "\r\nConnection: close\r\n\r\n",
+        1,
+    );
+    let answer = roundtrip(&mut conn.stream, &mut conn.buf, &request).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+    assert_eq!(answer.json()["published"][0]["id"], 2);
+    assert!(conn.closed_by_server().await);
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "last");
+}
+
+/// A publisher that sends publishes and does not read their answers, through a small receive
+/// buffer and small segments (so the server's send buffer stays small too): once that buffer
+/// is full, an early answer the socket takes only in part is finished by the front before it
+/// reads the next request, and every answer and every message arrives, in order.
+#[tokio::test]
+async fn early_answers_the_socket_cannot_take_at_once_are_finished_in_order() {
+    // Far more answers than the buffers below hold (the server stops after about 700 here).
+    const MAX_PUBLISHES: u64 = 5_000;
+    let server = common::start().await;
+    let (mut ws, _) = connect_async(server.ws_url("/listen?cid=slowpub").as_str())
+        .await
+        .unwrap();
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
+    wait_for_subscribers(&server, "slowpub", 1).await;
+
+    let addr = server.server.local_addr();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    // Small segments keep the server's send buffer from growing to megabytes on loopback.
+    socket2::SockRef::from(&socket).set_tcp_mss(536).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    // One request at a time, the next once the subscriber has the message, so that each
+    // reaches the server whole and the front answers it (a request cut by a read boundary
+    // would hand the connection to hyper); no answer is read. When the server's send buffer
+    // is full, an answer is left unfinished and the server reads no further request: the
+    // last one sent is not published.
+    let mut sent = 0;
+    loop {
+        sent += 1;
+        assert!(
+            sent <= MAX_PUBLISHES,
+            "the server never stopped for its answers"
+        );
+        let request = raw::publish("slowpub", &sent.to_string(), addr);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(500), ws_next_json(&mut ws, STEP)).await {
+            Ok(message) => assert_eq!(message["id"], sent, "{message}"),
+            Err(_) => break,
+        }
+    }
+    // Reading the answers lets the server finish the one it left, then go on.
+    let mut buf = Vec::new();
+    for id in 1..=sent {
+        let answer = tokio::time::timeout(STEP, read_response(&mut stream, &mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("an answer before the connection ended");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.json()["published"][0]["id"], id, "{answer:?}");
+    }
+    let message = ws_next_json(&mut ws, STEP).await;
+    assert_eq!(
+        message["id"], sent,
+        "the waiting request published, in order: {message}"
+    );
+    let answer = roundtrip(
+        &mut stream,
+        &mut buf,
+        &raw::publish("slowpub", "after", addr),
+    )
+    .await;
+    assert_eq!(answer.json()["published"][0]["id"], sent + 1, "{answer:?}");
+    assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "after");
 }
 
 #[tokio::test]

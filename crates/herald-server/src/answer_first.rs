@@ -1,0 +1,102 @@
+//! Answering a publish before its fan-out.
+//!
+//! In a quiet channel the publisher's own thread writes every idle subscriber (see
+//! `herald_core::Load`): up to 2,048 system calls, milliseconds on a large channel. The backend
+//! that published has no reason to wait for them: once the message has its position and is in
+//! history, its answer is known. So for a publish the connection front answers, the front puts
+//! an [`AnswerFirst`] in the request's extensions; the publish handler gives it the answer from
+//! the engine's before-fan-out hook (`herald_core::BeforeFanOut`), and the answer goes to the
+//! socket at once, as far as the socket takes it without waiting. The front then writes
+//! whatever is left and does not write the handler's own response (the same answer) again.
+//!
+//! Requests served by hyper (TLS, a chunked body, …) get no [`AnswerFirst`] and are answered
+//! after the fan-out, as before.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{BufMut as _, Bytes};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use crate::front::{response_head, Framing};
+
+/// Lets the handler of a request answered by the front write its answer before it returns.
+/// Cheap to clone; only the first answer given counts.
+#[derive(Clone)]
+pub struct AnswerFirst(Arc<Inner>);
+
+struct Inner {
+    socket: Arc<TcpStream>,
+    keep_alive: bool,
+    state: Mutex<State>,
+}
+
+enum State {
+    /// No answer yet.
+    Waiting,
+    /// Answered; the front has not collected it yet.
+    Sent(Sent),
+    /// Answered and collected.
+    Collected,
+}
+
+/// An answer given early: what the socket did not take at once, and how the connection goes on.
+#[derive(Debug)]
+pub struct Sent {
+    /// Bytes of the answer still to be written.
+    pub rest: Bytes,
+    /// Whether the answer kept the connection open.
+    pub keep_alive: bool,
+    /// The write failed: the connection is broken.
+    pub error: Option<io::Error>,
+}
+
+impl AnswerFirst {
+    /// An early answer to a request on `socket`; `keep_alive`: the connection stays open after
+    /// it (else the answer says `connection: close`).
+    pub fn new(socket: Arc<TcpStream>, keep_alive: bool) -> Self {
+        Self(Arc::new(Inner {
+            socket,
+            keep_alive,
+            state: Mutex::new(State::Waiting),
+        }))
+    }
+
+    /// Writes the answer — `head`'s status and headers, then `body` — without waiting: what
+    /// the socket does not take now is left for the front. Never blocks; a second call does
+    /// nothing.
+    pub fn send(&self, head: &http::response::Parts, body: &[u8]) {
+        let mut state = self.0.state.lock();
+        if !matches!(*state, State::Waiting) {
+            return;
+        }
+        let length = u64::try_from(body.len()).unwrap_or(u64::MAX);
+        let mut answer = response_head(head, Framing::Length(length), self.0.keep_alive);
+        answer.put_slice(body);
+        let answer = answer.freeze();
+        let (written, error) = match self.0.socket.try_write(&answer) {
+            Ok(written) => (written, None),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, None),
+            Err(e) => (0, Some(e)),
+        };
+        *state = State::Sent(Sent {
+            rest: answer.slice(written..),
+            keep_alive: self.0.keep_alive,
+            error,
+        });
+    }
+
+    /// The answer given early, if one was; collected once.
+    pub fn collect(&self) -> Option<Sent> {
+        let mut state = self.0.state.lock();
+        match std::mem::replace(&mut *state, State::Collected) {
+            State::Sent(sent) => Some(sent),
+            State::Waiting => {
+                *state = State::Waiting;
+                None
+            }
+            State::Collected => None,
+        }
+    }
+}
