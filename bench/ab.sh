@@ -7,7 +7,8 @@
 # SERVER is a `herald` executable, optionally followed by `herald serve` flags for that side
 # only, as one word: "w1=target/release/herald --workers 1". Build the other side of a change
 # with `git worktree add` and `CARGO_TARGET_DIR=... cargo build --release -p herald-server`.
-# HERALD-BENCH-ARGS are a scenario's arguments without URLs, as in BENCHMARKS.md's scenario
+# HERALD-BENCH-ARGS are a scenario's arguments without URLs (subscribers use ws:// unless another
+# --transport is named, then http://), as in BENCHMARKS.md's scenario
 # table; for `many`:
 #   --transport ws --subscribers 5000 --channels 1000 --rate 2000 --payload-size 100
 #   --pub-concurrency 8 --duration 10s
@@ -35,6 +36,14 @@ if [ ${#sides[@]} -lt 2 ] || [ $# -eq 0 ]; then
     exit 2
 fi
 bench=target/release/herald-bench
+# Subscribers connect over ws:// unless the scenario names another transport.
+scheme=ws
+args=("$@")
+for i in "${!args[@]}"; do
+    if [ "${args[$i]}" = --transport ] && [ "${args[$((i + 1))]:-ws}" != ws ]; then
+        scheme=http
+    fi
+done
 [ -x "$bench" ] || { echo "ab.sh: build $bench first" >&2; exit 2; }
 ulimit -n "$(ulimit -Hn)"
 out=$(mktemp -d /tmp/herald-ab.XXXXXX)
@@ -55,7 +64,7 @@ run() {
         curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
         sleep 0.1
     done
-    "$bench" --sub-url "ws://127.0.0.1:$port/listen?cid={ch}" \
+    "$bench" --sub-url "$scheme://127.0.0.1:$port/listen?cid={ch}" \
         --pub-url "http://127.0.0.1:$port/publish?cid={ch}" \
         --server-pid "$server" --json "$out/$label.$round.json" "$@" \
         >"$out/$label.$round.log" 2>&1 &
@@ -87,7 +96,7 @@ out, rounds, syscalls, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 for label in labels:
-    cpu, user, p99, lost = [], [], [], 0
+    cpu, user, p99, publish_p50, lost = [], [], [], [], 0
     for r in range(1, rounds + 1):
         d = json.load(open(f"{out}/{label}.{r}.json"))
         server = d["server"]
@@ -98,11 +107,15 @@ for label in labels:
         # The user-mode part of it (the server's own code; the rest is the kernel's).
         user.append(c * server["cpu_user_seconds"] / server["cpu_seconds"] if server["cpu_seconds"] else 0)
         p99.append(d["latency_us"]["p99"] / 1000)
+        # How long the publisher waited for each answer.
+        publish_p50.append(d["publish"]["latency_us"]["p50"] / 1000)
         lost += d["deliveries"]["lost"]
         print(f"{label} run {r}: server CPU {c:.2f} µs (user {user[-1]:.2f}), "
-              f"p99 {p99[-1]:.2f} ms, lost {d['deliveries']['lost']}")
+              f"p99 {p99[-1]:.2f} ms, publish p50 {publish_p50[-1]:.2f} ms, "
+              f"lost {d['deliveries']['lost']}")
     print(f"{label} median: server CPU {median(cpu):.2f} µs (user {median(user):.2f}), "
-          f"p99 {median(p99):.2f} ms, lost {lost} (all runs)")
+          f"p99 {median(p99):.2f} ms, publish p50 {median(publish_p50):.2f} ms, "
+          f"lost {lost} (all runs)")
     if syscalls:
         published = json.load(open(f"{out}/{label}.trace.json"))["publish"]["achieved_rate"] * 5
         counts = {}

@@ -313,4 +313,43 @@ mod tests {
         assert_eq!(hub.deliver(&m, Load::Quiet), 0);
         assert_eq!(hub.channel_count(), 1);
     }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        proptest! {
+            /// Any sequence of subscribes and unsubscribes leaves exactly the model's members,
+            /// each handed a delivered message once.
+            #[test]
+            fn membership_follows_subscribes_and_unsubscribes(
+                ops in proptest::collection::vec((any::<bool>(), 0..24usize), 0..200)
+            ) {
+                let hub = Hub::new();
+                let cid = ChannelId::parse("m").expect("cid");
+                let outboxes: Vec<_> = (0..24).map(|_| Outbox::new(4)).collect();
+                let mut members = BTreeSet::new();
+                for (subscribe, i) in ops {
+                    if subscribe {
+                        prop_assert_eq!(hub.subscribe(&cid, &outboxes[i]), members.insert(i));
+                    } else {
+                        prop_assert_eq!(hub.unsubscribe(&cid, &outboxes[i]), members.remove(&i));
+                    }
+                    prop_assert_eq!(hub.subscriber_count(&cid), members.len());
+                }
+                prop_assert_eq!(hub.channel_count(), usize::from(!members.is_empty()));
+                let m = Message::new(
+                    cid,
+                    Position { epoch: Epoch::from_u64(1), offset: 1 },
+                    0,
+                    &Payload::from_text(b"x").expect("payload"),
+                );
+                prop_assert_eq!(hub.deliver(&m, Load::Quiet), members.len());
+                for (i, outbox) in outboxes.iter().enumerate() {
+                    prop_assert_eq!(outbox.len(), usize::from(members.contains(&i)), "outbox {}", i);
+                }
+            }
+        }
+    }
 }
