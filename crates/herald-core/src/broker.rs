@@ -40,15 +40,16 @@ pub enum EngineError {
 pub struct Published {
     /// The message with its position.
     pub message: Arc<Message>,
-    /// Local subscribers it is handed to: the channel's local connections when it was
-    /// published (one being dropped for falling behind counts too).
+    /// Local subscribers it was handed to (a connection cut off for falling behind takes no
+    /// more messages and is not counted).
     pub subscribers: usize,
 }
 
 /// Called by [`Broker::publish`] with the outcome of a publish as soon as it is known, before
 /// the message is handed to any local subscriber: a publisher answered from here does not
-/// wait for the fan-out (see `front::EarlyAnswer` in the server). It runs while the channel is
-/// held, so it must be quick and must not block.
+/// wait for the fan-out (see `answer_first` in the server). Its `subscribers` are counted just
+/// before the hand-over (see `Hub::deliver_after`). It runs while the channel is held, so it
+/// must be quick and must not block.
 pub type BeforeFanOut<'a> = &'a mut (dyn FnMut(&Published) + Send);
 
 /// A cursor that cannot be served exactly: messages the client asked for are gone, or the

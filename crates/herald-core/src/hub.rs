@@ -122,17 +122,23 @@ impl Hub {
         true
     }
 
-    /// Hands `message` to every subscriber of its channel; returns how many it was handed to.
-    /// By the channel's `load` (see [`Load`]), the publisher writes directly to every idle
-    /// subscriber (quiet), to its share of them (warm; see [`Hub::with_direct_share`]), or to
-    /// none (hot: a channel whose publishes queue up is better served by each connection
-    /// writing its backlog in one system call). Never more than `DIRECT_MAX` directly.
+    /// Hands `message` to every subscriber of its channel; returns how many accepted it (a
+    /// connection cut off for falling behind takes no more). By the channel's `load` (see
+    /// [`Load`]), the publisher writes directly to every idle subscriber (quiet), to its share
+    /// of them (warm; see [`Hub::with_direct_share`]), or to none (hot: a channel whose
+    /// publishes queue up is better served by each connection writing its backlog in one
+    /// system call). Never more than `DIRECT_MAX` directly.
     pub fn deliver(&self, message: &Arc<Message>, load: Load) -> usize {
-        self.deliver_after(message, load, |_| {})
+        let shard = self.shard(message.cid()).read();
+        shard
+            .get(message.cid())
+            .map_or(0, |subscribers| self.hand_over(subscribers, message, load))
     }
 
-    /// [`Hub::deliver`], calling `before` with the number of subscribers first: the set is
-    /// fixed from that moment until every one of them has been handed the message.
+    /// [`Hub::deliver`], calling `before` first with the number of subscribers that will accept
+    /// the message: those not cut off yet (one that falls behind with this very message is
+    /// counted and then refuses it). The set is fixed from that moment until every one of
+    /// them has been handed the message.
     pub fn deliver_after(
         &self,
         message: &Arc<Message>,
@@ -141,7 +147,12 @@ impl Hub {
     ) -> usize {
         let shard = self.shard(message.cid()).read();
         let subscribers = shard.get(message.cid()).map_or(&[][..], Vec::as_slice);
-        before(subscribers.len());
+        before(subscribers.iter().filter(|o| !o.has_overflowed()).count());
+        self.hand_over(subscribers, message, load)
+    }
+
+    /// The hand-over of [`Hub::deliver`] to a channel's `subscribers`.
+    fn hand_over(&self, subscribers: &[Arc<Outbox>], message: &Arc<Message>, load: Load) -> usize {
         let direct = match load {
             Load::Hot => 0,
             Load::Warm if subscribers.len() > SHARE_ABOVE => {
@@ -151,15 +162,8 @@ impl Hub {
         }
         .min(DIRECT_MAX);
         let (now, later) = subscribers.split_at(direct);
-        // A connection being dropped for falling behind refuses the message; it was still a
-        // subscriber when the message was published, and is counted as one.
-        for outbox in now {
-            outbox.push(message);
-        }
-        for outbox in later {
-            outbox.push_queued(message);
-        }
-        subscribers.len()
+        now.iter().filter(|o| o.push(message)).count()
+            + later.iter().filter(|o| o.push_queued(message)).count()
     }
 
     /// Number of local subscribers of `cid`.
@@ -312,6 +316,33 @@ mod tests {
         assert!(!hub.unsubscribe(&a, &x));
         assert_eq!(hub.deliver(&m, Load::Quiet), 0);
         assert_eq!(hub.channel_count(), 1);
+    }
+
+    #[test]
+    fn connections_cut_off_for_falling_behind_are_not_counted() {
+        let hub = Hub::new();
+        let cid = ChannelId::parse("slow").expect("cid");
+        let (reader, laggard) = (Outbox::new(8), Outbox::new(1));
+        hub.subscribe(&cid, &reader);
+        hub.subscribe(&cid, &laggard);
+        let m = Message::new(
+            cid,
+            Position {
+                epoch: Epoch::from_u64(1),
+                offset: 1,
+            },
+            0,
+            &Payload::from_text(b"x").expect("payload"),
+        );
+        let mut counted = Vec::new();
+        // The laggard takes one message, then overflows on the second and refuses it.
+        assert_eq!(hub.deliver_after(&m, Load::Hot, |n| counted.push(n)), 2);
+        assert_eq!(hub.deliver_after(&m, Load::Hot, |n| counted.push(n)), 1);
+        assert!(laggard.has_overflowed());
+        // From then on it is counted neither before nor after the hand-over.
+        assert_eq!(hub.deliver_after(&m, Load::Hot, |n| counted.push(n)), 1);
+        assert_eq!(counted, [2, 2, 1], "counted before each hand-over");
+        assert_eq!(hub.deliver(&m, Load::Hot), 1);
     }
 
     mod model {

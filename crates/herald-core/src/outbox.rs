@@ -20,7 +20,7 @@
 //! timers and notifiers.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -35,6 +35,9 @@ pub struct Outbox {
     state: Mutex<State>,
     waker: AtomicWaker,
     signals: AtomicU8,
+    /// Set (under the state's lock) when the queue overflowed; never cleared. Readable without
+    /// the lock (see [`Outbox::has_overflowed`]).
+    overflowed: AtomicBool,
     capacity: usize,
 }
 
@@ -74,7 +77,6 @@ impl std::ops::BitOr for Signals {
 
 struct State {
     items: VecDeque<Arc<Message>>,
-    overflowed: bool,
     /// The consumer is writing (or about to): no direct delivery may interleave.
     busy: bool,
     /// The unwritten rest of a direct delivery; the consumer writes it before anything else.
@@ -120,15 +122,21 @@ impl Outbox {
         Arc::new(Self {
             state: Mutex::new(State {
                 items: VecDeque::new(),
-                overflowed: false,
                 busy: false,
                 pending: None,
                 direct: None,
             }),
             waker: AtomicWaker::new(),
             signals: AtomicU8::new(0),
+            overflowed: AtomicBool::new(false),
             capacity: capacity.max(1),
         })
+    }
+
+    /// True once the queue overflowed: the outbox takes no more messages. Read without the
+    /// lock, so a hand-over racing with this call may make it true just after.
+    pub fn has_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
     }
 
     /// Installs (or removes) the direct delivery path.
@@ -151,7 +159,7 @@ impl Outbox {
     fn hand_over(&self, message: &Arc<Message>, direct_allowed: bool) -> bool {
         let accepted = {
             let mut state = self.state.lock();
-            if state.overflowed {
+            if self.overflowed.load(Ordering::Relaxed) {
                 return false;
             }
             let idle = state.items.is_empty() && !state.busy && state.pending.is_none();
@@ -170,7 +178,7 @@ impl Outbox {
                 }
             }
             if state.items.len() >= self.capacity {
-                state.overflowed = true;
+                self.overflowed.store(true, Ordering::Relaxed);
                 state.items = VecDeque::new();
                 false
             } else {
@@ -228,7 +236,7 @@ impl Outbox {
     fn try_drain(&self, out: &mut Vec<Arc<Message>>) -> Option<Result<Drained, Overflow>> {
         let signals = Signals(self.signals.swap(0, Ordering::AcqRel));
         let mut state = self.state.lock();
-        if state.overflowed {
+        if self.overflowed.load(Ordering::Relaxed) {
             return Some(Err(Overflow(self.capacity)));
         }
         if state.items.is_empty() && state.pending.is_none() && signals.is_empty() {
