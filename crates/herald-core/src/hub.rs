@@ -192,6 +192,20 @@ mod tests {
         }
     }
 
+    /// A message at offset 1 of `cid` with the text `text`.
+    fn message(cid: ChannelId, text: &[u8]) -> Arc<Message> {
+        let position = Position {
+            epoch: Epoch::from_u64(1),
+            offset: 1,
+        };
+        Message::new(
+            cid,
+            position,
+            0,
+            &Payload::from_text(text).expect("payload"),
+        )
+    }
+
     /// A hub sharing with 2 workers, `n` subscribers of channel `name` whose direct writes are
     /// counted, and a message for that channel.
     fn counted_channel(
@@ -206,15 +220,7 @@ mod tests {
             outbox.set_direct(Some(counter.clone()));
             hub.subscribe(&cid, outbox);
         }
-        let m = Message::new(
-            cid,
-            Position {
-                epoch: Epoch::from_u64(1),
-                offset: 1,
-            },
-            0,
-            &Payload::from_text(b"x").expect("payload"),
-        );
+        let m = message(cid, b"x");
         (hub, counter, outboxes, m)
     }
 
@@ -301,15 +307,7 @@ mod tests {
         assert!(hub.subscribe(&a, &x));
         assert!(!hub.subscribe(&a, &x), "idempotent");
         assert!(hub.subscribe(&b, &y));
-        let m = Message::new(
-            a.clone(),
-            Position {
-                epoch: Epoch::from_u64(1),
-                offset: 1,
-            },
-            0,
-            &Payload::from_text(b"hi").expect("payload"),
-        );
+        let m = message(a.clone(), b"hi");
         assert_eq!(hub.deliver(&m, Load::Quiet), 1);
         assert_eq!((x.len(), y.len()), (1, 0));
         assert!(hub.unsubscribe(&a, &x));
@@ -325,15 +323,7 @@ mod tests {
         let (reader, laggard) = (Outbox::new(8), Outbox::new(1));
         hub.subscribe(&cid, &reader);
         hub.subscribe(&cid, &laggard);
-        let m = Message::new(
-            cid,
-            Position {
-                epoch: Epoch::from_u64(1),
-                offset: 1,
-            },
-            0,
-            &Payload::from_text(b"x").expect("payload"),
-        );
+        let m = message(cid, b"x");
         let mut counted = Vec::new();
         // The laggard takes one message, then overflows on the second and refuses it.
         assert_eq!(hub.deliver_after(&m, Load::Hot, |n| counted.push(n)), 2);
@@ -370,12 +360,7 @@ mod tests {
                     prop_assert_eq!(hub.subscriber_count(&cid), members.len());
                 }
                 prop_assert_eq!(hub.channel_count(), usize::from(!members.is_empty()));
-                let m = Message::new(
-                    cid,
-                    Position { epoch: Epoch::from_u64(1), offset: 1 },
-                    0,
-                    &Payload::from_text(b"x").expect("payload"),
-                );
+                let m = message(cid, b"x");
                 prop_assert_eq!(hub.deliver(&m, Load::Quiet), members.len());
                 for (i, outbox) in outboxes.iter().enumerate() {
                     prop_assert_eq!(outbox.len(), usize::from(members.contains(&i)), "outbox {}", i);

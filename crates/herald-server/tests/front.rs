@@ -144,6 +144,18 @@ impl Conn {
 }
 
 /// A streamed answer's head: 200, chunked, no `content-length`, a `date`.
+/// A WebSocket subscribed to `cid`, once the server counts it among the channel's subscribers.
+async fn subscribed_websocket(
+    server: &TestServer,
+    cid: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+    let url = server.ws_url(&format!("/listen?cid={cid}"));
+    let (mut ws, _) = connect_async(url.as_str()).await.unwrap();
+    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
+    wait_for_subscribers(server, cid, 1).await;
+    ws
+}
+
 fn assert_chunked_head(response: &RawResponse, content_type: &str) {
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(
@@ -336,11 +348,7 @@ async fn a_publish_then_health_on_a_connection_the_front_started() {
 #[tokio::test]
 async fn pipelined_publishes_are_answered_in_order_and_delivered() {
     let server = common::start().await;
-    let (mut ws, _) = connect_async(server.ws_url("/listen?cid=pp").as_str())
-        .await
-        .unwrap();
-    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
-    wait_for_subscribers(&server, "pp", 1).await;
+    let mut ws = subscribed_websocket(&server, "pp").await;
     let mut conn = Conn::open(&server).await;
     let json = |body: &str| {
         format!(
@@ -598,11 +606,7 @@ async fn connection_close_is_answered_and_the_server_closes() {
 #[tokio::test]
 async fn an_early_publish_answer_is_a_whole_answer_and_honours_connection_close() {
     let server = common::start().await;
-    let (mut ws, _) = connect_async(server.ws_url("/listen?cid=ea").as_str())
-        .await
-        .unwrap();
-    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
-    wait_for_subscribers(&server, "ea", 1).await;
+    let mut ws = subscribed_websocket(&server, "ea").await;
 
     let mut conn = Conn::open(&server).await;
     let request = raw::publish("ea", "kept", conn.addr);
@@ -640,11 +644,7 @@ async fn early_answers_the_socket_cannot_take_at_once_are_finished_in_order() {
     // Far more answers than the buffers below hold (the server stops after about 700 here).
     const MAX_PUBLISHES: u64 = 5_000;
     let server = common::start().await;
-    let (mut ws, _) = connect_async(server.ws_url("/listen?cid=slowpub").as_str())
-        .await
-        .unwrap();
-    assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
-    wait_for_subscribers(&server, "slowpub", 1).await;
+    let mut ws = subscribed_websocket(&server, "slowpub").await;
 
     let addr = server.server.local_addr();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
