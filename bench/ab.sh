@@ -2,7 +2,7 @@
 # A/B of two Herald builds on one herald-bench scenario: alternating single runs against fresh
 # servers, so that both see the same machine state; prints one line per run and the medians.
 #
-#   bench/ab.sh [--rounds N] [--syscalls] A=SERVER B=SERVER -- HERALD-BENCH-ARGS...
+#   bench/ab.sh [--rounds N] [--syscalls] [--generator-nice N] A=SERVER B=SERVER -- HERALD-BENCH-ARGS...
 #
 # SERVER is a `herald` executable, optionally followed by `herald serve` flags for that side
 # only, as one word: "w1=target/release/herald --workers 1". Build the other side of a change
@@ -15,17 +15,22 @@
 # --syscalls: also attach `strace -c -f` to each server for 5 s of the publish phase and print
 # its system calls per published message (strace slows the server: the CPU figure of such a
 # run is not comparable with runs without it, so those runs are separate, extra rounds).
+# --generator-nice N: run the load generator at that niceness (e.g. -10: above the server), to
+# see how much of a latency figure is the generator waiting for a core it shares with the
+# server. Off by default, as in bench/compare.sh.
 # Needs target/release/herald-bench (cargo build --release -p herald-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=3
 syscalls=0
+generator_prefix=()
 sides=()
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
         --syscalls) syscalls=1; shift ;;
+        --generator-nice) generator_prefix=(nice -n "$2"); shift 2 ;;
         --) shift; break ;;
         *=*) sides+=("$1"); shift ;;
         *) echo "ab.sh: unexpected argument $1" >&2; exit 2 ;;
@@ -64,7 +69,7 @@ run() {
         curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
         sleep 0.1
     done
-    "$bench" --sub-url "$scheme://127.0.0.1:$port/listen?cid={ch}" \
+    "${generator_prefix[@]}" "$bench" --sub-url "$scheme://127.0.0.1:$port/listen?cid={ch}" \
         --pub-url "http://127.0.0.1:$port/publish?cid={ch}" \
         --server-pid "$server" --json "$out/$label.$round.json" "$@" \
         >"$out/$label.$round.log" 2>&1 &
