@@ -16,10 +16,13 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::{BufMut as _, Bytes};
+use http::Response;
+use http_body_util::Full;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use crate::front::{response_head, Framing};
+use crate::http::{boxed, Body};
 
 /// Lets the handler of a request answered by the front write its answer before it returns.
 /// Cheap to clone; only the first answer given counts.
@@ -63,28 +66,29 @@ impl AnswerFirst {
         }))
     }
 
-    /// Writes the answer — `head`'s status and headers, then `body` — without waiting: what
-    /// the socket does not take now is left for the front. Never blocks; a second call does
-    /// nothing.
-    pub fn send(&self, head: &http::response::Parts, body: &[u8]) {
+    /// Writes `response` now, as far as the socket takes it without waiting (the front writes
+    /// the rest), and gives it back for the handler to return. Never blocks; only the first
+    /// answer is written.
+    pub fn send(&self, response: Response<Bytes>) -> Response<Body> {
+        let (parts, body) = response.into_parts();
         let mut state = self.0.state.lock();
-        if !matches!(*state, State::Waiting) {
-            return;
+        if matches!(*state, State::Waiting) {
+            let length = u64::try_from(body.len()).unwrap_or(u64::MAX);
+            let mut answer = response_head(&parts, Framing::Length(length), self.0.keep_alive);
+            answer.put_slice(&body);
+            let answer = answer.freeze();
+            let (written, error) = match self.0.socket.try_write(&answer) {
+                Ok(written) => (written, None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, None),
+                Err(e) => (0, Some(e)),
+            };
+            *state = State::Sent(Sent {
+                rest: answer.slice(written..),
+                keep_alive: self.0.keep_alive,
+                error,
+            });
         }
-        let length = u64::try_from(body.len()).unwrap_or(u64::MAX);
-        let mut answer = response_head(head, Framing::Length(length), self.0.keep_alive);
-        answer.put_slice(body);
-        let answer = answer.freeze();
-        let (written, error) = match self.0.socket.try_write(&answer) {
-            Ok(written) => (written, None),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, None),
-            Err(e) => (0, Some(e)),
-        };
-        *state = State::Sent(Sent {
-            rest: answer.slice(written..),
-            keep_alive: self.0.keep_alive,
-            error,
-        });
+        Response::from_parts(parts, boxed(Full::new(body)))
     }
 
     /// The answer given early, if one was; collected once.

@@ -124,24 +124,25 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
                 .await;
                 return;
             }
-            Ok(Ok(Head::Native(mut request))) => {
-                request
-                    .extensions_mut()
-                    .insert(DirectSocket(Arc::clone(&stream)));
-                *request
-            }
+            Ok(Ok(Head::Native(request))) => *request,
         };
         let keep_alive = wants_keep_alive(request.headers());
-        // The front answers two requests: `GET /listen` and `POST /publish`. A publish may be
-        // answered before its fan-out (see `answer_first`).
-        let answer_first = (request.method() == Method::POST).then(|| {
+        // The front answers two requests, each given the socket its own way: a `POST /publish`
+        // may be answered before its fan-out (see `answer_first`), a `GET /listen` stream may
+        // be written by the publisher directly (`DirectSocket`).
+        let answer_first = if request.method() == Method::POST {
             let early = AnswerFirst::new(
                 Arc::clone(&stream),
                 keep_alive && !app.shutdown.is_cancelled(),
             );
             request.extensions_mut().insert(early.clone());
-            early
-        });
+            Some(early)
+        } else {
+            request
+                .extensions_mut()
+                .insert(DirectSocket(Arc::clone(&stream)));
+            None
+        };
         // Boxed: a request's state is needed only while it is answered, not while the
         // connection waits idle for the next one.
         let answering = respond(&app, &stream, request, peer, keep_alive, answer_first);

@@ -43,20 +43,25 @@ pub fn full(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
-    Response::from_parts(head(status, content_type), boxed(Full::new(body.into())))
+    full_bytes(status, content_type, body).map(|body| boxed(Full::new(body)))
 }
 
-/// The status and headers of a [`full`] response.
-pub fn head(status: StatusCode, content_type: &'static str) -> http::response::Parts {
-    let (mut parts, ()) = Response::new(()).into_parts();
-    parts.status = status;
-    parts
-        .headers
+/// [`full`], its body still plain bytes: for a handler that writes the response itself
+/// (`answer_first`).
+pub fn full_bytes(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Bytes> {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    parts
-        .headers
+    response
+        .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    parts
+    response
 }
 
 /// The content type of JSON responses.

@@ -19,7 +19,7 @@ use herald_core::{ChannelId, Payload, Published};
 
 use crate::answer_first::AnswerFirst;
 use crate::app::App;
-use crate::http::{head, json, ApiError, Body, RequestBody, JSON};
+use crate::http::{full_bytes, json, ApiError, Body, RequestBody, JSON};
 use crate::query::SubscribeQuery;
 
 /// Handles one publish request.
@@ -69,17 +69,15 @@ pub async fn handle<B: RequestBody>(
 
     if let (Some(answer), [cid]) = (&answer_first, cids.as_slice()) {
         // Answered as soon as the message has its position, before its fan-out.
-        let mut body = None;
+        let mut answered = None;
         let outcome = app
             .engine
             .publish_answering_first(cid, &payload, &mut |outcome: &Published| {
-                let text = answer_body([(cid, outcome)]);
-                answer.send(&head(StatusCode::OK, JSON), text.as_bytes());
-                body = Some(text);
+                let body = answer_body([(cid, outcome)]);
+                answered = Some(answer.send(full_bytes(StatusCode::OK, JSON, body)));
             })
             .await?;
-        let body = body.unwrap_or_else(|| answer_body([(cid, &outcome)]));
-        return Ok(json(StatusCode::OK, body));
+        return Ok(answered.unwrap_or_else(|| json(StatusCode::OK, answer_body([(cid, &outcome)]))));
     }
     let mut outcomes = Vec::with_capacity(cids.len());
     for cid in &cids {
