@@ -54,9 +54,10 @@ type Subscribers = IndexSet<Subscriber, BuildHasherDefault<DefaultHasher>>;
 /// An outbox as a member of a channel's subscribers: equal and hashed by address.
 struct Subscriber(Arc<Outbox>);
 
+// Equality and hash are [`ByAddress`]'s, as the set's lookups require.
 impl PartialEq for Subscriber {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        indexmap::Equivalent::equivalent(&ByAddress(&self.0), other)
     }
 }
 
@@ -64,7 +65,7 @@ impl Eq for Subscriber {}
 
 impl Hash for Subscriber {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.0).hash(state);
+        ByAddress(&self.0).hash(state);
     }
 }
 
