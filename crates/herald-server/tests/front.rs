@@ -20,7 +20,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::connect_async;
 
 use common::raw::{self, read_more, read_response, roundtrip, wait_closed, RawResponse, STEP};
-use common::{publish_n, subscribers, wait_for_subscribers, ws_next_json, TestServer};
+use common::{
+    connect_crowd, publish_n, subscribers, wait_for_subscribers, ws_next_json, TestServer, Ws,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -145,10 +147,7 @@ impl Conn {
 
 /// A streamed answer's head: 200, chunked, no `content-length`, a `date`.
 /// A WebSocket subscribed to `cid`, once the server counts it among the channel's subscribers.
-async fn subscribed_websocket(
-    server: &TestServer,
-    cid: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+async fn subscribed_websocket(server: &TestServer, cid: &str) -> Ws {
     let url = server.ws_url(&format!("/listen?cid={cid}"));
     let (mut ws, _) = connect_async(url.as_str()).await.unwrap();
     assert_eq!(ws_next_json(&mut ws, STEP).await["type"], "subscribed");
@@ -633,6 +632,69 @@ async fn an_early_publish_answer_is_a_whole_answer_and_honours_connection_close(
     assert_eq!(answer.json()["published"][0]["id"], 2);
     assert!(conn.closed_by_server().await);
     assert_eq!(ws_next_json(&mut ws, STEP).await["data"], "last");
+}
+
+/// A publish the front serves is answered before its fan-out starts: the publisher writes a
+/// quiet channel's subscribers in the order they came, and when the first of them has the
+/// message, the answer is already in the publisher's socket (loopback delivers a write into
+/// the receiving socket before the write returns). Answered after the fan-out instead, the
+/// answer would come only after the other 1,999 subscribers' writes. The first subscriber and
+/// the publisher are blocking clients on a thread of their own, so they see the sockets while
+/// the server, in this test's runtime, is still writing.
+#[tokio::test]
+async fn a_publish_is_answered_before_its_fan_out_starts() {
+    const CROWD: usize = 2_000;
+    let server = common::start().await;
+    let url = server.ws_url("/listen?cid=crowd");
+    let (mut first, _) = tokio::task::spawn_blocking(move || {
+        tokio_tungstenite::tungstenite::connect(url.as_str()).unwrap()
+    })
+    .await
+    .unwrap();
+    wait_for_subscribers(&server, "crowd", 1).await;
+    let _rest = connect_crowd(&server, "crowd", CROWD - 1, |v| {
+        assert_eq!(v["type"], "subscribed", "{v}");
+    })
+    .await;
+    wait_for_subscribers(&server, "crowd", CROWD).await;
+
+    let addr = server.server.local_addr();
+    let observed = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        use tokio_tungstenite::tungstenite::Message;
+        let mut publisher = std::net::TcpStream::connect(addr).unwrap();
+        publisher
+            .write_all(raw::publish("crowd", "first", addr).as_bytes())
+            .unwrap();
+        // The `subscribed` frame, then the message.
+        let mut frames = Vec::new();
+        while frames.len() < 2 {
+            match first.read().unwrap() {
+                Message::Text(text) => frames.push(text.to_string()),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        // What the publisher's socket holds at this moment, without waiting for more.
+        publisher.set_nonblocking(true).unwrap();
+        let mut held = vec![0u8; 1024];
+        let n = publisher
+            .read(&mut held)
+            .expect("the answer was in the socket when the first subscriber had the message");
+        held.truncate(n);
+        (frames, held)
+    })
+    .await
+    .unwrap();
+    let (frames, held) = observed;
+    let message: Value = serde_json::from_str(&frames[1]).unwrap();
+    assert_eq!(message["data"], "first", "{message}");
+    let answer = String::from_utf8(held).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with(&format!(r#""subscribers":{CROWD}}}]}}"#)),
+        "{answer}"
+    );
 }
 
 /// A publisher that sends publishes and does not read their answers, through a small receive

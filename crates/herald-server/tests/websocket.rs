@@ -14,16 +14,14 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
 use common::raw::{
     client_frame, read_response, RawResponse, RawWs, ACCEPT, KEY, OP_CLOSE,
     OP_CONT as OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, UPGRADE_HEADERS,
 };
-use common::TestServer;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::{connect_crowd, TestServer, Ws};
 
 /// How long any single expected event may take before a test fails.
 const STEP: Duration = Duration::from_secs(5);
@@ -2141,27 +2139,6 @@ async fn shutdown_closes_websockets_with_1001_promptly() {
 // Scale
 // ---------------------------------------------------------------------------------------------
 
-/// `n` WebSocket subscribers of `cid`, each past its `subscribed` frame (100 handshakes at a
-/// time).
-async fn connect_crowd(server: &TestServer, cid: &str, n: usize) -> Vec<Ws> {
-    let url = server.ws_url(&format!("/listen?cid={cid}"));
-    futures_util::stream::iter(0..n)
-        .map(|_| {
-            let url = url.clone();
-            async move {
-                let (mut ws, _) = tokio::time::timeout(STEP, connect_async(url.as_str()))
-                    .await
-                    .expect("handshake in time")
-                    .unwrap();
-                assert_subscribed(&next_json(&mut ws).await, cid, 0);
-                ws
-            }
-        })
-        .buffer_unordered(100)
-        .collect()
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_subscribers_each_receive_all_messages_in_order() {
     const CLIENTS: usize = 1_000;
@@ -2169,7 +2146,10 @@ async fn a_thousand_subscribers_each_receive_all_messages_in_order() {
     let started = Instant::now();
     let server = common::start().await;
 
-    let clients = connect_crowd(&server, "crowd", CLIENTS).await;
+    let clients = connect_crowd(&server, "crowd", CLIENTS, |v| {
+        assert_subscribed(v, "crowd", 0);
+    })
+    .await;
     assert_eq!(clients.len(), CLIENTS);
 
     let payload = |i: u64| json!({"seq": i, "text": format!("message {i} of {MESSAGES}")});
@@ -2224,7 +2204,10 @@ async fn racing_publishers_on_a_large_channel_reach_every_subscriber_in_order() 
     const EACH: u64 = 40;
     const TOTAL: u64 = PUBLISHERS as u64 * EACH;
     let server = common::start_with(|c| c.history_size = TOTAL as usize).await;
-    let clients = connect_crowd(&server, "race", CLIENTS).await;
+    let clients = connect_crowd(&server, "race", CLIENTS, |v| {
+        assert_subscribed(v, "race", 0);
+    })
+    .await;
     let readers: Vec<_> = clients
         .into_iter()
         .map(|mut ws| {

@@ -294,3 +294,34 @@ where
     .await
     .expect("a frame in time")
 }
+
+/// A WebSocket client of the test server.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// `n` WebSocket subscribers of `cid`, each past its `subscribed` frame, which goes to `check`
+/// (100 handshakes at a time).
+pub async fn connect_crowd(
+    server: &TestServer,
+    cid: &str,
+    n: usize,
+    check: impl Fn(&Value) + Copy,
+) -> Vec<Ws> {
+    let url = server.ws_url(&format!("/listen?cid={cid}"));
+    futures_util::stream::iter(0..n)
+        .map(|_| {
+            let url = url.clone();
+            async move {
+                let connecting = tokio_tungstenite::connect_async(url.as_str());
+                let (mut ws, _) = tokio::time::timeout(raw::STEP, connecting)
+                    .await
+                    .expect("handshake in time")
+                    .unwrap();
+                check(&ws_next_json(&mut ws, raw::STEP).await);
+                ws
+            }
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await
+}
