@@ -41,14 +41,9 @@ if [ ${#sides[@]} -lt 2 ] || [ $# -eq 0 ]; then
     exit 2
 fi
 bench=target/release/herald-bench
-# Subscribers connect over ws:// unless the scenario names another transport.
-scheme=ws
-args=("$@")
-for i in "${!args[@]}"; do
-    if [ "${args[$i]}" = --transport ] && [ "${args[$((i + 1))]:-ws}" != ws ]; then
-        scheme=http
-    fi
-done
+# shellcheck source=bench/common.sh
+. bench/common.sh
+scheme=$(subscriber_scheme "$@")
 [ -x "$bench" ] || { echo "ab.sh: build $bench first" >&2; exit 2; }
 ulimit -n "$(ulimit -Hn)"
 out=$(mktemp -d /tmp/herald-ab.XXXXXX)

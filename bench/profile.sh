@@ -38,13 +38,9 @@ bench=target/release/herald-bench
 [ -x "$bench" ] || { echo "profile.sh: build $bench first" >&2; exit 2; }
 command -v perf >/dev/null || { echo "profile.sh: perf is not installed" >&2; exit 2; }
 [ -n "$out" ] || out="$(mktemp -d /tmp/herald-profile.XXXXXX)/perf.data"
-scheme=ws
-args=("$@")
-for i in "${!args[@]}"; do
-    if [ "${args[$i]}" = --transport ] && [ "${args[$((i + 1))]:-ws}" != ws ]; then
-        scheme=http
-    fi
-done
+# shellcheck source=bench/common.sh
+. bench/common.sh
+scheme=$(subscriber_scheme "$@")
 graph=(--call-graph "$call_graph")
 [ "$call_graph" = dwarf ] && graph=(--call-graph dwarf,32768)
 read -r -a perf_events <<<"$events"
