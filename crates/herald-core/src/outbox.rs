@@ -56,6 +56,18 @@ impl Signals {
     /// A deadline of the connection may have passed (its access token's expiry): the
     /// connection re-checks it and ends if it has.
     pub const EXPIRE: Self = Self(4);
+    /// The deadline the connection was registered with has passed (a long poll's timeout).
+    pub const DEADLINE: Self = Self(8);
+
+    /// The bits, to keep in an atomic.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The signals of `bits` (as returned by [`Signals::bits`]).
+    pub const fn from_bits(bits: u8) -> Self {
+        Self(bits)
+    }
 
     /// True if every bit of `other` is set.
     pub fn contains(self, other: Self) -> bool {

@@ -12,6 +12,7 @@ use crate::access::Access;
 use crate::admission::{default_max_connections, Admission, ConnectionSlot, Refusal};
 use crate::browser::OriginPolicy;
 use crate::config::{Config, ConfigError};
+use crate::deadlines::granularity_for;
 use crate::registry::Registry;
 
 /// Shared server state.
@@ -65,12 +66,19 @@ impl App {
                 .unwrap_or_else(default_max_connections),
             config.max_connections_per_ip,
         );
+        // Request deadlines ring within a tenth of the shortest of them (see `deadlines`).
+        let deadline_granularity = granularity_for(
+            config
+                .longpoll_timeout
+                .min(config.header_read_timeout)
+                .min(config.idle_timeout),
+        );
         Ok(Arc::new(Self {
             engine,
             config,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            registry: Arc::new(Registry::default()),
+            registry: Arc::new(Registry::new(deadline_granularity)),
             access: Arc::new(access),
             admission,
             browser,

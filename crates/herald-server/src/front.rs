@@ -45,7 +45,7 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future as _};
 use std::io::{self, Read as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +64,7 @@ use tokio::net::TcpStream;
 use crate::admission::ConnectionSlot;
 use crate::answer_first::AnswerFirst;
 use crate::app::App;
+use crate::deadlines::Bell;
 use crate::http::Body;
 use crate::prefixed::Prefixed;
 use crate::router;
@@ -85,25 +86,27 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
     // Bytes read but not yet used: the start of a pipelined request, or (for hyper) all of it.
     let mut buffered = BytesMut::new();
     let mut wait = app.config.header_read_timeout;
+    // Rung when a wait for a request head outlasts its timeout, or at shutdown; made at the
+    // first wait.
+    let mut bell = None;
     loop {
         let now = tokio::time::Instant::now();
         // No overflow, however long the configured timeout (about 30 years at most).
         let deadline = now
             .checked_add(wait)
             .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
-        let head = tokio::select! {
-            head = tokio::time::timeout_at(deadline, next_head(&stream, &app, &mut buffered)) => head,
-            () = app.shutdown.cancelled() => return,
+        let Some(head) = head_within(&app, &stream, &mut buffered, &mut bell, deadline).await
+        else {
+            // Like hyper's header-read timeout: close without an answer.
+            return;
         };
         let mut request = match head {
-            // Like hyper's header-read timeout: close without an answer.
-            Err(_elapsed) => return,
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::debug!(%peer, %error, "connection ended while reading a request");
                 return;
             }
-            Ok(Ok(Head::Closed)) => return,
-            Ok(Ok(Head::ForHyper)) => {
+            Ok(Head::Closed) => return,
+            Ok(Head::ForHyper) => {
                 // hyper's own head timer gets what is left of this wait, so a head dribbled
                 // in byte by byte has no more time in all than with hyper alone.
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -124,7 +127,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
                 .await;
                 return;
             }
-            Ok(Ok(Head::Native(request))) => *request,
+            Ok(Head::Native(request)) => *request,
         };
         let keep_alive = wants_keep_alive(request.headers());
         // The front answers two requests, each given the socket its own way: a `POST /publish`
@@ -163,6 +166,35 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
             }
         }
         wait = app.config.idle_timeout;
+    }
+}
+
+/// Reads the next request head ([`next_head`]) before `deadline`; `None` if the deadline
+/// passes first or the server shuts down. The wait is on the registry's wheel of deadlines,
+/// not a timer of its own (see `deadlines`), and only when the head is not already there.
+async fn head_within(
+    app: &Arc<App>,
+    stream: &Arc<TcpStream>,
+    buffered: &mut BytesMut,
+    bell: &mut Option<Arc<Bell>>,
+    deadline: tokio::time::Instant,
+) -> Option<io::Result<Head>> {
+    let mut reading = std::pin::pin!(next_head(stream, app, buffered));
+    if let Poll::Ready(head) = poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await {
+        return Some(head);
+    }
+    let bell = bell.get_or_insert_with(Default::default);
+    // A ring from the last wait's deadline, passing as its head came, is not for this one.
+    bell.clear();
+    let _registration = app.registry.register_until(bell.clone(), deadline);
+    // Shutdown rings what is registered; a wait registered after that sees it here.
+    if app.shutdown.is_cancelled() {
+        return None;
+    }
+    tokio::select! {
+        biased;
+        head = reading => Some(head),
+        _ = bell.rung() => None,
     }
 }
 

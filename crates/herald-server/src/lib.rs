@@ -12,6 +12,7 @@ pub mod answer_first;
 pub mod app;
 pub mod browser;
 pub mod config;
+pub mod deadlines;
 pub mod front;
 pub mod http;
 pub mod prefixed;

@@ -143,8 +143,14 @@ fn spawn_sweeper(app: Arc<App>) {
 }
 
 /// One task per periodic signal: WebSocket pings and stream keep-alives reach every connection
-/// of the kind through its outbox (see `registry`).
+/// of the kind through its outbox (see `registry`), and request deadlines ring (see
+/// `deadlines`).
 fn spawn_tickers(app: &Arc<App>) {
+    let deadline_app = Arc::clone(app);
+    tokio::spawn(async move {
+        let app = &deadline_app;
+        app.registry.deadlines().run(app.shutdown.cancelled()).await;
+    });
     for (kind, period) in [
         (Kind::WebSocket, app.config.ws_ping_interval),
         (Kind::Stream, app.config.keepalive),

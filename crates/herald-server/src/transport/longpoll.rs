@@ -3,8 +3,9 @@
 //!
 //! If history already has messages after the cursor (or a gap to report), the answer is
 //! immediate. Otherwise the request waits on its session's outbox — a waiting request costs one
-//! hub entry and one parked future, no extra task — until a message arrives, the timeout
-//! passes (`200 []`) or the server shuts down (a `CLOSE` signal: `503`).
+//! hub entry, one entry on the server's wheel of deadlines and one parked future, no extra task
+//! and no timer of its own — until a message arrives, the timeout passes (a `DEADLINE` signal
+//! from the wheel: `200 []`) or the server shuts down (a `CLOSE` signal: `503`).
 
 use std::sync::Arc;
 
@@ -37,24 +38,22 @@ pub async fn handle(
             Event::Message(m) => accept(&mut session, m, &mut messages, &mut gaps),
         }
     }
-    let deadline = tokio::time::sleep(app.config.longpoll_timeout);
-    tokio::pin!(deadline);
     let mut batch = Vec::new();
     while messages.is_empty() && gaps.is_empty() {
-        tokio::select! {
-            drained = session.outbox().drain(&mut batch) => {
-                let Ok(drained) = drained else {
-                    // Cannot happen with one waiting request per outbox, but never loop on it.
-                    break;
-                };
-                if drained.signals.contains(Signals::CLOSE) {
-                    return Err(ApiError::Unavailable("server is shutting down; retry".into()));
-                }
-                for m in batch.drain(..) {
-                    accept(&mut session, m, &mut messages, &mut gaps);
-                }
-            }
-            () = &mut deadline => break,
+        let Ok(drained) = session.outbox().drain(&mut batch).await else {
+            // Cannot happen with one waiting request per outbox, but never loop on it.
+            break;
+        };
+        if drained.signals.contains(Signals::CLOSE) {
+            return Err(ApiError::Unavailable(
+                "server is shutting down; retry".into(),
+            ));
+        }
+        for m in batch.drain(..) {
+            accept(&mut session, m, &mut messages, &mut gaps);
+        }
+        if drained.signals.contains(Signals::DEADLINE) {
+            break;
         }
     }
     Ok(array_response(&messages, &session.cursor(), &gaps))

@@ -53,10 +53,16 @@ struct SessionAuth {
 
 impl Session {
     /// A session of a `kind` connection with no subscriptions yet, registered for the
-    /// server's ticks and shutdown signal.
+    /// server's ticks and shutdown signal; a long poll's also for its timeout, a
+    /// [`Signals::DEADLINE`] once `longpoll-timeout` has passed.
     pub fn new(app: &App, kind: Kind) -> Self {
         let outbox = Outbox::new(app.config.outbox_capacity);
-        let registration = app.registry.register(kind, &outbox);
+        let registration = if kind == Kind::LongPoll {
+            let deadline = tokio::time::Instant::now() + app.config.longpoll_timeout;
+            app.registry.register_until(outbox.clone(), deadline)
+        } else {
+            app.registry.register(kind, &outbox)
+        };
         if app.shutdown.is_cancelled() {
             // Registered after the shutdown signal went out: raise it here.
             outbox.raise(Signals::CLOSE);
