@@ -5,7 +5,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use herald_core::{BrokerBounds, ChannelLimitsResolver, Engine, Hub};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::Access;
@@ -14,6 +13,7 @@ use crate::browser::OriginPolicy;
 use crate::config::{Config, ConfigError};
 use crate::deadlines::granularity_for;
 use crate::registry::Registry;
+use crate::shutdown::Shutdown;
 
 /// Shared server state.
 pub struct App {
@@ -22,7 +22,7 @@ pub struct App {
     /// Resolved settings.
     pub config: Config,
     /// Cancelled when the server begins shutting down; streams watch it to end cleanly.
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
     /// Every connection's task, and the tasks that outlive a connection's request phase
     /// (upgraded WebSockets, streams served by the front); shutdown waits on them.
     pub tasks: TaskTracker,
@@ -76,7 +76,7 @@ impl App {
         Ok(Arc::new(Self {
             engine,
             config,
-            shutdown: CancellationToken::new(),
+            shutdown: Shutdown::default(),
             tasks: TaskTracker::new(),
             registry: Arc::new(Registry::new(deadline_granularity)),
             access: Arc::new(access),

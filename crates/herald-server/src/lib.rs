@@ -21,6 +21,7 @@ pub mod query;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod shutdown;
 pub mod timeouts;
 pub mod tls;
 pub mod transport;

@@ -104,7 +104,7 @@ impl RunningServer {
         }
         tracing::info!(%addr, max_connections = app.admission.max_total(), "herald listening");
         spawn_sweeper(Arc::clone(&app));
-        tokio::spawn(Arc::clone(&app.access.expiry).run(app.shutdown.clone()));
+        tokio::spawn(Arc::clone(&app.access.expiry).run(app.shutdown.token()));
         spawn_tickers(&app);
         let task = tokio::spawn(serve(listener, Arc::clone(&app), tls));
         Ok(Self { addr, app, task })
