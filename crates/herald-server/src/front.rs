@@ -23,10 +23,15 @@
 //! dispatcher, buffers and head timer (measured in BENCHMARKS.md: about 1 µs of server CPU per
 //! delivery in the many-channels scenario, where a publish feeds 5 deliveries).
 //!
+//! A request not all there at the first read — a head cut by a read boundary, a publish body
+//! that follows its head in later segments (bodies above about 1.4 KB do on a real network) —
+//! is read on by the front, within the same head timeout, up to [`READ_LIMIT`] for a head and
+//! `max-body` for a body; a connection is not handed to hyper for being cut.
+//!
 //! Everything else — a WebSocket upgrade, any other method or path, HTTP/1.0, a publish whose
-//! body is chunked or still on its way, a head larger than [`READ_LIMIT`] or not yet complete
-//! when it is read, anything `httparse` or the `http` types refuse — goes to hyper for the rest
-//! of the connection's life, through [`Prefixed`]: hyper reads first every byte the front read,
+//! body is chunked or larger than `max-body`, a head larger than [`READ_LIMIT`], anything
+//! `httparse` or the `http` types refuse — goes to hyper for the rest of the connection's
+//! life, through [`Prefixed`]: hyper reads first every byte the front read,
 //! so it sees the connection exactly as the client sent it, and gives every malformed request
 //! its usual answer. TLS connections always go to hyper.
 //!
@@ -229,83 +234,91 @@ enum Next {
 ///
 /// The first read goes into a buffer on the stack of the poll itself, so a connection waiting
 /// for its next request holds none, and a request that arrives whole (most do) costs one
-/// system call; bytes after it (a pipelined request) are kept in `buffered`. A head larger than
-/// the stack buffer is read on into `buffered`, up to [`READ_LIMIT`], as far as the socket
-/// holds it now.
+/// system call; bytes after it (a pipelined request) are kept in `buffered`. A request that
+/// is not all there at once — a head cut by a read boundary, a publish whose body follows its
+/// head in later segments — is read on into `buffered` until the front can tell: a head up to
+/// [`READ_LIMIT`], a publish's body up to `max-body`. The caller bounds the whole wait (the
+/// head timeouts).
 async fn next_head(stream: &TcpStream, app: &App, buffered: &mut BytesMut) -> io::Result<Head> {
     let config = &app.config;
-    let classify = |bytes: &[u8]| parse_head(bytes, config.max_headers, config.max_header_size);
-    if !buffered.is_empty() {
-        // A pipelined request, read with the one before it, may be here whole already.
-        if let Some((request, len)) = classify(buffered) {
-            consume(buffered, len);
-            return Ok(Head::Native(Box::new(request)));
-        }
-        // A whole head the front does not take is hyper's now: its client may be waiting for
-        // the answer, with nothing more to send.
-        if !head_incomplete(buffered) || buffered.len() >= READ_LIMIT {
-            return Ok(Head::ForHyper);
+    let parse = |bytes: &[u8]| parse_request(bytes, config.max_headers, config.max_header_size);
+    if buffered.is_empty() {
+        let first = poll_fn(|cx| {
+            let mut buf = [0u8; STACK_READ];
+            let n = match ready!(poll_read_some(stream, cx, &mut buf)) {
+                Ok(n) => n,
+                Err(error) => return Poll::Ready(Err(error)),
+            };
+            if n == 0 {
+                return Poll::Ready(Ok(Some(Head::Closed)));
+            }
+            // Parsed where the bytes are, on the stack; only what is left is kept.
+            Poll::Ready(Ok(match parse(&buf[..n]) {
+                Parsed::Request(request, used) => {
+                    buffered.extend_from_slice(&buf[used..n]);
+                    Some(Head::Native(request))
+                }
+                Parsed::NotOurs => {
+                    buffered.extend_from_slice(&buf[..n]);
+                    Some(Head::ForHyper)
+                }
+                Parsed::HeadIncomplete | Parsed::BodyIncomplete { .. } => {
+                    buffered.extend_from_slice(&buf[..n]);
+                    None
+                }
+            }))
+        })
+        .await?;
+        if let Some(head) = first {
+            return Ok(head);
         }
     }
-    let first = poll_fn(|cx| {
-        let mut buf = [0u8; STACK_READ];
-        let n = match ready!(poll_read_some(stream, cx, &mut buf)) {
-            Ok(n) => n,
-            Err(error) => return Poll::Ready(Err(error)),
+    loop {
+        let wanted = match parse(buffered) {
+            Parsed::Request(request, used) => {
+                consume(buffered, used);
+                return Ok(Head::Native(request));
+            }
+            Parsed::HeadIncomplete if buffered.len() < READ_LIMIT => READ_LIMIT,
+            Parsed::BodyIncomplete { total, body } if body <= config.max_body => total,
+            // Too large for the front, or not for it: hyper's, with every byte read so far.
+            _ => return Ok(Head::ForHyper),
         };
-        if n == 0 {
-            return Poll::Ready(Ok(Some(if buffered.is_empty() {
-                Head::Closed
-            } else {
-                Head::ForHyper
-            })));
-        }
-        // Parsed where the bytes are: on the stack when nothing came before them, else
-        // behind the start of the head in `buffered`.
-        let parsed = if buffered.is_empty() {
-            let parsed = classify(&buf[..n]);
-            let used = parsed.as_ref().map_or(0, |(_, len)| *len);
-            buffered.extend_from_slice(&buf[used..n]);
-            parsed
-        } else {
-            buffered.extend_from_slice(&buf[..n]);
-            classify(buffered).inspect(|(_, len)| consume(buffered, *len))
-        };
-        Poll::Ready(Ok(match parsed {
-            Some((request, _)) => Some(Head::Native(Box::new(request))),
-            None if n == STACK_READ => None,
-            None => Some(Head::ForHyper),
-        }))
-    })
-    .await?;
-    if let Some(head) = first {
-        return Ok(head);
-    }
-    // The stack buffer was filled without a whole head the front takes: read on, without
-    // waiting for more than the socket holds.
-    while buffered.len() < READ_LIMIT {
-        let start = buffered.len();
-        buffered.resize(READ_LIMIT, 0);
-        let n = read_now(stream, &mut buffered[start..])?.unwrap_or(0);
-        buffered.truncate(start + n);
-        if n == 0 {
-            break;
-        }
-        if let Some((request, len)) = classify(buffered) {
-            consume(buffered, len);
-            return Ok(Head::Native(Box::new(request)));
+        // Read until there is something new to parse: a line end that may end the head, or
+        // the whole body.
+        loop {
+            let start = buffered.len();
+            if read_more(stream, buffered, wanted - start).await? == 0 {
+                // The client stopped sending mid-request: hyper answers that as it does.
+                return Ok(Head::ForHyper);
+            }
+            if buffered.len() >= wanted || may_end_head(&buffered[start.saturating_sub(2)..]) {
+                break;
+            }
         }
     }
-    Ok(Head::ForHyper)
 }
 
-/// True if `bytes` are the start of a request head that has not ended yet.
-fn head_incomplete(bytes: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    matches!(
-        httparse::Request::new(&mut headers).parse(bytes),
-        Ok(httparse::Status::Partial)
-    )
+/// True if `bytes` hold an empty line's end (`\n\n` or `\n\r\n`): where a head may end.
+fn may_end_head(bytes: &[u8]) -> bool {
+    bytes
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w[0] == b'\n' && (w[1] == b'\n' || bytes[i + 1..].starts_with(b"\r\n")))
+}
+
+/// Waits until the socket is readable and appends what it holds to `buffered`, making room
+/// for at least `room` bytes; `0` at its end. Cancel-safe: bytes read are in `buffered`.
+async fn read_more(stream: &TcpStream, buffered: &mut BytesMut, room: usize) -> io::Result<usize> {
+    buffered.reserve(room.max(1));
+    poll_fn(|cx| loop {
+        ready!(stream.poll_read_ready(cx))?;
+        match stream.try_read_buf(buffered) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            result => return Poll::Ready(result),
+        }
+    })
+    .await
 }
 
 /// Drops the first `len` bytes of `buffered`, and its allocation once nothing is left, so an
@@ -355,13 +368,45 @@ fn read_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
 }
 
 /// A request the front answers, parsed from the start of `bytes`, and how many bytes it takes
-/// (its head, and a publish's body); `None` for anything hyper must serve (see the module
-/// documentation). Public for the fuzz target.
+/// (its head, and a publish's body); `None` for anything else, including a request not all
+/// there yet (see [`parse_request`]). Public for the fuzz target.
 pub fn parse_head(
     bytes: &[u8],
     max_headers: usize,
     max_header_size: usize,
 ) -> Option<(Request<Full<Bytes>>, usize)> {
+    match parse_request(bytes, max_headers, max_header_size) {
+        Parsed::Request(request, len) => Some((*request, len)),
+        _ => None,
+    }
+}
+
+/// What the start of a connection's unread bytes is, to the front.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A request the front answers, and how many bytes it takes (its head, and a publish's
+    /// body).
+    Request(Box<Request<Full<Bytes>>>, usize),
+    /// The start of a head that has not ended yet, within `max-header-size`.
+    HeadIncomplete,
+    /// A publish the front answers once its body is here: `total` bytes in all, `body` of
+    /// them its body.
+    BodyIncomplete {
+        /// Head and body.
+        total: usize,
+        /// The body's declared length.
+        body: usize,
+    },
+    /// Anything hyper must serve (see the module documentation).
+    NotOurs,
+}
+
+/// Reads the start of `bytes` as the front does (see [`Parsed`]). Public for the fuzz target.
+pub fn parse_request(bytes: &[u8], max_headers: usize, max_header_size: usize) -> Parsed {
+    parse_complete(bytes, max_headers, max_header_size).unwrap_or(Parsed::NotOurs)
+}
+
+fn parse_complete(bytes: &[u8], max_headers: usize, max_header_size: usize) -> Option<Parsed> {
     // Room for hyper's default header count on the stack; only a larger configured limit
     // allocates.
     let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
@@ -375,6 +420,9 @@ pub fn parse_head(
     let mut parsed = httparse::Request::new(headers);
     let len = match parsed.parse(bytes) {
         Ok(httparse::Status::Complete(len)) if len <= max_header_size => len,
+        Ok(httparse::Status::Partial) if bytes.len() < max_header_size => {
+            return Some(Parsed::HeadIncomplete)
+        }
         _ => return None,
     };
     if parsed.version != Some(1) {
@@ -415,8 +463,7 @@ pub fn parse_head(
     }
     let mut lengths = map.get_all(header::CONTENT_LENGTH).iter();
     let end = if method == Method::POST {
-        // Exactly one length, in digits, and the whole body already here: anything else
-        // (a body still on its way, repeated lengths) is hyper's to read.
+        // Exactly one length, in digits: anything else (repeated lengths) is hyper's to read.
         let (Some(length), None) = (lengths.next(), lengths.next()) else {
             return None;
         };
@@ -425,9 +472,13 @@ pub fn parse_head(
             return None;
         }
         let body_len: usize = length.to_str().ok()?.parse().ok()?;
-        let end = len
-            .checked_add(body_len)
-            .filter(|&end| end <= bytes.len())?;
+        let end = len.checked_add(body_len)?;
+        if end > bytes.len() {
+            return Some(Parsed::BodyIncomplete {
+                total: end,
+                body: body_len,
+            });
+        }
         *request.body_mut() = Full::new(Bytes::copy_from_slice(&bytes[len..end]));
         end
     } else {
@@ -437,7 +488,7 @@ pub fn parse_head(
         len
     };
     *request.method_mut() = method;
-    Some((request, end))
+    Some(Parsed::Request(Box::new(request), end))
 }
 
 /// False if the HTTP/1.1 request asks to close the connection after its answer.
@@ -815,6 +866,55 @@ mod tests {
     }
 
     #[test]
+    fn requests_not_all_here_are_told_apart() {
+        let parse = |bytes: &str| parse_request(bytes.as_bytes(), 100, 16 * 1024);
+        // Any head that has not ended: the front reads on before it decides.
+        for head in [
+            "G",
+            "GET /listen?cid=a HTTP/1.1\r\nHost: x\r\n",
+            "POST /publish?cid=a HTTP/1.1\r\nContent-Len",
+            "GET /health HTTP/1.1\r\n",
+        ] {
+            assert!(matches!(parse(head), Parsed::HeadIncomplete), "{head:?}");
+        }
+        // A head longer than max-header-size is hyper's (431), ended or not.
+        let long = format!("GET /listen?cid=a HTTP/1.1\r\nX: {}", "v".repeat(200));
+        assert!(matches!(
+            parse_request(long.as_bytes(), 100, 128),
+            Parsed::NotOurs
+        ));
+        // A publish whose head is here and body is not: how much to wait for.
+        let head = "POST /publish?cid=a HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        for body in ["", "hi"] {
+            let bytes = format!("{head}{body}");
+            match parse(&bytes) {
+                Parsed::BodyIncomplete { total, body } => {
+                    assert_eq!((total, body), (head.len() + 5, 5));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(&format!("{head}hello")),
+            Parsed::Request(..)
+        ));
+        assert!(matches!(
+            parse("GET /health HTTP/1.1\r\n\r\n"),
+            Parsed::NotOurs
+        ));
+    }
+
+    #[test]
+    fn a_head_may_end_only_where_an_empty_line_ends() {
+        for bytes in ["\n\n", "\n\r\n", "x\r\n\r\ny", "\r\n\r\n"] {
+            assert!(may_end_head(bytes.as_bytes()), "{bytes:?}");
+        }
+        for bytes in ["", "\n", "\r\n", "a\r\nb\r\n", "\n\r", "\r\n\r"] {
+            assert!(!may_end_head(bytes.as_bytes()), "{bytes:?}");
+        }
+    }
+
+    #[test]
     fn publishes_whose_body_is_here_are_answered_here() {
         let head = "POST /publish?cid=a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /next";
         let (request, len) = parse(head).expect("answered by the front");
@@ -829,7 +929,8 @@ mod tests {
         assert_eq!(len, head.len());
         assert_eq!(request.uri().path(), "/publish/");
         for head in [
-            // The body is not all here yet, or its length is not one plain number.
+            // The body is not all here yet (the front reads on), or its length is not one
+            // plain number.
             "POST /publish?cid=a HTTP/1.1\r\nContent-Length: 3\r\n\r\nhi",
             "POST /publish?cid=a HTTP/1.1\r\n\r\nhi",
             "POST /publish?cid=a HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",

@@ -4,9 +4,9 @@
 //! framing, the client going away while a response is in flight, shutdown of an open stream —
 //! publishes whose body came with the head (pipelined, JSON and text, refused ones, answered
 //! before their fan-out and finished when the socket takes an answer only in part) — and the
-//! requests the front hands to hyper for the rest of the connection (any other path, HTTP/1.0,
-//! a head split across writes, a publish body still on its way or chunked, bodies on a listen,
-//! `Expect`, large heads, WebSocket upgrades).
+//! requests the front reads on (a head split across writes, a publish body still on its way)
+//! or hands to hyper for the rest of the connection (any other path, HTTP/1.0, a chunked
+//! publish body, bodies on a listen, `Expect`, large heads, WebSocket upgrades).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -517,8 +517,8 @@ async fn a_pipelined_request_completed_by_a_later_write_is_answered() {
 }
 
 #[tokio::test]
-/// Publishes the front does not take (a late, chunked or `Expect` body: `parse_head`'s unit
-/// tests show it hands them to hyper) and one it takes but refuses, each on its own connection:
+/// Publishes the front reads on (a late body) or does not take (a chunked or `Expect` body:
+/// `parse_head`'s unit tests show it hands them to hyper) and one it takes but refuses, each on its own connection:
 /// every one gets its answer and leaves the connection usable.
 async fn publishes_with_a_late_chunked_expecting_or_oversized_body_are_answered() {
     let server = common::start_with(|c| c.max_body = 16).await;
@@ -572,6 +572,46 @@ async fn publishes_with_a_late_chunked_expecting_or_oversized_body_are_answered(
             "{name}: the next request"
         );
     }
+}
+
+/// A publish body that comes after its head is read on by the front: bytes that came with its
+/// end (a pipelined request) are the next request; a body that stops coming is bounded by the
+/// head timeout, and the connection is closed without an answer, like a head that stops.
+#[tokio::test]
+async fn a_late_body_is_read_on_within_the_head_timeout() {
+    let server = common::start_with(|c| c.header_read_timeout = Duration::from_millis(300)).await;
+    let publish = raw::publish("late", "a body in two parts", server.server.local_addr());
+    let (first, rest) = publish.split_at(publish.len() - 6);
+
+    let mut conn = Conn::open(&server).await;
+    conn.send(first).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.send(&format!(
+        "{rest}{}",
+        raw::get("/listen?cid=late&since=0", conn.addr, &[])
+    ))
+    .await;
+    let answer = conn.response().await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["published"][0]["id"], 1);
+    let listened = conn.response().await;
+    assert_complete(&listened);
+    assert_eq!(messages(&listened).0, ["a body in two parts"]);
+
+    let mut stalled = Conn::open(&server).await;
+    stalled.send(first).await;
+    let waited = wait_closed(&mut stalled.stream, Duration::from_secs(3))
+        .await
+        .expect("closed");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert_eq!(
+        common::history(&server, "late").await.len(),
+        1,
+        "not published"
+    );
 }
 
 #[tokio::test]
@@ -643,6 +683,38 @@ async fn an_early_publish_answer_is_a_whole_answer_and_honours_connection_close(
 /// the server, in this test's runtime, is still writing.
 #[tokio::test]
 async fn a_publish_is_answered_before_its_fan_out_starts() {
+    answered_before_fan_out(|_, _| {}).await;
+}
+
+/// A publish whose head, or whose body, comes in more than one segment is read on by the front
+/// (not handed to hyper with the rest of its connection): the next publish on that connection
+/// is still answered before its fan-out.
+#[tokio::test]
+async fn a_connection_whose_requests_come_in_pieces_keeps_its_early_answers() {
+    answered_before_fan_out(|publisher, addr| {
+        use std::io::{Read, Write};
+        let cut_head = raw::publish("pieces", "cut head", addr);
+        let cut_body = raw::publish("pieces", &"cut body ".repeat(300), addr);
+        for (request, at) in [(cut_head, 10), (cut_body.clone(), cut_body.len() - 1000)] {
+            let (first, rest) = request.split_at(at);
+            publisher.write_all(first.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            publisher.write_all(rest.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let mut byte = [0u8; 1];
+            while !answer.ends_with(br#""subscribers":0}]}"#) {
+                assert_eq!(publisher.read(&mut byte).unwrap(), 1, "answered");
+                answer.push(byte[0]);
+            }
+            assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        }
+    })
+    .await;
+}
+
+/// See `a_publish_is_answered_before_its_fan_out_starts`; `prelude` runs on the publisher's
+/// connection first.
+async fn answered_before_fan_out(prelude: fn(&mut std::net::TcpStream, std::net::SocketAddr)) {
     const CROWD: usize = 2_000;
     let server = common::start().await;
     let url = server.ws_url("/listen?cid=crowd");
@@ -663,6 +735,7 @@ async fn a_publish_is_answered_before_its_fan_out_starts() {
         use std::io::{Read, Write};
         use tokio_tungstenite::tungstenite::Message;
         let mut publisher = std::net::TcpStream::connect(addr).unwrap();
+        prelude(&mut publisher, addr);
         publisher
             .write_all(raw::publish("crowd", "first", addr).as_bytes())
             .unwrap();
@@ -715,10 +788,9 @@ async fn early_answers_the_socket_cannot_take_at_once_are_finished_in_order() {
     socket2::SockRef::from(&socket).set_tcp_mss(536).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
     // One request at a time, the next once the subscriber has the message, so that each
-    // reaches the server whole and the front answers it (a request cut by a read boundary
-    // would hand the connection to hyper); no answer is read. When the server's send buffer
-    // is full, an answer is left unfinished and the server reads no further request: the
-    // last one sent is not published.
+    // reaches the server whole and the front answers it at once; no answer is read. When the
+    // server's send buffer is full, an answer is left unfinished and the server reads no
+    // further request: the last one sent is not published.
     let mut sent = 0;
     loop {
         sent += 1;
