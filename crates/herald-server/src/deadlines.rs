@@ -71,13 +71,16 @@ impl Bell {
 
     /// Waits until the bell is rung; returns (and clears) what was rung.
     pub fn rung(&self) -> impl Future<Output = Signals> + '_ {
-        std::future::poll_fn(|cx: &mut Context<'_>| {
-            if let Some(signals) = self.take() {
-                return Poll::Ready(signals);
-            }
-            self.waker.register(cx.waker());
-            self.take().map_or(Poll::Pending, Poll::Ready)
-        })
+        std::future::poll_fn(|cx: &mut Context<'_>| self.poll_rung(cx))
+    }
+
+    /// What was rung (cleared), or pending with the task's waker registered.
+    pub fn poll_rung(&self, cx: &mut Context<'_>) -> Poll<Signals> {
+        if let Some(signals) = self.take() {
+            return Poll::Ready(signals);
+        }
+        self.waker.register(cx.waker());
+        self.take().map_or(Poll::Pending, Poll::Ready)
     }
 
     fn take(&self) -> Option<Signals> {

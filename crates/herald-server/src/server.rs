@@ -267,7 +267,11 @@ pub(crate) async fn serve_http<I>(
     let config = &app.config;
     let mut builder = http1::Builder::new();
     builder
-        .timer(HeadTimer::new(first_head, config.idle_timeout))
+        .timer(HeadTimer::new(
+            first_head,
+            config.idle_timeout,
+            Arc::clone(&app.registry),
+        ))
         .header_read_timeout(first_head)
         .max_buf_size(MAX_BUF_SIZE.max(config.max_header_size))
         .max_header_size(config.max_header_size);

@@ -12,19 +12,27 @@
 //! per-connection [`Timer`] that lets hyper's first deadline stand and moves every later one
 //! from `header-read-timeout` to `idle-timeout` after its start. Streaming responses (SSE,
 //! iframe, long polls) are in flight, not idle: no head is awaited while they run.
+//!
+//! Its sleeps are entries on the server's wheel of deadlines (see `deadlines`), like the
+//! connection front's head waits, not tokio timers: one coarse timer for every connection.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use herald_core::Signals;
 use hyper::rt::{Sleep, Timer};
-use hyper_util::rt::TokioTimer;
+
+use crate::deadlines::Bell;
+use crate::registry::{Registration, Registry};
 
 /// hyper's header-read timer with the keep-alive wait stretched or shortened to the idle
 /// timeout. Configure hyper's `header_read_timeout` with the same `first` duration.
-#[derive(Debug)]
 pub struct HeadTimer {
-    inner: TokioTimer,
+    registry: Arc<Registry>,
     first: Duration,
     idle: Duration,
     waited_before: AtomicBool,
@@ -32,14 +40,25 @@ pub struct HeadTimer {
 
 impl HeadTimer {
     /// A timer for one connection: `first` for the first request head, `idle` for each one
-    /// after it.
-    pub fn new(first: Duration, idle: Duration) -> Self {
+    /// after it, on `registry`'s wheel of deadlines.
+    pub fn new(first: Duration, idle: Duration, registry: Arc<Registry>) -> Self {
         Self {
-            inner: TokioTimer::new(),
+            registry,
             first,
             idle,
             waited_before: AtomicBool::new(false),
         }
+    }
+
+    fn wheel_sleep(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        let bell = Arc::new(Bell::default());
+        let registration = self
+            .registry
+            .register_until(bell.clone(), tokio::time::Instant::from_std(deadline));
+        Box::pin(WheelSleep {
+            bell,
+            _registration: registration,
+        })
     }
 
     /// hyper asks for `now + first`; after the first wait, make it `now + idle`.
@@ -57,25 +76,53 @@ impl HeadTimer {
 
 impl Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
-        self.inner.sleep(duration)
+        let now = Instant::now();
+        self.wheel_sleep(now.checked_add(duration).unwrap_or(now))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        self.inner.sleep_until(self.adjust(deadline))
+        self.wheel_sleep(self.adjust(deadline))
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
-        self.inner.reset(sleep, self.adjust(new_deadline));
+        *sleep = self.sleep_until(new_deadline);
     }
 }
+
+/// A hyper sleep that is an entry on the wheel of deadlines: done once the wheel rings its
+/// deadline. (Shutdown rings it too; hyper's graceful shutdown ends the connection then, so
+/// that ring is not a timeout.)
+struct WheelSleep {
+    bell: Arc<Bell>,
+    _registration: Registration,
+}
+
+impl Future for WheelSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        while let Poll::Ready(signals) = self.bell.poll_rung(cx) {
+            if signals.contains(Signals::DEADLINE) {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Sleep for WheelSleep {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry::new(Duration::from_millis(10)))
+    }
+
     #[test]
     fn first_deadline_stands_and_later_ones_use_the_idle_timeout() {
-        let timer = HeadTimer::new(Duration::from_secs(10), Duration::from_secs(60));
+        let timer = HeadTimer::new(Duration::from_secs(10), Duration::from_secs(60), registry());
         let now = Instant::now();
         assert_eq!(
             timer.adjust(now + Duration::from_secs(10)),
@@ -85,5 +132,34 @@ mod tests {
             timer.adjust(now + Duration::from_secs(10)),
             now + Duration::from_secs(60)
         );
+    }
+
+    #[tokio::test]
+    async fn a_sleep_ends_when_the_wheel_rings_its_deadline_not_at_shutdown() {
+        let registry = registry();
+        let ticker = {
+            let registry = Arc::clone(&registry);
+            tokio::spawn(async move {
+                registry.deadlines().run(std::future::pending::<()>()).await;
+            })
+        };
+        let timer = HeadTimer::new(
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+            registry.clone(),
+        );
+        let started = Instant::now();
+        let mut sleep = timer.sleep_until(started + Duration::from_millis(50));
+        assert_eq!(registry.len(), 1, "on the wheel");
+        // A shutdown ring is not the deadline.
+        registry.raise(None, Signals::CLOSE);
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        assert!(sleep.as_mut().poll(cx).is_pending());
+        tokio::time::timeout(Duration::from_secs(5), sleep)
+            .await
+            .expect("rung by the wheel");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(registry.len(), 0, "off the wheel once dropped");
+        ticker.abort();
     }
 }
