@@ -25,7 +25,7 @@ use crate::query::SubscribeQuery;
 /// Handles one publish request.
 pub async fn handle<B: RequestBody>(
     app: &Arc<App>,
-    request: Request<B>,
+    request: Box<Request<B>>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     app.access.keys.authorize(request.headers(), peer)?;
@@ -49,7 +49,7 @@ pub async fn handle<B: RequestBody>(
         return Err(ApiError::PayloadTooLarge(max));
     }
     let is_json = is_json(request.headers());
-    let body = Limited::new(request.into_body(), max)
+    let body = Limited::new((*request).into_body(), max)
         .collect()
         .await
         .map_err(|e| {

@@ -13,10 +13,12 @@ use crate::browser;
 use crate::http::{json, ApiError, Body, RequestBody};
 use crate::{publish, transport};
 
-/// Answers one request.
+/// Answers one request. The request comes boxed: every future it passes through keeps a slot
+/// for it (an async function's arguments live as long as its future), and a waiting long poll
+/// lives in those futures; a pointer there instead of the request keeps that state small.
 pub async fn handle<B: RequestBody>(
     app: Arc<App>,
-    request: Request<B>,
+    request: Box<Request<B>>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let method = request.method().clone();

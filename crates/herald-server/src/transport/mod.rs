@@ -25,7 +25,7 @@ use crate::query::{SubscribeQuery, TransportParam};
 /// `GET /listen` from `peer`: negotiates the transport and hands the request to it.
 pub async fn listen<B: RequestBody>(
     app: &Arc<App>,
-    request: Request<B>,
+    request: Box<Request<B>>,
     peer: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     if app.shutdown.is_cancelled() {

@@ -23,7 +23,7 @@ use super::socket::WsSocket;
 /// Validates the handshake, answers `101` and echoes on the upgraded connection.
 pub async fn upgrade<B: Send>(
     app: &Arc<App>,
-    mut request: Request<B>,
+    mut request: Box<Request<B>>,
     peer: std::net::IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     let accept = match super::check_handshake(request.headers()) {

@@ -62,7 +62,7 @@ fn is_valid_key(key: &[u8]) -> bool {
 /// Validates the handshake, subscribes, answers `101` and spawns the connection task.
 pub async fn upgrade<B: Send>(
     app: &Arc<App>,
-    mut request: Request<B>,
+    mut request: Box<Request<B>>,
     query: SubscribeQuery,
     identity: Option<Arc<Identity>>,
     peer: IpAddr,
