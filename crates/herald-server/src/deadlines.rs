@@ -30,9 +30,19 @@ use tokio::time::Instant;
 /// ones and wait there for their turn.
 const SLOTS: usize = 256;
 /// Locks per slot. Connections that begin waiting in the same tick (every long poller after a
-/// publish) have the same slot; lanes, taken in turn, keep the worker threads from queueing
-/// on one lock for it.
+/// publish) have the same slot; each thread has a lane of its own (see [`lane`]), so the
+/// worker threads neither queue on one lock nor pass its cache line and entries back and
+/// forth.
 const LANES: usize = 8;
+
+/// This thread's lane, given out in turn on its first use.
+fn lane() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % LANES;
+    }
+    LANE.with(|lane| *lane)
+}
 /// The finest and the coarsest granularity the server uses.
 const FINEST: Duration = Duration::from_millis(10);
 const COARSEST: Duration = Duration::from_secs(1);
@@ -106,7 +116,6 @@ pub struct Wheel {
     granularity: Duration,
     /// `SLOTS` × `LANES` entry sets: slot `s`, lane `l` at `s * LANES + l`.
     slots: Box<[Mutex<Slab<Entry>>]>,
-    next_lane: AtomicUsize,
 }
 
 /// Where an entry is, for its removal.
@@ -125,7 +134,6 @@ impl Wheel {
             slots: (0..SLOTS * LANES)
                 .map(|_| Mutex::new(Slab::new()))
                 .collect(),
-            next_lane: AtomicUsize::new(0),
         }
     }
 
@@ -151,8 +159,7 @@ impl Wheel {
     /// passed. Take it off with [`Wheel::remove`].
     pub fn insert(&self, target: Arc<dyn Ring>, deadline: Instant) -> Place {
         let due = self.due_tick(deadline);
-        let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % LANES;
-        let set = Self::slot_of(due) * LANES + lane;
+        let set = Self::slot_of(due) * LANES + lane();
         let key = self.slots[set].lock().insert(Entry { due, target });
         Place { set, key }
     }
