@@ -19,7 +19,7 @@ use crate::{publish, transport};
 pub async fn handle<B: RequestBody>(
     app: Arc<App>,
     request: Box<Request<B>>,
-    peer: SocketAddr,
+    peer: &SocketAddr,
 ) -> Response<Body> {
     let method = request.method().clone();
     let url_length = url_length(request.uri());
@@ -50,7 +50,7 @@ pub async fn handle<B: RequestBody>(
     };
     let result = match path {
         "/publish" => match method {
-            Method::POST => publish::handle(&app, request, peer).await,
+            Method::POST => publish::handle(&app, request, *peer).await,
             _ => Err(not_allowed(&method, "POST")),
         },
         "/listen" => match method {
