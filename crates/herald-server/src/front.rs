@@ -81,6 +81,8 @@ pub const READ_LIMIT: usize = 8 * 1024;
 const STACK_READ: usize = 2048;
 /// Headers parsed without allocating (hyper's default `max-headers`).
 const STACK_HEADERS: usize = 100;
+/// Most bytes one read of a request not all there at once reserves (see `read_more`).
+const READ_CHUNK: usize = 16 * 1024;
 /// The least time hyper is given to read a head the front handed over.
 const MIN_HEAD_WAIT: Duration = Duration::from_millis(10);
 
@@ -307,12 +309,14 @@ fn may_end_head(bytes: &[u8]) -> bool {
         .any(|(i, w)| w[0] == b'\n' && (w[1] == b'\n' || bytes[i + 1..].starts_with(b"\r\n")))
 }
 
-/// Waits until the socket is readable and appends what it holds to `buffered`, making room
-/// for at least `room` bytes; `0` at its end. Cancel-safe: bytes read are in `buffered`.
+/// Waits until the socket is readable and appends what it holds to `buffered`: up to the
+/// `room` still wanted, at most [`READ_CHUNK`] more than `buffered` has room for; `0` at its
+/// end. Memory is reserved only once there are bytes to read, so a client that declares a large
+/// body and stalls holds no buffer for it. Cancel-safe: bytes read are in `buffered`.
 async fn read_more(stream: &TcpStream, buffered: &mut BytesMut, room: usize) -> io::Result<usize> {
-    buffered.reserve(room.max(1));
     poll_fn(|cx| loop {
         ready!(stream.poll_read_ready(cx))?;
+        buffered.reserve(room.clamp(1, READ_CHUNK));
         match stream.try_read_buf(buffered) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             result => return Poll::Ready(result),

@@ -614,6 +614,29 @@ async fn a_late_body_is_read_on_within_the_head_timeout() {
     );
 }
 
+/// A body far larger than one read, sent in pieces, is read whole and published as sent.
+#[tokio::test]
+async fn a_large_body_in_pieces_is_published_whole() {
+    let server = common::start().await;
+    let body: String = (0..50_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let publish = raw::publish("large", &body, server.server.local_addr());
+    let mut conn = Conn::open(&server).await;
+    for piece in publish.as_bytes().chunks(12_000) {
+        conn.stream.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = conn.response().await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let history = common::history(&server, "large").await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["data"], body.as_str());
+    // The connection goes on.
+    let again = conn.roundtrip_get("/listen?cid=large&since=0", &[]).await;
+    assert_eq!(messages(&again).0.len(), 1);
+}
+
 #[tokio::test]
 async fn connection_close_is_answered_and_the_server_closes() {
     let server = common::start().await;
