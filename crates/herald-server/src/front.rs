@@ -187,22 +187,28 @@ async fn head_within(
     deadline: tokio::time::Instant,
 ) -> Option<io::Result<Head>> {
     let mut reading = std::pin::pin!(next_head(stream, app, buffered));
-    if let Poll::Ready(head) = poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await {
-        return Some(head);
-    }
     let bell = bell.get_or_insert_with(Default::default);
-    // A ring from the last wait's deadline, passing as its head came, is not for this one.
-    bell.clear();
-    let _registration = app.registry.register_until(bell.clone(), deadline);
-    // Shutdown rings what is registered; a wait registered after that sees it here.
-    if app.shutdown.is_cancelled() {
-        return None;
-    }
-    tokio::select! {
-        biased;
-        head = reading => Some(head),
-        _ = bell.rung() => None,
-    }
+    let mut registration = None;
+    // The head first, each time the task wakes; the deadline is registered at the first
+    // time the head is not there, and only then. (One poll of the socket per wake: a
+    // `select!` after a first look would poll it twice.)
+    poll_fn(|cx| {
+        if let Poll::Ready(head) = reading.as_mut().poll(cx) {
+            return Poll::Ready(Some(head));
+        }
+        if registration.is_none() {
+            // A ring from the last wait's deadline, passing as its head came, is not for
+            // this one.
+            bell.clear();
+            registration = Some(app.registry.register_until(bell.clone(), deadline));
+            // Shutdown rings what is registered; a wait registered after that sees it here.
+            if app.shutdown.is_cancelled() {
+                return Poll::Ready(None);
+            }
+        }
+        bell.poll_rung(cx).map(|_| None)
+    })
+    .await
 }
 
 /// What the next request on a connection is.
