@@ -311,15 +311,17 @@ impl MemoryBroker {
                 more
             }));
         }
-        // Still under the channel lock: the hub sees this channel's messages in order.
-        let subscribers = self.hub.deliver_after(&message, load, |subscribers| {
-            if let Some(before_fan_out) = before_fan_out {
+        // Still under the channel lock: the hub sees this channel's messages in order. Only a
+        // publisher answered before the fan-out needs the subscribers counted first.
+        let subscribers = match before_fan_out {
+            Some(before_fan_out) => self.hub.deliver_after(&message, load, |subscribers| {
                 before_fan_out(&Published {
                     message: Arc::clone(&message),
                     subscribers,
                 });
-            }
-        });
+            }),
+            None => self.hub.deliver(&message, load),
+        };
         Ok(Published {
             message,
             subscribers,
