@@ -93,17 +93,15 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
     // Bytes read but not yet used: the start of a pipelined request, or (for hyper) all of it.
     let mut buffered = BytesMut::new();
     let mut wait = app.config.header_read_timeout;
-    // Rung when a wait for a request head outlasts its timeout, or at shutdown; made at the
-    // first wait.
-    let mut bell = None;
+    // Rung when a wait for a request head outlasts its timeout, or at shutdown.
+    let bell = Arc::new(Bell::default());
     loop {
         let now = tokio::time::Instant::now();
         // No overflow, however long the configured timeout (about 30 years at most).
         let deadline = now
             .checked_add(wait)
             .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
-        let Some(head) = head_within(&app, &stream, &mut buffered, &mut bell, deadline).await
-        else {
+        let Some(head) = head_within(&app, &stream, &mut buffered, &bell, deadline).await else {
             // Like hyper's header-read timeout: close without an answer.
             return;
         };
@@ -183,11 +181,10 @@ async fn head_within(
     app: &Arc<App>,
     stream: &Arc<TcpStream>,
     buffered: &mut BytesMut,
-    bell: &mut Option<Arc<Bell>>,
+    bell: &Arc<Bell>,
     deadline: tokio::time::Instant,
 ) -> Option<io::Result<Head>> {
     let mut reading = std::pin::pin!(next_head(stream, app, buffered));
-    let bell = bell.get_or_insert_with(Default::default);
     let mut registration = None;
     // The head first, each time the task wakes; the deadline is registered at the first
     // time the head is not there, and only then. (One poll of the socket per wake: a
@@ -315,18 +312,22 @@ fn may_end_head(bytes: &[u8]) -> bool {
         .any(|(i, w)| w[0] == b'\n' && (w[1] == b'\n' || bytes[i + 1..].starts_with(b"\r\n")))
 }
 
-/// Waits until the socket is readable and appends what it holds to `buffered`: up to the
-/// `room` still wanted, at most [`READ_CHUNK`] more than `buffered` has room for; `0` at its
-/// end. Memory is reserved only once there are bytes to read, so a client that declares a large
-/// body and stalls holds no buffer for it. Cancel-safe: bytes read are in `buffered`.
+/// Waits until the socket is readable and appends what it holds to `buffered`, up to the
+/// `room` still wanted and at most [`READ_CHUNK`]; `0` at its end. Memory is taken only once
+/// there are bytes to read, so a client that declares a large body and stalls holds no buffer
+/// for it. Each poll leaves `buffered` whole (cancel-safe).
 async fn read_more(stream: &TcpStream, buffered: &mut BytesMut, room: usize) -> io::Result<usize> {
-    poll_fn(|cx| loop {
+    poll_fn(|cx| {
         ready!(stream.poll_read_ready(cx))?;
-        buffered.reserve(room.clamp(1, READ_CHUNK));
-        match stream.try_read_buf(buffered) {
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            result => return Poll::Ready(result),
-        }
+        let start = buffered.len();
+        buffered.resize(start + room.clamp(1, READ_CHUNK), 0);
+        let read = poll_read_some(stream, cx, &mut buffered[start..]);
+        let n = match &read {
+            Poll::Ready(Ok(n)) => *n,
+            _ => 0,
+        };
+        buffered.truncate(start + n);
+        read
     })
     .await
 }
