@@ -79,11 +79,6 @@ impl Bell {
         self.signals.store(0, Ordering::Release);
     }
 
-    /// Waits until the bell is rung; returns (and clears) what was rung.
-    pub fn rung(&self) -> impl Future<Output = Signals> + '_ {
-        std::future::poll_fn(|cx: &mut Context<'_>| self.poll_rung(cx))
-    }
-
     /// What was rung (cleared), or pending with the task's waker registered.
     pub fn poll_rung(&self, cx: &mut Context<'_>) -> Poll<Signals> {
         if let Some(signals) = self.take() {
@@ -137,13 +132,8 @@ impl Wheel {
         }
     }
 
-    /// How often [`Wheel::expire`] must run.
-    pub fn granularity(&self) -> Duration {
-        self.granularity
-    }
-
     /// The ticks since the start, rounded down (the last tick that has begun at `at`).
-    pub fn tick_at(&self, at: Instant) -> u64 {
+    fn tick_at(&self, at: Instant) -> u64 {
         let elapsed = at.saturating_duration_since(self.start);
         u64::try_from(elapsed.as_nanos() / self.granularity.as_nanos()).unwrap_or(u64::MAX)
     }
@@ -238,7 +228,7 @@ mod tests {
 
     fn rung_now(bell: &Bell) -> Option<Signals> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match std::pin::pin!(bell.rung()).poll(&mut cx) {
+        match bell.poll_rung(&mut cx) {
             Poll::Ready(signals) => Some(signals),
             Poll::Pending => None,
         }
@@ -323,7 +313,8 @@ mod tests {
             let (wheel, stop) = (Arc::clone(&wheel), Arc::clone(&stop));
             tokio::spawn(async move { wheel.run(stop.notified()).await })
         };
-        let signals = tokio::time::timeout(Duration::from_secs(5), waiting.rung())
+        let rung = std::future::poll_fn(|cx| waiting.poll_rung(cx));
+        let signals = tokio::time::timeout(Duration::from_secs(5), rung)
             .await
             .expect("the deadline rings");
         assert_eq!(signals, Signals::DEADLINE);

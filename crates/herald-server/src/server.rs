@@ -148,8 +148,8 @@ fn spawn_sweeper(app: Arc<App>) {
 fn spawn_tickers(app: &Arc<App>) {
     let deadline_app = Arc::clone(app);
     tokio::spawn(async move {
-        let app = &deadline_app;
-        app.registry.deadlines().run(app.shutdown.cancelled()).await;
+        let deadlines = deadline_app.registry.deadlines();
+        deadlines.run(deadline_app.shutdown.cancelled()).await;
     });
     for (kind, period) in [
         (Kind::WebSocket, app.config.ws_ping_interval),
