@@ -94,6 +94,16 @@ impl Bell {
     }
 }
 
+/// Where a deadline `wait` after `now` falls: about 30 years from now when `now + wait` is
+/// beyond what an instant holds, so that a timeout configured absurdly long never fires (as
+/// tokio's own timers treat it) instead of overflowing.
+pub fn deadline_after(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait).unwrap_or_else(|| now + FAR_FUTURE)
+}
+
+/// "Never", for [`deadline_after`].
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// The granularity for a server whose shortest timeout is `shortest`.
 pub fn granularity_for(shortest: Duration) -> Duration {
     (shortest / 10).clamp(FINEST, COARSEST)
@@ -232,6 +242,16 @@ mod tests {
             Poll::Ready(signals) => Some(signals),
             Poll::Pending => None,
         }
+    }
+
+    #[test]
+    fn a_deadline_beyond_what_an_instant_holds_is_far_away_not_an_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert_eq!(deadline_after(now, Duration::MAX), now + FAR_FUTURE);
     }
 
     #[test]

@@ -69,7 +69,7 @@ use tokio::net::TcpStream;
 use crate::admission::ConnectionSlot;
 use crate::answer_first::AnswerFirst;
 use crate::app::App;
-use crate::deadlines::Bell;
+use crate::deadlines::{deadline_after, Bell};
 use crate::http::Body;
 use crate::prefixed::Prefixed;
 use crate::router;
@@ -96,11 +96,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
     // Rung when a wait for a request head outlasts its timeout, or at shutdown.
     let bell = Arc::new(Bell::default());
     loop {
-        let now = tokio::time::Instant::now();
-        // No overflow, however long the configured timeout (about 30 years at most).
-        let deadline = now
-            .checked_add(wait)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
+        let deadline = deadline_after(tokio::time::Instant::now(), wait);
         let Some(head) = head_within(&app, &stream, &mut buffered, &bell, deadline).await else {
             // Like hyper's header-read timeout: close without an answer.
             return;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use herald_core::Signals;
 use hyper::rt::{Sleep, Timer};
 
-use crate::deadlines::Bell;
+use crate::deadlines::{deadline_after, Bell};
 use crate::registry::{Registration, Registry};
 
 /// hyper's header-read timer with the keep-alive wait stretched or shortened to the idle
@@ -64,10 +64,9 @@ impl HeadTimer {
     /// hyper asks for `now + first`; after the first wait, make it `now + idle`.
     fn adjust(&self, deadline: Instant) -> Instant {
         if self.waited_before.swap(true, Ordering::Relaxed) {
-            deadline
-                .checked_sub(self.first)
-                .and_then(|start| start.checked_add(self.idle))
-                .unwrap_or(deadline)
+            deadline.checked_sub(self.first).map_or(deadline, |start| {
+                deadline_after(tokio::time::Instant::from_std(start), self.idle).into_std()
+            })
         } else {
             deadline
         }
@@ -76,8 +75,7 @@ impl HeadTimer {
 
 impl Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
-        let now = Instant::now();
-        self.wheel_sleep(now.checked_add(duration).unwrap_or(now))
+        self.wheel_sleep(deadline_after(tokio::time::Instant::now(), duration).into_std())
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {

@@ -505,6 +505,30 @@ async fn long_poll_times_out_with_an_empty_array() {
     wait_for_subscribers(&server, "quiet", 0).await;
 }
 
+/// Timeouts longer than an instant can hold ("never") are accepted and never fire: a long
+/// poll waits for its message, and requests on keep-alive connections (the front's and
+/// hyper's) are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_too_long_to_reach_never_fire() {
+    let server = common::start_with(|c| {
+        c.longpoll_timeout = Duration::MAX;
+        c.idle_timeout = Duration::MAX;
+        c.header_read_timeout = Duration::MAX;
+    })
+    .await;
+    let epoch = publish_n(&server, "forever", 1).await;
+    let task = spawn_long_poll(&server, &format!("/listen?cid=forever&since={epoch}:1"));
+    wait_for_subscribers(&server, "forever", 1).await;
+    assert_still_waiting(&task).await;
+    server.publish("forever", "at last").await;
+    let (answer, _) = tokio::time::timeout(T, task).await.unwrap().unwrap();
+    assert_eq!(answer.ids(), [2]);
+    for _ in 0..2 {
+        assert_eq!(get(&server, "/health").await.status(), 200);
+        assert!(poll(&server, "/messages?cid=forever&since=0").await.messages.len() == 2);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_without_since_waits_for_the_next_new_message() {
     let server = common::start().await;

@@ -20,6 +20,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::access::{ExpiryEntry, ExpirySchedule, Identity};
 use crate::app::App;
+use crate::deadlines::deadline_after;
 use crate::http::ApiError;
 use crate::registry::{Kind, Registration};
 
@@ -58,7 +59,7 @@ impl Session {
     pub fn new(app: &App, kind: Kind) -> Self {
         let outbox = Outbox::new(app.config.outbox_capacity);
         let registration = if kind == Kind::LongPoll {
-            let deadline = tokio::time::Instant::now() + app.config.longpoll_timeout;
+            let deadline = deadline_after(tokio::time::Instant::now(), app.config.longpoll_timeout);
             app.registry.register_until(outbox.clone(), deadline)
         } else {
             app.registry.register(kind, &outbox)
