@@ -520,7 +520,7 @@ async fn respond(
     answer_first: Option<AnswerFirst>,
 ) -> io::Result<Next> {
     let response = tokio::select! {
-        response = router::handle(Arc::clone(app), request, peer) => response,
+        response = router::handle(app, request, peer) => response,
         () = client_gone(stream) => return Ok(Next::Close),
     };
     if let Some(sent) = answer_first.as_ref().and_then(AnswerFirst::collect) {

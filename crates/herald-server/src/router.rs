@@ -17,7 +17,7 @@ use crate::{publish, transport};
 /// for it (an async function's arguments live as long as its future), and a waiting long poll
 /// lives in those futures; a pointer there instead of the request keeps that state small.
 pub async fn handle<B: RequestBody>(
-    app: Arc<App>,
+    app: &Arc<App>,
     request: Box<Request<B>>,
     peer: &SocketAddr,
 ) -> Response<Body> {
@@ -50,27 +50,27 @@ pub async fn handle<B: RequestBody>(
     };
     let result = match path {
         "/publish" => match method {
-            Method::POST => publish::handle(&app, request, *peer).await,
+            Method::POST => publish::handle(app, request, *peer).await,
             _ => Err(not_allowed(&method, "POST")),
         },
         "/listen" => match method {
-            Method::GET => transport::listen(&app, request, peer.ip()).await,
+            Method::GET => transport::listen(app, request, peer.ip()).await,
             Method::OPTIONS => app.browser.preflight(request.headers()),
             _ => Err(not_allowed(&method, "GET, OPTIONS")),
         },
         "/messages" => match method {
-            Method::GET => transport::poll::handle(&app, &request).await,
+            Method::GET => transport::poll::handle(app, &request).await,
             Method::OPTIONS => app.browser.preflight(request.headers()),
             _ => Err(not_allowed(&method, "GET, OPTIONS")),
         },
         "/health" => match method {
-            Method::GET => Ok(health(&app)),
+            Method::GET => Ok(health(app)),
             _ => Err(not_allowed(&method, "GET")),
         },
         // Conformance builds only (`--features conformance`): see transport/websocket/echo.rs.
         #[cfg(feature = "conformance")]
         "/echo" => match method {
-            Method::GET => transport::websocket::echo::upgrade(&app, request, peer.ip()).await,
+            Method::GET => transport::websocket::echo::upgrade(app, request, peer.ip()).await,
             _ => Err(not_allowed(&method, "GET")),
         },
         other => Err(ApiError::NotFound(other.chars().take(200).collect())),

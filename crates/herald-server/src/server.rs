@@ -170,6 +170,7 @@ fn spawn_tickers(app: &Arc<App>) {
 }
 
 async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
+    let mut accept_failures = AcceptFailures::default();
     loop {
         tokio::select! {
             () = app.shutdown.cancelled() => break,
@@ -182,8 +183,9 @@ async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
                     }
                 },
                 Err(error) => {
-                    // EMFILE/ENFILE and friends: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed; pausing before the next accept");
+                    // EMFILE/ENFILE and friends: back off instead of spinning. Connections
+                    // wait in the listen backlog meanwhile.
+                    accept_failures.record(&error);
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(100)) => {}
                         () = app.shutdown.cancelled() => break,
@@ -201,6 +203,37 @@ async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
     match tokio::time::timeout(grace, app.tasks.wait()).await {
         Ok(()) => tracing::info!("shutdown complete"),
         Err(_) => tracing::warn!(?grace, "shutdown timed out; closing remaining connections"),
+    }
+}
+
+/// How often a spell of failing accepts is reported.
+const ACCEPT_FAILURES_REPORTED_EVERY: Duration = Duration::from_secs(10);
+
+/// Failed accepts, logged at most once per [`ACCEPT_FAILURES_REPORTED_EVERY`]: at the
+/// open-files limit every retry fails, and connections that come and go make the accepts
+/// alternate between failing and succeeding.
+#[derive(Default)]
+struct AcceptFailures {
+    last_report: Option<std::time::Instant>,
+    unreported: u64,
+}
+
+impl AcceptFailures {
+    fn record(&mut self, error: &std::io::Error) {
+        self.unreported += 1;
+        if self
+            .last_report
+            .is_some_and(|at| at.elapsed() < ACCEPT_FAILURES_REPORTED_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            %error,
+            failed_accepts = self.unreported,
+            "accepting connections fails (at the open-files limit?); retrying every 100 ms"
+        );
+        self.last_report = Some(std::time::Instant::now());
+        self.unreported = 0;
     }
 }
 
@@ -262,7 +295,7 @@ pub(crate) async fn serve_http<I>(
     let service_app = Arc::clone(&app);
     let service = service_fn(move |request| {
         let app = Arc::clone(&service_app);
-        async move { Ok::<_, Infallible>(router::handle(app, Box::new(request), &peer).await) }
+        async move { Ok::<_, Infallible>(router::handle(&app, Box::new(request), &peer).await) }
     });
     let config = &app.config;
     let mut builder = http1::Builder::new();
