@@ -1,5 +1,6 @@
 //! The `herald` binary as a user runs it: help text, configuration precedence, the logged
-//! address for port 0, and graceful shutdown on SIGTERM with streams open.
+//! address for port 0, graceful shutdown on SIGTERM with streams open, memory after abuse and
+//! behaviour at the open-files limit.
 #![allow(clippy::unwrap_used)]
 
 mod common;
