@@ -182,6 +182,10 @@ async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
                         app.admission.refuse(stream, refusal, tls.as_ref());
                     }
                 },
+                // One connection that failed before it was accepted: nothing to wait for.
+                Err(error) if is_connection_error(&error) => {
+                    tracing::debug!(%error, "a connection failed before its accept");
+                }
                 Err(error) => {
                     // EMFILE/ENFILE and friends: back off instead of spinning. Connections
                     // wait in the listen backlog meanwhile.
@@ -204,6 +208,18 @@ async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
         Ok(()) => tracing::info!("shutdown complete"),
         Err(_) => tracing::warn!(?grace, "shutdown timed out; closing remaining connections"),
     }
+}
+
+/// An accept error that concerns one connection (reset or aborted by its client before the
+/// accept), not the server: the next accept may well succeed at once. Backing off for these
+/// would let any client that resets its connections pause every accept.
+fn is_connection_error(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// How often a spell of failing accepts is reported.
@@ -325,4 +341,33 @@ pub(crate) async fn serve_http<I>(
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
     drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Error;
+
+    #[test]
+    fn only_the_errors_of_one_connection_skip_the_accept_back_off() {
+        // Linux errno values, as accept(2) returns them.
+        const ECONNABORTED: i32 = 103;
+        const ECONNRESET: i32 = 104;
+        const EMFILE: i32 = 24;
+        const ENFILE: i32 = 23;
+        const ENOBUFS: i32 = 105;
+        const ENOMEM: i32 = 12;
+        for errno in [ECONNABORTED, ECONNRESET] {
+            assert!(
+                is_connection_error(&Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        for errno in [EMFILE, ENFILE, ENOBUFS, ENOMEM] {
+            assert!(
+                !is_connection_error(&Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+    }
 }
