@@ -34,6 +34,7 @@ pub use memory::{BrokerBounds, ChannelLimits, ChannelLimitsResolver, HistoryLimi
 pub use message::{script_safe_json, websocket_frame, Message, Payload, PayloadError, OPCODE_TEXT};
 pub use outbox::{DirectDelivery, DirectOutcome, Drained, Outbox, Overflow, Signals};
 pub use position::{
-    format_cursor, parse_cursor, parse_entry, ChannelCursor, CursorError, Epoch, Position,
+    format_cursor, parse_cursor, parse_entry, ChannelCursor, CursorError, Epoch, EpochText,
+    Position,
 };
 pub use subscriptions::{Accept, Subscriptions};

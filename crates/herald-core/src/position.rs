@@ -17,7 +17,6 @@
 //! tell when the history it refers to is gone.
 
 use std::fmt;
-use std::fmt::Write as _;
 
 /// One unbroken history of a channel. It changes only when the history is lost (the channel
 /// expired, or the server restarted without persistent storage).
@@ -65,21 +64,42 @@ impl Epoch {
 
     /// Writes the base-36 text form into `out`.
     pub fn write_to(self, out: &mut String) {
-        let mut digits = [0u8; 13];
+        out.push_str(self.text().as_str());
+    }
+
+    /// The base-36 text form, on the stack: it goes into every envelope and answer.
+    pub fn text(self) -> EpochText {
+        let mut digits = [0u8; EPOCH_DIGITS];
         let mut n = self.0;
-        let mut i = digits.len();
+        let mut start = digits.len();
         loop {
-            i -= 1;
+            start -= 1;
             let d = (n % 36) as u8;
-            digits[i] = if d < 10 { b'0' + d } else { b'a' + d - 10 };
+            digits[start] = if d < 10 { b'0' + d } else { b'a' + d - 10 };
             n /= 36;
             if n == 0 {
                 break;
             }
         }
-        for &d in &digits[i..] {
-            out.push(char::from(d));
-        }
+        EpochText { digits, start }
+    }
+}
+
+/// Base-36 digits of the largest epoch (`u64::MAX`).
+const EPOCH_DIGITS: usize = 13;
+
+/// An epoch's text form (see [`Epoch::text`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EpochText {
+    digits: [u8; EPOCH_DIGITS],
+    start: usize,
+}
+
+impl EpochText {
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and lower-case letters are ever written (see `Epoch::text`).
+        std::str::from_utf8(&self.digits[self.start..]).unwrap_or_default()
     }
 }
 
@@ -214,7 +234,8 @@ pub fn format_cursor<'a>(positions: impl IntoIterator<Item = &'a Position>) -> S
             out.push(',');
         }
         p.epoch.write_to(&mut out);
-        let _ = write!(out, ":{}", p.offset);
+        out.push(':');
+        out.push_str(itoa::Buffer::new().format(p.offset));
     }
     out
 }

@@ -16,12 +16,12 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::{BufMut as _, Bytes};
-use http::Response;
-use http_body_util::Full;
+use http::{Response, StatusCode};
+use http_body_util::Empty;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use crate::front::{response_head, Framing};
+use crate::front::json_head;
 use crate::http::{boxed, Body};
 
 /// Lets the handler of a request answered by the front write its answer before it returns.
@@ -66,16 +66,16 @@ impl AnswerFirst {
         }))
     }
 
-    /// Writes `response` now, as far as the socket takes it without waiting (the front writes
-    /// the rest), and gives it back for the handler to return. Never blocks; only the first
-    /// answer is written.
-    pub fn send(&self, response: Response<Bytes>) -> Response<Body> {
-        let (parts, body) = response.into_parts();
+    /// Writes a JSON answer with `status` and `body` now, as far as the socket takes it without
+    /// waiting (the front writes the rest). Never blocks; only the first answer is written.
+    /// Returns what the handler returns in place of the answer: a stand-in with the same
+    /// status, which the front never writes (it writes what is left of this answer instead;
+    /// see [`AnswerFirst::collect`]).
+    pub fn send_json(&self, status: StatusCode, body: &str) -> Response<Body> {
         let mut state = self.0.state.lock();
         if matches!(*state, State::Waiting) {
-            let length = u64::try_from(body.len()).unwrap_or(u64::MAX);
-            let mut answer = response_head(&parts, Framing::Length(length), self.0.keep_alive);
-            answer.put_slice(&body);
+            let mut answer = json_head(status, body.len(), self.0.keep_alive);
+            answer.put_slice(body.as_bytes());
             let answer = answer.freeze();
             let (written, error) = match self.0.socket.try_write(&answer) {
                 Ok(written) => (written, None),
@@ -88,7 +88,9 @@ impl AnswerFirst {
                 error,
             });
         }
-        Response::from_parts(parts, boxed(Full::new(body)))
+        let mut stand_in = Response::new(boxed(Empty::new()));
+        *stand_in.status_mut() = status;
+        stand_in
     }
 
     /// The answer given early, if one was; collected once.

@@ -49,7 +49,6 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::{poll_fn, Future as _};
 use std::io::{self, Read as _};
 use std::net::SocketAddr;
@@ -669,18 +668,7 @@ pub(crate) fn response_head(
     framing: Framing,
     keep_alive: bool,
 ) -> BytesMut {
-    let mut head = BytesMut::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(parts.status.as_str().as_bytes());
-    head.extend_from_slice(b" ");
-    head.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
-    head.extend_from_slice(b"\r\n");
+    let mut head = status_line(parts.status);
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
@@ -693,10 +681,43 @@ pub(crate) fn response_head(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    end_head(
+        &mut head,
+        framing,
+        keep_alive,
+        parts.headers.contains_key(header::DATE),
+    );
+    head
+}
+
+/// The head [`response_head`] writes for a JSON answer of `length` bytes made by
+/// `http::json`, written without making the response: the early answer to a publish
+/// (`answer_first`) is on the publish hot path.
+pub(crate) fn json_head(status: StatusCode, length: usize, keep_alive: bool) -> BytesMut {
+    let mut head = status_line(status);
+    head.extend_from_slice(b"content-type: application/json\r\ncache-control: no-store\r\n");
+    let length = u64::try_from(length).unwrap_or(u64::MAX);
+    end_head(&mut head, Framing::Length(length), keep_alive, false);
+    head
+}
+
+fn status_line(status: StatusCode) -> BytesMut {
+    let mut head = BytesMut::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// The framing, `connection` and `date` headers and the empty line that end a head.
+fn end_head(head: &mut BytesMut, framing: Framing, keep_alive: bool, has_date: bool) {
     match framing {
         Framing::Length(length) => {
-            // Writing to a `BytesMut` cannot fail.
-            let _ = write!(head, "content-length: {length}\r\n");
+            head.extend_from_slice(b"content-length: ");
+            head.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            head.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None => {}
@@ -704,13 +725,12 @@ pub(crate) fn response_head(
     if !keep_alive {
         head.extend_from_slice(b"connection: close\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         head.extend_from_slice(b"date: ");
-        append_date(&mut head);
+        append_date(head);
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    head
 }
 
 /// Appends the current time as an HTTP date, formatted at most once a second per thread (as
@@ -1056,6 +1076,31 @@ mod tests {
         let text = std::str::from_utf8(&head).expect("ASCII");
         assert!(!text.contains("content-length"), "{text}");
         assert!(!text.contains("transfer-encoding"), "{text}");
+    }
+
+    #[test]
+    fn the_early_json_head_is_the_head_of_a_json_response() {
+        // The `date` line is left out of the comparison: the two heads are made at different
+        // instants, and a second may pass between them.
+        fn without_date(head: &[u8]) -> String {
+            std::str::from_utf8(head)
+                .expect("ASCII")
+                .split("\r\n")
+                .filter(|line| !line.starts_with("date: "))
+                .collect::<Vec<_>>()
+                .join("\r\n")
+        }
+        let body = r#"{"published":[]}"#;
+        for status in [StatusCode::OK, StatusCode::ACCEPTED] {
+            for keep_alive in [true, false] {
+                let (parts, _) = crate::http::json(status, body).into_parts();
+                let expected =
+                    response_head(&parts, Framing::Length(body.len() as u64), keep_alive);
+                let early = json_head(status, body.len(), keep_alive);
+                assert_eq!(without_date(&early), without_date(&expected));
+                assert!(std::str::from_utf8(&early).is_ok_and(|t| t.contains("\r\ndate: ")));
+            }
+        }
     }
 
     /// Every keep-alive connection waiting for its next request holds this future; the memory

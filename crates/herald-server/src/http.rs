@@ -37,23 +37,14 @@ where
     body.boxed_unsync()
 }
 
-/// A response with a complete body and a content type.
+/// A response with a complete body and a content type. (`front::json_head` writes the same
+/// head for a JSON answer without making the response.)
 pub fn full(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
-    full_bytes(status, content_type, body).map(|body| boxed(Full::new(body)))
-}
-
-/// [`full`], its body still plain bytes: for a handler that writes the response itself
-/// (`answer_first`).
-pub fn full_bytes(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Bytes> {
-    let mut response = Response::new(body.into());
+    let mut response = Response::new(boxed(Full::new(body.into())));
     *response.status_mut() = status;
     response
         .headers_mut()

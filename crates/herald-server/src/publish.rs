@@ -8,7 +8,6 @@
 //! is answered before its fan-out, as soon as the message has its position (see
 //! `answer_first`); any other publish once every channel has had its fan-out.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -19,7 +18,7 @@ use herald_core::{ChannelId, Payload, Published};
 
 use crate::answer_first::AnswerFirst;
 use crate::app::App;
-use crate::http::{full_bytes, json, ApiError, Body, RequestBody, JSON};
+use crate::http::{json, ApiError, Body, RequestBody};
 use crate::query::SubscribeQuery;
 
 /// Handles one publish request.
@@ -74,7 +73,7 @@ pub async fn handle<B: RequestBody>(
             .engine
             .publish_answering_first(cid, &payload, &mut |outcome: &Published| {
                 let body = answer_body([(cid, outcome)]);
-                answered = Some(answer.send(full_bytes(StatusCode::OK, JSON, body)));
+                answered = Some(answer.send_json(StatusCode::OK, &body));
             })
             .await?;
         return Ok(answered.unwrap_or_else(|| json(StatusCode::OK, answer_body([(cid, &outcome)]))));
@@ -101,14 +100,17 @@ fn answer_body<'a>(outcomes: impl IntoIterator<Item = (&'a ChannelId, &'a Publis
         if i > 0 {
             body.push(',');
         }
-        let _ = write!(
-            body,
-            r#"{{"cid":"{cid}","id":{},"epoch":"{}","time":{},"subscribers":{}}}"#,
-            position.offset,
-            position.epoch,
-            outcome.message.time_ms(),
-            outcome.subscribers
-        );
+        body.push_str("{\"cid\":\"");
+        body.push_str(cid.as_str());
+        body.push_str("\",\"id\":");
+        body.push_str(itoa::Buffer::new().format(position.offset));
+        body.push_str(",\"epoch\":\"");
+        body.push_str(position.epoch.text().as_str());
+        body.push_str("\",\"time\":");
+        body.push_str(itoa::Buffer::new().format(outcome.message.time_ms()));
+        body.push_str(",\"subscribers\":");
+        body.push_str(itoa::Buffer::new().format(outcome.subscribers));
+        body.push('}');
     }
     body.push_str("]}");
     body
