@@ -100,7 +100,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
             // Like hyper's header-read timeout: close without an answer.
             return;
         };
-        let mut request = match head {
+        let request = match head {
             Err(error) => {
                 tracing::debug!(%peer, %error, "connection ended while reading a request");
                 return;
@@ -133,22 +133,17 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: Con
         // The front answers two requests, each given the socket its own way: a `POST /publish`
         // may be answered before its fan-out (see `answer_first`), a `GET /listen` stream may
         // be written by the publisher directly (`DirectSocket`).
-        let answer_first = if request.method() == Method::POST {
-            let early = AnswerFirst::new(
+        let lent = if request.method() == Method::POST {
+            Lent::AnswerFirst(AnswerFirst::new(
                 Arc::clone(&stream),
                 keep_alive && !app.shutdown.is_cancelled(),
-            );
-            request.extensions_mut().insert(early.clone());
-            Some(early)
+            ))
         } else {
-            request
-                .extensions_mut()
-                .insert(DirectSocket(Arc::clone(&stream)));
-            None
+            Lent::Socket(DirectSocket(Arc::clone(&stream)))
         };
         // Boxed: a request's state is needed only while it is answered, not while the
         // connection waits idle for the next one.
-        let answering = respond(&app, &stream, request, &peer, keep_alive, answer_first);
+        let answering = respond(&app, &stream, request, &peer, keep_alive, &lent);
         match Box::pin(answering).await {
             Ok(Next::Request) if !app.shutdown.is_cancelled() => {}
             Ok(Next::Request | Next::Close) => return,
@@ -508,21 +503,21 @@ fn wants_keep_alive(headers: &http::HeaderMap) -> bool {
 }
 
 /// Answers one request: runs the router (dropping the request if the client goes away), then
-/// writes the response — or, if the handler answered early through `answer_first`, what is
-/// left of that answer.
+/// writes the response — or, if the handler answered early through the [`AnswerFirst`] it was
+/// lent, what is left of that answer.
 async fn respond(
     app: &Arc<App>,
     stream: &TcpStream,
     request: Box<Request<Full<Bytes>>>,
     peer: &SocketAddr,
     keep_alive: bool,
-    answer_first: Option<AnswerFirst>,
+    lent: &Lent,
 ) -> io::Result<Next> {
     let response = tokio::select! {
-        response = router::handle(app, request, peer) => response,
+        response = router::handle(app, request, peer, Some(lent)) => response,
         () = client_gone(stream) => return Ok(Next::Close),
     };
-    if let Some(sent) = answer_first.as_ref().and_then(AnswerFirst::collect) {
+    if let Some(sent) = lent.answer_first().and_then(AnswerFirst::collect) {
         if let Some(error) = sent.error {
             return Err(error);
         }
@@ -827,8 +822,37 @@ struct Stream {
     framed: bool,
 }
 
-/// The socket of a request the front answers, in the request's extensions: an SSE stream
-/// gives it to the publisher's direct writer (see `transport::stream`).
+/// What the connection front lends the handler of a request it answers (requests hyper serves
+/// get nothing): a publish its early answer, a subscriber request the connection's socket.
+/// An argument, not an entry in the request's extensions: those are a map allocated for each
+/// request.
+pub enum Lent {
+    /// See `answer_first`.
+    AnswerFirst(AnswerFirst),
+    /// For an SSE stream's direct writes.
+    Socket(DirectSocket),
+}
+
+impl Lent {
+    /// The early answer, lent to a publish.
+    pub fn answer_first(&self) -> Option<&AnswerFirst> {
+        match self {
+            Lent::AnswerFirst(answer) => Some(answer),
+            Lent::Socket(_) => None,
+        }
+    }
+
+    /// The connection's socket, lent to a subscriber request.
+    pub fn socket(&self) -> Option<&DirectSocket> {
+        match self {
+            Lent::Socket(socket) => Some(socket),
+            Lent::AnswerFirst(_) => None,
+        }
+    }
+}
+
+/// The socket of a request the front answers: an SSE stream gives it to the publisher's
+/// direct writer (see `transport::stream`).
 #[derive(Clone)]
 pub struct DirectSocket(pub Arc<TcpStream>);
 
@@ -1125,7 +1149,9 @@ mod tests {
         let (_client, stream) = crate::transport::websocket::connection::connected_pair().await;
         let peer = stream.peer_addr().expect("peer");
         let request = Box::new(Request::new(Full::new(Bytes::new())));
-        let answering = respond(&app, &stream, request, &peer, true, None);
+        let socket = Arc::new(stream);
+        let lent = Lent::Socket(DirectSocket(Arc::clone(&socket)));
+        let answering = respond(&app, &socket, request, &peer, true, &lent);
         let size = std::mem::size_of_val(&answering);
         eprintln!("request future: {size} bytes");
         // 1,280 B is an allocator size class (the next is 1,536 B); the request by value made

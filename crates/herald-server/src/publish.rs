@@ -26,14 +26,15 @@ pub async fn handle<B: RequestBody>(
     app: &Arc<App>,
     request: Box<Request<B>>,
     peer: SocketAddr,
+    answer_first: Option<&AnswerFirst>,
 ) -> Result<Response<Body>, ApiError> {
     app.access.keys.authorize(request.headers(), peer)?;
-    let answer_first = request.extensions().get::<AnswerFirst>().cloned();
     let query = SubscribeQuery::parse(
         request.uri().query(),
         app.config.max_channels_per_connection,
     )?;
-    let cids = query.require_cids()?.to_vec();
+    query.require_cids()?;
+    let cids = query.cids;
     // Every channel's namespace must exist before anything is published.
     for cid in &cids {
         app.access.namespace(cid)?;
@@ -66,7 +67,7 @@ pub async fn handle<B: RequestBody>(
     }
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
-    if let (Some(answer), [cid]) = (&answer_first, cids.as_slice()) {
+    if let (Some(answer), [cid]) = (answer_first, cids.as_slice()) {
         // Answered as soon as the message has its position, before its fan-out.
         let mut answered = None;
         let outcome = app
@@ -116,19 +117,18 @@ fn answer_body<'a>(outcomes: impl IntoIterator<Item = (&'a ChannelId, &'a Publis
     body
 }
 
-/// `application/json` or any `…+json` media type, parameters ignored.
+/// `application/json` or any `…+json` media type, in any case, parameters ignored.
 fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|media| media == "application/json" || media.ends_with("+json"))
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let media = value.as_bytes().split(|&b| b == b';').next().unwrap_or(b"");
+    let media = media.trim_ascii();
+    media.eq_ignore_ascii_case(b"application/json")
+        || media
+            .len()
+            .checked_sub(5)
+            .is_some_and(|start| media[start..].eq_ignore_ascii_case(b"+json"))
 }
 
 #[cfg(test)]
@@ -145,6 +145,11 @@ mod tests {
             ("application/vnd.api+json", true),
             ("text/plain", false),
             ("application/x-www-form-urlencoded", false),
+            ("APPLICATION/LD+JSON ; profile=x", true),
+            ("+json", true),
+            ("json", false),
+            ("", false),
+            ("application/jsonx", false),
         ] {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
             assert_eq!(is_json(&h), expected, "{value}");

@@ -10,6 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
 use crate::browser;
+use crate::front::Lent;
 use crate::http::{json, ApiError, Body, RequestBody};
 use crate::{publish, transport};
 
@@ -20,6 +21,7 @@ pub async fn handle<B: RequestBody>(
     app: &Arc<App>,
     request: Box<Request<B>>,
     peer: &SocketAddr,
+    lent: Option<&Lent>,
 ) -> Response<Body> {
     let method = request.method().clone();
     let url_length = url_length(request.uri());
@@ -50,11 +52,15 @@ pub async fn handle<B: RequestBody>(
     };
     let result = match path {
         "/publish" => match method {
-            Method::POST => publish::handle(app, request, *peer).await,
+            Method::POST => {
+                publish::handle(app, request, *peer, lent.and_then(Lent::answer_first)).await
+            }
             _ => Err(not_allowed(&method, "POST")),
         },
         "/listen" => match method {
-            Method::GET => transport::listen(app, request, peer.ip()).await,
+            Method::GET => {
+                transport::listen(app, request, peer.ip(), lent.and_then(Lent::socket)).await
+            }
             Method::OPTIONS => app.browser.preflight(request.headers()),
             _ => Err(not_allowed(&method, "GET, OPTIONS")),
         },

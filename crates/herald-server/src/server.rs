@@ -311,7 +311,7 @@ pub(crate) async fn serve_http<I>(
     let service_app = Arc::clone(&app);
     let service = service_fn(move |request| {
         let app = Arc::clone(&service_app);
-        async move { Ok::<_, Infallible>(router::handle(&app, Box::new(request), &peer).await) }
+        async move { Ok::<_, Infallible>(router::handle(&app, Box::new(request), &peer, None).await) }
     });
     let config = &app.config;
     let mut builder = http1::Builder::new();

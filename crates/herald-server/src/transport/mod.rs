@@ -19,6 +19,7 @@ use std::sync::Arc;
 use http::{header, HeaderMap, Request, Response};
 
 use crate::app::App;
+use crate::front::DirectSocket;
 use crate::http::{ApiError, Body, RequestBody};
 use crate::query::{SubscribeQuery, TransportParam};
 
@@ -27,6 +28,7 @@ pub async fn listen<B: RequestBody>(
     app: &Arc<App>,
     request: Box<Request<B>>,
     peer: IpAddr,
+    socket: Option<&DirectSocket>,
 ) -> Result<Response<Body>, ApiError> {
     if app.shutdown.is_cancelled() {
         return Err(ApiError::Unavailable("server is shutting down".into()));
@@ -55,7 +57,7 @@ pub async fn listen<B: RequestBody>(
         TransportParam::WebSocket => {
             Box::pin(websocket::upgrade(app, request, query, identity, peer)).await
         }
-        TransportParam::Sse => sse::handle(app, &request, &query, identity).await,
+        TransportParam::Sse => sse::handle(app, &request, &query, identity, socket).await,
         TransportParam::Iframe => iframe::handle(app, &query, identity).await,
         TransportParam::LongPoll => {
             // A long poll may wait for a long time: its request's headers need not wait too.

@@ -65,6 +65,7 @@ pub async fn handle<B>(
     request: &Request<B>,
     query: &SubscribeQuery,
     identity: Option<Arc<Identity>>,
+    direct: Option<&DirectSocket>,
 ) -> Result<Response<Body>, ApiError> {
     let last_event_id = request
         .headers()
@@ -83,7 +84,6 @@ pub async fn handle<B>(
         session.cursor()
     );
     let mut stream = EventStream::new(session, SseFormat, Bytes::from(prelude), backlog);
-    let direct = request.extensions().get::<DirectSocket>();
     if let Some(socket) = direct {
         stream = stream.with_socket(socket);
     }
