@@ -3,8 +3,8 @@
 //! In a quiet channel the publisher's own thread writes every idle subscriber (see
 //! `herald_core::Load`): up to 2,048 system calls, milliseconds on a large channel. The backend
 //! that published has no reason to wait for them: once the message has its position and is in
-//! history, its answer is known. So for a publish the connection front answers, the front puts
-//! an [`AnswerFirst`] in the request's extensions; the publish handler gives it the answer from
+//! history, its answer is known. So for a publish the connection front answers, the front lends
+//! the handler an [`AnswerFirst`] (`front::Lent`); the publish handler gives it the answer from
 //! the engine's before-fan-out hook (`herald_core::BeforeFanOut`), and the answer goes to the
 //! socket at once, as far as the socket takes it without waiting. The front then writes
 //! whatever is left and does not write the handler's own response (the same answer) again.

@@ -43,8 +43,8 @@
 //! (end of stream or reset), as hyper does, and drops the request when it does. Bytes the client
 //! sends meanwhile (a pipelined request) are left in the socket for the next head.
 //!
-//! An SSE stream served here gets the socket too ([`DirectSocket`], in the request's
-//! extensions): it frames its own chunks ([`PreFramed`]) and lets the publisher write to the
+//! An SSE stream served here gets the socket too ([`DirectSocket`], lent to the handler with
+//! [`Lent`]): it frames its own chunks ([`PreFramed`]) and lets the publisher write to the
 //! socket directly while it is idle (see `transport::stream`).
 
 use std::cell::RefCell;
