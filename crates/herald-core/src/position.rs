@@ -62,11 +62,6 @@ impl Epoch {
         Ok(Self(value))
     }
 
-    /// Writes the base-36 text form into `out`.
-    pub fn write_to(self, out: &mut String) {
-        out.push_str(self.text().as_str());
-    }
-
     /// The base-36 text form, on the stack: it goes into every envelope and answer.
     pub fn text(self) -> EpochText {
         let mut digits = [0u8; EPOCH_DIGITS];
@@ -105,9 +100,7 @@ impl EpochText {
 
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::with_capacity(13);
-        self.write_to(&mut s);
-        f.write_str(&s)
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -233,7 +226,7 @@ pub fn format_cursor<'a>(positions: impl IntoIterator<Item = &'a Position>) -> S
         if i > 0 {
             out.push(',');
         }
-        p.epoch.write_to(&mut out);
+        out.push_str(p.epoch.text().as_str());
         out.push(':');
         out.push_str(itoa::Buffer::new().format(p.offset));
     }

@@ -518,8 +518,8 @@ async fn a_pipelined_request_completed_by_a_later_write_is_answered() {
 
 #[tokio::test]
 /// Publishes the front reads on (a late body) or does not take (a chunked or `Expect` body:
-/// `parse_head`'s unit tests show it hands them to hyper) and one it takes but refuses, each on its own connection:
-/// every one gets its answer and leaves the connection usable.
+/// `parse_head`'s unit tests show it hands them to hyper) and one it takes but refuses, each
+/// on its own connection: every one gets its answer and leaves the connection usable.
 async fn publishes_with_a_late_chunked_expecting_or_oversized_body_are_answered() {
     let server = common::start_with(|c| c.max_body = 16).await;
     let cases: Vec<(&str, Vec<&str>, u16)> = vec![
