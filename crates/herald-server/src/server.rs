@@ -216,9 +216,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
 fn is_connection_error(error: &std::io::Error) -> bool {
     matches!(
         error.kind(),
-        std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::ConnectionRefused
+        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
     )
 }
 
