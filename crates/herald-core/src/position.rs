@@ -221,8 +221,11 @@ pub fn parse_cursor(text: &str, channels: usize) -> Result<Vec<ChannelCursor>, C
 
 /// Formats positions as a composite cursor, the inverse of [`parse_cursor`].
 pub fn format_cursor<'a>(positions: impl IntoIterator<Item = &'a Position>) -> String {
-    let mut out = String::new();
-    for (i, p) in positions.into_iter().enumerate() {
+    let positions = positions.into_iter();
+    // Sized for the longest entries at once: every long-poll answer carries a cursor, and
+    // growing the string entry by entry cost more than the formatting.
+    let mut out = String::with_capacity(positions.size_hint().0 * (MAX_ENTRY_LEN + 1));
+    for (i, p) in positions.enumerate() {
         if i > 0 {
             out.push(',');
         }

@@ -450,6 +450,11 @@ fn parse_complete(bytes: &[u8], max_headers: usize, max_header_size: usize) -> O
     *request.uri_mut() = uri;
     let map = request.headers_mut();
     map.reserve(parsed.headers.len());
+    // The headers that decide who reads the request are looked at as they go into the map,
+    // not looked up in it afterwards.
+    let mut length: Option<&[u8]> = None;
+    let mut lengths = 0usize;
+    let mut nonzero_length = false;
     for h in parsed.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(h.name.as_bytes()),
@@ -457,25 +462,26 @@ fn parse_complete(bytes: &[u8], max_headers: usize, max_header_size: usize) -> O
         ) else {
             return None;
         };
+        if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
+            return None;
+        }
+        if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            nonzero_length |= h.value != b"0";
+            length = Some(h.value);
+        }
         map.append(name, value);
     }
-    if map.contains_key(header::TRANSFER_ENCODING)
-        || map.contains_key(header::UPGRADE)
-        || map.contains_key(header::EXPECT)
-    {
-        return None;
-    }
-    let mut lengths = map.get_all(header::CONTENT_LENGTH).iter();
     let end = if method == Method::POST {
         // Exactly one length, in digits: anything else (repeated lengths) is hyper's to read.
-        let (Some(length), None) = (lengths.next(), lengths.next()) else {
+        let (Some(length), 1) = (length, lengths) else {
             return None;
         };
         // Digits only: `parse` alone would take a sign. Overflow and "" fail to parse.
-        if !length.as_bytes().iter().all(u8::is_ascii_digit) {
+        if !length.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let body_len: usize = length.to_str().ok()?.parse().ok()?;
+        let body_len: usize = std::str::from_utf8(length).ok()?.parse().ok()?;
         let end = len.checked_add(body_len)?;
         if end > bytes.len() {
             return Some(Parsed::BodyIncomplete {
@@ -486,7 +492,7 @@ fn parse_complete(bytes: &[u8], max_headers: usize, max_header_size: usize) -> O
         *request.body_mut() = Full::new(Bytes::copy_from_slice(&bytes[len..end]));
         end
     } else {
-        if lengths.any(|v| v.as_bytes() != b"0") {
+        if nonzero_length {
             return None;
         }
         len
@@ -517,6 +523,9 @@ async fn respond(
     lent: &Lent,
 ) -> io::Result<Next> {
     let response = tokio::select! {
+        // In this order, without drawing a random number on every poll: a response that is
+        // ready goes out even if the client has meanwhile closed its side.
+        biased;
         response = router::handle(app, request, peer, Some(lent)) => response,
         () = client_gone(stream) => return Ok(Next::Close),
     };
@@ -769,13 +778,30 @@ pub fn size_line(len: usize) -> ([u8; 18], usize) {
     (line, digits + 2)
 }
 
-/// The whole of a complete body.
-async fn collect(body: Body) -> Bytes {
-    let collected: Result<_, Infallible> = body.collect().await;
-    match collected {
-        Ok(collected) => collected.to_bytes(),
-        Err(never) => match never {},
+/// The whole of a complete body: its one data frame as it is (every body Herald makes whole
+/// has one), several joined. (`BodyExt::collect` would queue the frames first, an allocation
+/// per answer.)
+async fn collect(mut body: Body) -> Bytes {
+    let mut whole = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame: Result<_, Infallible> = frame;
+        let Ok(Ok(data)) = frame.map(http_body::Frame::into_data) else {
+            // Trailers: a complete answer has none to send.
+            continue;
+        };
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let mut both = BytesMut::with_capacity(whole.len() + data.len());
+                both.extend_from_slice(&whole);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
     }
+    joined.map_or(whole, BytesMut::freeze)
 }
 
 /// Writes every byte of `parts` (at most [`MAX_PARTS`] of them), in as few system calls as
