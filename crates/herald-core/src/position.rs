@@ -205,6 +205,10 @@ pub fn parse_cursor(text: &str, channels: usize) -> Result<Vec<ChannelCursor>, C
     if text.len() > channels.max(1) * (MAX_ENTRY_LEN + 2) + 16 {
         return Err(CursorError::TooLong);
     }
+    if !text.contains(',') {
+        // One entry (for one channel, or for all): no list to collect.
+        return Ok(vec![parse_entry(text)?; channels]);
+    }
     let entries = text
         .split(',')
         .map(parse_entry)
