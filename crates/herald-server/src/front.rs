@@ -558,13 +558,22 @@ async fn respond(
             } else {
                 Framing::Length(length)
             };
-            let mut head = response_head(&parts, framing, keep_alive);
             let content = if no_body {
                 Bytes::new()
             } else {
                 collect(body).await
             };
-            write_all(stream, &mut [head.split().freeze(), content]).await?;
+            let mut head = response_head(&parts, framing, keep_alive);
+            if content.len() <= MAX_INLINE_BODY {
+                // A small body (every long-poll answer) goes out in the head's buffer: one
+                // slice to write, no shared copy of the head made, and nothing else held
+                // while the socket takes it.
+                head.extend_from_slice(&content);
+                drop(content);
+                write_all(stream, &mut [&head[..]]).await?;
+            } else {
+                write_all(stream, &mut [head.freeze(), content]).await?;
+            }
             Ok(if keep_alive {
                 Next::Request
             } else {
@@ -709,7 +718,8 @@ pub(crate) fn json_head(status: StatusCode, length: usize, keep_alive: bool) -> 
 }
 
 fn status_line(status: StatusCode) -> BytesMut {
-    let mut head = BytesMut::with_capacity(256);
+    // Room for a head and a small body after it (see `MAX_INLINE_BODY`).
+    let mut head = BytesMut::with_capacity(512);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
     head.extend_from_slice(b" ");
@@ -805,11 +815,12 @@ async fn collect(mut body: Body) -> Bytes {
 }
 
 /// Writes every byte of `parts` (at most [`MAX_PARTS`] of them), in as few system calls as
-/// the socket allows.
-async fn write_all(stream: &TcpStream, parts: &mut [Bytes]) -> io::Result<()> {
+/// the socket allows. (Any `Buf`: shared `Bytes`, or slices of buffers the caller keeps, so
+/// that a response head need not become a `Bytes` to be written.)
+async fn write_all<B: Buf>(stream: &TcpStream, parts: &mut [B]) -> io::Result<()> {
     let mut first = 0;
     while first < parts.len() {
-        if parts[first].is_empty() {
+        if !parts[first].has_remaining() {
             first += 1;
             continue;
         }
@@ -817,10 +828,10 @@ async fn write_all(stream: &TcpStream, parts: &mut [Bytes]) -> io::Result<()> {
         let mut count = 0;
         for part in parts[first..]
             .iter()
-            .filter(|p| !p.is_empty())
+            .filter(|p| p.has_remaining())
             .take(MAX_PARTS)
         {
-            slices[count] = io::IoSlice::new(part);
+            slices[count] = io::IoSlice::new(part.chunk());
             count += 1;
         }
         poll_fn(|cx| stream.poll_write_ready(cx)).await?;
@@ -834,10 +845,10 @@ async fn write_all(stream: &TcpStream, parts: &mut [Bytes]) -> io::Result<()> {
         }
         while written > 0 {
             let part = &mut parts[first];
-            let step = written.min(part.len());
+            let step = written.min(part.chunk().len());
             part.advance(step);
             written -= step;
-            if part.is_empty() {
+            if !part.has_remaining() {
                 first += 1;
             }
         }
@@ -902,6 +913,10 @@ pub fn frame_chunk(out: &mut BytesMut, data: &[u8]) {
 
 /// Most byte slices one write takes (size line, data, line end).
 const MAX_PARTS: usize = 3;
+
+/// Largest complete body copied into its head's buffer to be written with it; a larger one
+/// is written beside the head, from where it is.
+const MAX_INLINE_BODY: usize = 4096;
 
 /// Resolves when the client has closed the connection or reset it. Bytes it sends meanwhile
 /// stay in the socket (they are the next request), and the watch stops.

@@ -140,10 +140,12 @@ impl SubscribeQuery {
 /// its percent-decoding grows its buffer byte by byte; this runs for every long poll, whose
 /// `since` cursor has an encoded `:`.
 fn pairs(raw: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    raw.split('&').filter(|piece| !piece.is_empty()).map(|piece| {
-        let (key, value) = piece.split_once('=').unwrap_or((piece, ""));
-        (decode(key), decode(value))
-    })
+    raw.split('&')
+        .filter(|piece| !piece.is_empty())
+        .map(|piece| {
+            let (key, value) = piece.split_once('=').unwrap_or((piece, ""));
+            (decode(key), decode(value))
+        })
 }
 
 /// One form-encoded name or value: `+` is a space, then percent-decoding, then UTF-8 with

@@ -38,9 +38,9 @@ pub async fn handle(
             Event::Message(m) => accept(&mut session, m, &mut messages, &mut gaps),
         }
     }
-    let mut batch = Vec::new();
     while messages.is_empty() && gaps.is_empty() {
-        let Ok(drained) = session.outbox().drain(&mut batch).await else {
+        // Drained straight into the answer's list (empty here), then filtered in place.
+        let Ok(drained) = session.outbox().drain(&mut messages).await else {
             // Cannot happen with one waiting request per outbox, but never loop on it.
             break;
         };
@@ -49,9 +49,14 @@ pub async fn handle(
                 "server is shutting down; retry".into(),
             ));
         }
-        for m in batch.drain(..) {
-            accept(&mut session, m, &mut messages, &mut gaps);
-        }
+        messages.retain(|m| match session.accept(m) {
+            Accept::Deliver => true,
+            Accept::GapThenDeliver(gap) => {
+                gaps.push(gap);
+                true
+            }
+            Accept::Duplicate | Accept::NotSubscribed => false,
+        });
         if drained.signals.contains(Signals::DEADLINE) {
             break;
         }

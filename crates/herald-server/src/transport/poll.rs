@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use herald_core::{format_cursor, ChannelCursor, Gap, Message, Position};
 
@@ -95,12 +95,12 @@ pub fn array_response(messages: &[Arc<Message>], cursor: &str, gaps: &[Gap]) -> 
     let mut response = json(StatusCode::OK, json_array(messages));
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(cursor) {
-        headers.insert(CURSOR_HEADER, value);
+        headers.insert(HeaderName::from_static(CURSOR_HEADER), value);
     }
     if !gaps.is_empty() {
         let list = gaps.iter().map(Gap::to_json).collect::<Vec<_>>().join(",");
         if let Ok(value) = HeaderValue::from_str(&format!("[{list}]")) {
-            headers.insert(GAP_HEADER, value);
+            headers.insert(HeaderName::from_static(GAP_HEADER), value);
         }
     }
     response
