@@ -13,8 +13,7 @@
 //! subscribe and unsubscribe walked the whole channel: measured in BENCHMARKS.md, 16 % of the
 //! user time at 8,000 long pollers on one channel.)
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash, Hasher, RandomState};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use indexmap::set::Slice;
@@ -22,6 +21,7 @@ use indexmap::IndexSet;
 use parking_lot::RwLock;
 
 use crate::channel::ChannelId;
+use crate::channel_map::{ChannelHash, ChannelHasher, ChannelMap};
 use crate::contention::Load;
 use crate::message::Message;
 use crate::outbox::Outbox;
@@ -44,12 +44,13 @@ const SHARE_ABOVE: usize = 32;
 /// publishes/s, 2,048 writes take 8–14 ms.
 const DIRECT_MAX: usize = 2048;
 
-type Shard = RwLock<HashMap<ChannelId, Subscribers>>;
+type Shard = RwLock<ChannelMap<Subscribers>>;
 
 /// One channel's subscribers, in the order they came (see the module documentation). Hashed
-/// without a random key: the keys are addresses of the server's own allocations, which no
-/// client chooses.
-type Subscribers = IndexSet<Subscriber, BuildHasherDefault<DefaultHasher>>;
+/// with a fast unkeyed-strength hash (foldhash, hashbrown's default) instead of SipHash: the
+/// keys are addresses of the server's own allocations, which no client chooses, and a
+/// long poll looks its outbox up twice (in, then out).
+type Subscribers = IndexSet<Subscriber, hashbrown::DefaultHashBuilder>;
 
 /// An outbox as a member of a channel's subscribers: equal and hashed by address.
 struct Subscriber(Arc<Outbox>);
@@ -87,7 +88,7 @@ impl indexmap::Equivalent<Subscriber> for ByAddress<'_> {
 /// The local subscriber sets of all channels.
 pub struct Hub {
     shards: Box<[Shard]>,
-    hasher: RandomState,
+    hasher: ChannelHasher,
     direct_share: usize,
 }
 
@@ -111,15 +112,16 @@ impl Hub {
     /// written by the publisher alone.
     pub fn with_direct_share(share: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: ChannelHasher::new(),
             direct_share: share.max(1),
         }
     }
 
-    fn shard(&self, cid: &ChannelId) -> &Shard {
-        let index = self.hasher.hash_one(cid) as usize % SHARDS;
-        &self.shards[index]
+    /// The shard of `cid` and the id's hash, which finds it there.
+    fn shard(&self, cid: &ChannelId) -> (&Shard, ChannelHash) {
+        let hash = self.hasher.hash(cid);
+        (&self.shards[hash.shard(SHARDS)], hash)
     }
 
     /// Adds `outbox` to the channel's subscribers. Returns true if it was not there already.
@@ -136,8 +138,9 @@ impl Hub {
         outbox: &Arc<Outbox>,
         max: usize,
     ) -> Option<bool> {
-        let mut shard = self.shard(cid).write();
-        match shard.get_mut(cid) {
+        let (shard, hash) = self.shard(cid);
+        let mut shard = shard.write();
+        match shard.get_mut(hash, cid) {
             Some(subscribers) => {
                 if subscribers.contains(&ByAddress(outbox)) {
                     return Some(false);
@@ -150,7 +153,7 @@ impl Hub {
             None => {
                 let mut subscribers = Subscribers::default();
                 subscribers.insert(Subscriber(Arc::clone(outbox)));
-                shard.insert(cid.clone(), subscribers);
+                shard.insert_new(&self.hasher, hash, cid.clone(), subscribers);
             }
         }
         Some(true)
@@ -158,15 +161,16 @@ impl Hub {
 
     /// Removes `outbox` from the channel's subscribers. Returns true if it was there.
     pub fn unsubscribe(&self, cid: &ChannelId, outbox: &Arc<Outbox>) -> bool {
-        let mut shard = self.shard(cid).write();
-        let Some(subscribers) = shard.get_mut(cid) else {
+        let (shard, hash) = self.shard(cid);
+        let mut shard = shard.write();
+        let Some(subscribers) = shard.get_mut(hash, cid) else {
             return false;
         };
         if !subscribers.swap_remove(&ByAddress(outbox)) {
             return false;
         }
         if subscribers.is_empty() {
-            shard.remove(cid);
+            shard.remove(hash, cid);
         }
         true
     }
@@ -178,8 +182,9 @@ impl Hub {
     /// publishes queue up is better served by each connection writing its backlog in one
     /// system call). Never more than `DIRECT_MAX` directly.
     pub fn deliver(&self, message: &Arc<Message>, load: Load) -> usize {
-        let shard = self.shard(message.cid()).read();
-        shard.get(message.cid()).map_or(0, |subscribers| {
+        let (shard, hash) = self.shard(message.cid());
+        let shard = shard.read();
+        shard.get(hash, message.cid()).map_or(0, |subscribers| {
             self.hand_over(subscribers.as_slice(), message, load)
         })
     }
@@ -194,8 +199,9 @@ impl Hub {
         load: Load,
         before: impl FnOnce(usize),
     ) -> usize {
-        let shard = self.shard(message.cid()).read();
-        let Some(subscribers) = shard.get(message.cid()) else {
+        let (shard, hash) = self.shard(message.cid());
+        let shard = shard.read();
+        let Some(subscribers) = shard.get(hash, message.cid()) else {
             before(0);
             return 0;
         };
@@ -234,7 +240,8 @@ impl Hub {
 
     /// Number of local subscribers of `cid`.
     pub fn subscriber_count(&self, cid: &ChannelId) -> usize {
-        self.shard(cid).read().get(cid).map_or(0, IndexSet::len)
+        let (shard, hash) = self.shard(cid);
+        shard.read().get(hash, cid).map_or(0, IndexSet::len)
     }
 
     /// Number of channels with at least one local subscriber.

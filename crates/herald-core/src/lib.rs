@@ -14,6 +14,7 @@
 
 mod broker;
 mod channel;
+mod channel_map;
 mod clock;
 mod contention;
 mod engine;

@@ -14,8 +14,7 @@
 //! Readers behind the dropped messages get the usual explicit gap. Every way a message leaves
 //! history (count trim, age expiry, memory eviction, a forgotten channel) releases its bytes.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +23,7 @@ use parking_lot::Mutex;
 
 use crate::broker::{BeforeFanOut, BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
 use crate::channel::ChannelId;
+use crate::channel_map::{ChannelHasher, ChannelMap};
 use crate::clock::now_ms;
 use crate::contention::Contention;
 use crate::hub::Hub;
@@ -32,7 +32,7 @@ use crate::position::{ChannelCursor, Epoch, Position};
 
 const SHARDS: usize = 64;
 
-type Shard = Mutex<HashMap<ChannelId, Arc<Mutex<ChannelLog>>>>;
+type Shard = Mutex<ChannelMap<Arc<Mutex<ChannelLog>>>>;
 
 /// History limits of the memory broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +197,7 @@ pub struct MemoryBroker {
     bounds: BrokerBounds,
     resolver: ChannelLimitsResolver,
     shards: Box<[Shard]>,
-    hasher: RandomState,
+    hasher: ChannelHasher,
     channels: AtomicUsize,
     retained: AtomicUsize,
 }
@@ -228,8 +228,8 @@ impl MemoryBroker {
             hub,
             bounds,
             resolver,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: ChannelHasher::new(),
             channels: AtomicUsize::new(0),
             retained: AtomicUsize::new(0),
         }
@@ -261,9 +261,9 @@ impl MemoryBroker {
     }
 
     fn log(&self, cid: &ChannelId, now: u64) -> Result<Arc<Mutex<ChannelLog>>, EngineError> {
-        let index = self.hasher.hash_one(cid) as usize % SHARDS;
-        let mut shard = self.shards[index].lock();
-        if let Some(log) = shard.get(cid) {
+        let hash = self.hasher.hash(cid);
+        let mut shard = self.shards[hash.shard(SHARDS)].lock();
+        if let Some(log) = shard.get(hash, cid) {
             return Ok(Arc::clone(log));
         }
         if self.channels.load(Ordering::Relaxed) >= self.bounds.max_channels {
@@ -277,7 +277,7 @@ impl MemoryBroker {
             now,
             (self.resolver)(cid),
         )));
-        shard.insert(cid.clone(), Arc::clone(&log));
+        shard.insert_new(&self.hasher, hash, cid.clone(), Arc::clone(&log));
         self.channels.fetch_add(1, Ordering::Relaxed);
         Ok(log)
     }
