@@ -135,10 +135,9 @@ impl SubscribeQuery {
 }
 
 /// The query's name/value pairs, as `form_urlencoded::parse` reads them (the test below holds
-/// the two equal), but borrowed where nothing needs decoding and decoded into a buffer of the
-/// right size where something does. That crate decodes every name and value it meets, and
-/// its percent-decoding grows its buffer byte by byte; this runs for every long poll, whose
-/// `since` cursor has an encoded `:`.
+/// the two equal), but borrowed where nothing needs decoding and decoded in one pass into a
+/// buffer of the right size where something does. That crate decodes every name and value
+/// it meets; this runs for every long poll, whose `since` cursor has an encoded `:`.
 fn pairs(raw: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
     raw.split('&')
         .filter(|piece| !piece.is_empty())
@@ -148,23 +147,42 @@ fn pairs(raw: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
         })
 }
 
-/// One form-encoded name or value: `+` is a space, then percent-decoding, then UTF-8 with
-/// invalid sequences replaced.
+/// One form-encoded name or value: `+` is a space, `%` and two hex digits a byte (a `%`
+/// without them stays as it is), then UTF-8 with invalid sequences replaced.
+///
+/// Written here rather than taken from `percent-encoding`: that crate's decoder is an
+/// iterator that a `Vec` extends byte by byte, and with the `+` pass in front of it a
+/// `since` of 8 bytes cost about 800 instructions (callgrind) of a long poll's 23,000.
 fn decode(text: &str) -> Cow<'_, str> {
-    if !text.bytes().any(|b| b == b'%' || b == b'+') {
+    let bytes = text.as_bytes();
+    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
         return Cow::Borrowed(text);
     }
-    let mut bytes = Vec::with_capacity(text.len());
-    for (i, part) in text.split('+').enumerate() {
-        if i > 0 {
-            bytes.push(b' ');
-        }
-        bytes.extend(percent_encoding::percent_decode_str(part));
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        decoded.push(match bytes[i] {
+            b'+' => b' ',
+            b'%' => match (hex_digit(bytes.get(i + 1)), hex_digit(bytes.get(i + 2))) {
+                (Some(high), Some(low)) => {
+                    i += 2;
+                    high << 4 | low
+                }
+                _ => b'%',
+            },
+            other => other,
+        });
+        i += 1;
     }
-    Cow::Owned(match String::from_utf8(bytes) {
+    Cow::Owned(match String::from_utf8(decoded) {
         Ok(text) => text,
         Err(invalid) => String::from_utf8_lossy(invalid.as_bytes()).into_owned(),
     })
+}
+
+fn hex_digit(byte: Option<&u8>) -> Option<u8> {
+    let digit = char::from(*byte?).to_digit(16)?;
+    u8::try_from(digit).ok()
 }
 
 fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), ApiError> {
@@ -236,6 +254,7 @@ mod tests {
         ] {
             same(raw);
         }
-        proptest::proptest!(|(raw in "[a-z%+=&0-9A-F\\x{e9}]{0,40}")| same(&raw));
+        let config = proptest::test_runner::Config::with_cases(4096);
+        proptest::proptest!(config, |(raw in "[a-z%+=&0-9A-Fa-f\\x{e9}\\x{80}-\\x{ff}]{0,40}")| same(&raw));
     }
 }
