@@ -1,4 +1,4 @@
-# Helpers shared by bench/ab.sh and bench/profile.sh (sourced, not run).
+# Helpers shared by bench/ab.sh, bench/profile.sh and bench/callgrind.sh (sourced, not run).
 
 # Prints the scheme subscribers connect with for the herald-bench arguments given: `ws`, or
 # `http` when they name another `--transport`.
