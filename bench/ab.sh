@@ -60,12 +60,9 @@ run() {
     "${server_cmd[0]}" serve --listen "127.0.0.1:$port" --log warn "${server_cmd[@]:1}" \
         >"$out/$label.$round.server.log" 2>&1 &
     local server=$!
-    for _ in $(seq 50); do
-        curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    "${generator_prefix[@]}" "$bench" --sub-url "$scheme://127.0.0.1:$port/listen?cid={ch}" \
-        --pub-url "http://127.0.0.1:$port/publish?cid={ch}" \
+    wait_healthy "$port"
+    set_bench_urls "$port" "$scheme"
+    "${generator_prefix[@]}" "$bench" "${bench_urls[@]}" \
         --server-pid "$server" --json "$out/$label.$round.json" "$@" \
         >"$out/$label.$round.log" 2>&1 &
     local generator=$!

@@ -52,13 +52,10 @@ for side in "${sides[@]}"; do
     valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.$label" \
         "$server" serve --listen "127.0.0.1:$port" --log warn >"$out/$label.server.log" 2>&1 &
     pid=$!
-    for _ in $(seq 150); do
-        curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-        sleep 0.2
-    done
-    "$bench" --sub-url "$scheme://127.0.0.1:$port/listen?cid={ch}" \
-        --pub-url "http://127.0.0.1:$port/publish?cid={ch}" \
-        --json "$out/$label.json" "$@" >"$out/$label.log" 2>&1 || true
+    # valgrind starts the server some fifty times slower.
+    wait_healthy "$port" 300
+    set_bench_urls "$port" "$scheme"
+    "$bench" "${bench_urls[@]}" --json "$out/$label.json" "$@" >"$out/$label.log" 2>&1 || true
     # SIGINT: the server shuts down as it would in production, and valgrind writes its file.
     kill -INT "$pid"
     wait "$pid" || true

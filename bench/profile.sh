@@ -52,13 +52,9 @@ read -r -a server_cmd <<<"$server_word"
     >"$out.server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-"$bench" --sub-url "$scheme://127.0.0.1:$port/listen?cid={ch}" \
-    --pub-url "http://127.0.0.1:$port/publish?cid={ch}" \
-    --server-pid "$server" --json "$out.bench.json" "$@" >"$out.bench.log" 2>&1 &
+wait_healthy "$port"
+set_bench_urls "$port" "$scheme"
+"$bench" "${bench_urls[@]}" --server-pid "$server" --json "$out.bench.json" "$@" >"$out.bench.log" 2>&1 &
 generator=$!
 # Attach after connecting and warming up (scenarios here connect in a few seconds).
 sleep 6
