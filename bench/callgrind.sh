@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Counts the instructions a Herald server executes per delivery (and per publish) under one
-# herald-bench scenario, with valgrind's callgrind: a count that repeats within about 0.5 %
+# herald-bench scenario, with valgrind's callgrind: a count that repeats within about 1 %
 # from run to run whatever else the machine does, where CPU time on these machines moves by
 # 10 % and more. For changes too small for bench/ab.sh to see. Instructions are not time
 # (a cache miss costs no instruction): confirm a gain in time with bench/ab.sh.

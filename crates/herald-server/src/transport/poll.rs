@@ -27,6 +27,11 @@ pub const CURSOR_HEADER: &str = "x-herald-cursor";
 /// Header carrying the gap objects as a JSON array.
 pub const GAP_HEADER: &str = "x-herald-gap";
 
+// The two names made once: a name made from text is checked (and a custom one like these
+// allocated) each time, and every long-poll answer carries a cursor.
+static CURSOR_NAME: HeaderName = HeaderName::from_static(CURSOR_HEADER);
+static GAP_NAME: HeaderName = HeaderName::from_static(GAP_HEADER);
+
 /// Handles one short poll.
 pub async fn handle<B>(app: &Arc<App>, request: &Request<B>) -> Result<Response<Body>, ApiError> {
     let query = SubscribeQuery::parse(
@@ -95,12 +100,12 @@ pub fn array_response(messages: &[Arc<Message>], cursor: &str, gaps: &[Gap]) -> 
     let mut response = json(StatusCode::OK, json_array(messages));
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(cursor) {
-        headers.insert(HeaderName::from_static(CURSOR_HEADER), value);
+        headers.insert(CURSOR_NAME.clone(), value);
     }
     if !gaps.is_empty() {
         let list = gaps.iter().map(Gap::to_json).collect::<Vec<_>>().join(",");
         if let Ok(value) = HeaderValue::from_str(&format!("[{list}]")) {
-            headers.insert(HeaderName::from_static(GAP_HEADER), value);
+            headers.insert(GAP_NAME.clone(), value);
         }
     }
     response
