@@ -1043,6 +1043,48 @@ mod tests {
     }
 
     #[test]
+    fn a_get_whose_lengths_are_all_zero_is_answered_here() {
+        for head in [
+            "GET /listen?cid=a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "GET /listen?cid=a HTTP/1.1\r\ncontent-length: 0\r\nCONTENT-LENGTH: 0\r\n\r\n",
+        ] {
+            let (_, len) = parse(head).expect("answered by the front");
+            assert_eq!(len, head.len(), "{head:?}");
+        }
+        for head in [
+            "GET /listen?cid=a HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 1\r\n\r\nx",
+            "GET /listen?cid=a HTTP/1.1\r\nTRANSFER-encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            assert!(parse(head).is_none(), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn a_complete_body_is_its_frames_joined() {
+        use futures_util::stream;
+        let data = |bytes: &'static [u8]| Ok(http_body::Frame::data(Bytes::from_static(bytes)));
+        let frames = stream::iter([
+            data(b"ab"),
+            data(b""),
+            data(b"c"),
+            Ok::<_, Infallible>(http_body::Frame::trailers(http::HeaderMap::new())),
+            data(b"d"),
+        ]);
+        let several = crate::http::boxed(http_body_util::StreamBody::new(frames));
+        assert_eq!(
+            collect(several).now_or_never(),
+            Some(Bytes::from_static(b"abcd"))
+        );
+        let one = crate::http::boxed(Full::new(Bytes::from_static(b"xyz")));
+        assert_eq!(
+            collect(one).now_or_never(),
+            Some(Bytes::from_static(b"xyz"))
+        );
+        let none = crate::http::boxed(http_body_util::Empty::new());
+        assert_eq!(collect(none).now_or_never(), Some(Bytes::new()));
+    }
+
+    #[test]
     fn everything_else_goes_to_hyper() {
         for head in [
             "GET /publish?cid=a HTTP/1.1\r\n\r\n",
