@@ -47,9 +47,9 @@ const DIRECT_MAX: usize = 2048;
 type Shard = RwLock<ChannelMap<Subscribers>>;
 
 /// One channel's subscribers, in the order they came (see the module documentation). Hashed
-/// with a fast unkeyed-strength hash (foldhash, hashbrown's default) instead of SipHash: the
-/// keys are addresses of the server's own allocations, which no client chooses, and a
-/// long poll looks its outbox up twice (in, then out).
+/// with foldhash (hashbrown's default hasher) instead of SipHash: the keys are addresses of
+/// the server's own allocations, which no client chooses, so hash flooding is no concern, and
+/// a long poll looks its outbox up twice (in, then out).
 type Subscribers = IndexSet<Subscriber, hashbrown::DefaultHashBuilder>;
 
 /// An outbox as a member of a channel's subscribers: equal and hashed by address.

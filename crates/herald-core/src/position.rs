@@ -213,9 +213,9 @@ pub fn parse_cursor(text: &str, channels: usize) -> Result<Vec<ChannelCursor>, C
         .split(',')
         .map(parse_entry)
         .collect::<Result<Vec<_>, _>>()?;
+    // Two entries or more here: one per channel, or a mistake.
     match entries.len() {
         n if n == channels => Ok(entries),
-        1 => Ok(vec![entries[0]; channels]),
         got => Err(CursorError::WrongCount {
             got,
             expected: channels,

@@ -26,7 +26,6 @@ use crate::http::{boxed, Body};
 
 /// Lets the handler of a request answered by the front write its answer before it returns.
 /// Cheap to clone; only the first answer given counts.
-#[derive(Clone)]
 pub struct AnswerFirst(Arc<Inner>);
 
 struct Inner {

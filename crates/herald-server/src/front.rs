@@ -893,7 +893,6 @@ impl Lent {
 
 /// The socket of a request the front answers: an SSE stream gives it to the publisher's
 /// direct writer (see `transport::stream`).
-#[derive(Clone)]
 pub struct DirectSocket(pub Arc<TcpStream>);
 
 /// In a streamed response's extensions: the body's data is already chunk-framed, last chunk

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use herald_core::{Accept, Gap, Signals};
+use herald_core::{Accept, Gap, Message, Signals};
 use http::Response;
 
 use crate::access::Identity;
@@ -35,9 +35,10 @@ pub async fn handle(
     for event in backlog {
         match event {
             Event::Gap(gap) => gaps.push(gap),
-            Event::Message(m) => accept(&mut session, m, &mut messages, &mut gaps),
+            Event::Message(m) => messages.push(m),
         }
     }
+    messages.retain(|m| delivers(&mut session, m, &mut gaps));
     while messages.is_empty() && gaps.is_empty() {
         // Drained straight into the answer's list (empty here), then filtered in place.
         let Ok(drained) = session.outbox().drain(&mut messages).await else {
@@ -49,14 +50,7 @@ pub async fn handle(
                 "server is shutting down; retry".into(),
             ));
         }
-        messages.retain(|m| match session.accept(m) {
-            Accept::Deliver => true,
-            Accept::GapThenDeliver(gap) => {
-                gaps.push(gap);
-                true
-            }
-            Accept::Duplicate | Accept::NotSubscribed => false,
-        });
+        messages.retain(|m| delivers(&mut session, m, &mut gaps));
         if drained.signals.contains(Signals::DEADLINE) {
             break;
         }
@@ -64,18 +58,15 @@ pub async fn handle(
     Ok(array_response(&messages, &session.cursor(), &gaps))
 }
 
-fn accept(
-    session: &mut Session,
-    message: Arc<herald_core::Message>,
-    messages: &mut Vec<Arc<herald_core::Message>>,
-    gaps: &mut Vec<Gap>,
-) {
-    match session.accept(&message) {
-        Accept::Deliver => messages.push(message),
+/// True if `message` goes into the answer (after the gap it reveals, added to `gaps`); false
+/// for a duplicate or a channel no longer followed.
+fn delivers(session: &mut Session, message: &Message, gaps: &mut Vec<Gap>) -> bool {
+    match session.accept(message) {
+        Accept::Deliver => true,
         Accept::GapThenDeliver(gap) => {
             gaps.push(gap);
-            messages.push(message);
+            true
         }
-        Accept::Duplicate | Accept::NotSubscribed => {}
+        Accept::Duplicate | Accept::NotSubscribed => false,
     }
 }
