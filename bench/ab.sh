@@ -93,7 +93,7 @@ out, rounds, syscalls, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 for label in labels:
-    cpu, user, p99, publish_p50, lost = [], [], [], [], 0
+    cpu, user, p99, publish_p50, rate, lost = [], [], [], [], [], 0
     for r in range(1, rounds + 1):
         d = json.load(open(f"{out}/{label}.{r}.json"))
         server = d["server"]
@@ -106,13 +106,14 @@ for label in labels:
         p99.append(d["latency_us"]["p99"] / 1000)
         # How long the publisher waited for each answer.
         publish_p50.append(d["publish"]["latency_us"]["p50"] / 1000)
+        rate.append(d["publish"]["achieved_rate"])
         lost += d["deliveries"]["lost"]
         print(f"{label} run {r}: server CPU {c:.2f} µs (user {user[-1]:.2f}), "
               f"p99 {p99[-1]:.2f} ms, publish p50 {publish_p50[-1]:.2f} ms, "
-              f"lost {d['deliveries']['lost']}")
+              f"{rate[-1]:,.0f} publishes/s, lost {d['deliveries']['lost']}")
     print(f"{label} median: server CPU {median(cpu):.2f} µs (user {median(user):.2f}), "
           f"p99 {median(p99):.2f} ms, publish p50 {median(publish_p50):.2f} ms, "
-          f"lost {lost} (all runs)")
+          f"{median(rate):,.0f} publishes/s, lost {lost} (all runs)")
     if syscalls:
         published = json.load(open(f"{out}/{label}.trace.json"))["publish"]["achieved_rate"] * 5
         counts = {}
