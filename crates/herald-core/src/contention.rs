@@ -3,11 +3,12 @@
 //! The load decides how `Hub::deliver` writes a message:
 //! - **quiet** (no recent collision): the publisher writes every idle subscriber itself (up to
 //!   a bound, `DIRECT_MAX` in `hub`). While one thread keeps up with the channel, that is the
-//!   cheapest way and the quickest: handing part of the fan-out to other workers costs a task
+//!   cheapest way and the quickest: handing part of the fan-out to other threads costs a task
 //!   wake-up per subscriber handed over (measured in BENCHMARKS.md: about 5 % more server CPU
 //!   per delivery and a higher p99 at 50 publishes/s to 2,000 subscribers);
 //! - **warm** (a recent collision: a publish had to wait for the previous one's fan-out): the
-//!   publisher writes its share and the other workers' connection tasks the rest, so a large
+//!   publisher writes its share (on connection threads: the subscribers of its own thread,
+//!   see `crate::home_thread`) and the other threads' connection tasks the rest, so a large
 //!   fan-out uses every core;
 //! - **hot** (collisions close together): every message is queued, and each connection writes
 //!   its backlog in one system call.
@@ -35,7 +36,7 @@ pub struct Contention(u8);
 pub enum Load {
     /// No recent collision: the publisher writes every idle subscriber.
     Quiet,
-    /// A recent collision: the fan-out is shared with the other workers.
+    /// A recent collision: the fan-out is shared with the other threads.
     Warm,
     /// Collisions close together: every message is queued for the connections.
     Hot,

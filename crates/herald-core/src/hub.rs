@@ -29,7 +29,7 @@ use crate::outbox::Outbox;
 const SHARDS: usize = 64;
 
 /// Channels with at most this many local subscribers are written entirely by the publisher,
-/// even when warm. Sharing a fan-out with the other workers costs a task wake-up per queued
+/// even when warm. Sharing a fan-out with the other threads costs a task wake-up per queued
 /// subscriber (often a cross-thread one); that is worth it only when the fan-out is large
 /// enough to keep another core busy. Measured on the many-channels benchmark (5 subscribers
 /// per channel, 2 workers): writing all 5 directly took 22.3 µs of server CPU per delivery against 25.0 µs when 2 of
@@ -37,8 +37,8 @@ const SHARDS: usize = 64;
 const SHARE_ABOVE: usize = 32;
 
 /// The most subscribers a publisher writes itself in one delivery, whatever the channel's
-/// load; the rest are queued for their connections' tasks on the other workers. The writes
-/// hold the publisher's worker thread and the channel's shard of the hub (a subscribe to any
+/// load; the rest are queued for their connections' tasks. The writes hold the publisher's
+/// thread and the channel's shard of the hub (a subscribe to any
 /// channel of that shard waits for them), so their number is bounded: at the 4–7 µs of server
 /// CPU per delivery BENCHMARKS.md measures for one channel of 2,000 subscribers at 50
 /// publishes/s, 2,048 writes take 8–14 ms.
@@ -106,7 +106,7 @@ impl Hub {
 
     /// An empty hub whose publishers, when a channel is warm, deliver directly to `1 / share`
     /// of a large channel's subscribers and queue the rest for their connections' tasks. With
-    /// `share` set to the number of worker threads, a large fan-out whose publisher no longer
+    /// `share` set to the number of threads, a large fan-out whose publisher no longer
     /// keeps up alone is spread over all of them (instead of capping one channel's publish
     /// rate at one core's write speed). Channels of up to `SHARE_ABOVE` subscribers are
     /// written by the publisher alone.
@@ -222,6 +222,11 @@ impl Hub {
         message: &Arc<Message>,
         load: Load,
     ) -> usize {
+        if let (Load::Warm, Some(here)) = (load, crate::home_thread::current()) {
+            if subscribers.len() > SHARE_ABOVE {
+                return Self::hand_over_by_thread(subscribers, message, here);
+            }
+        }
         let direct = match load {
             Load::Hot => 0,
             Load::Warm if subscribers.len() > SHARE_ABOVE => {
@@ -236,6 +241,29 @@ impl Hub {
                 .iter()
                 .filter(|Subscriber(o)| o.push_queued(message))
                 .count()
+    }
+
+    /// A warm fan-out shared by connection threads: the publisher writes the subscribers made
+    /// on its own thread (`here`; up to `DIRECT_MAX`) and queues the others for their
+    /// connections' tasks, which run on their own threads. Each thread then writes the
+    /// sockets it holds.
+    fn hand_over_by_thread(
+        subscribers: &Slice<Subscriber>,
+        message: &Arc<Message>,
+        here: u16,
+    ) -> usize {
+        let mut direct_left = DIRECT_MAX;
+        subscribers
+            .iter()
+            .filter(|Subscriber(o)| {
+                if direct_left > 0 && o.home() == Some(here) {
+                    direct_left -= 1;
+                    o.push(message)
+                } else {
+                    o.push_queued(message)
+                }
+            })
+            .count()
     }
 
     /// Number of local subscribers of `cid`.
@@ -346,6 +374,63 @@ mod tests {
         );
         let queued: usize = outboxes.iter().map(|o| o.len()).sum();
         assert_eq!(queued, 2 * total - direct);
+    }
+
+    #[test]
+    fn on_connection_threads_warm_publishers_write_the_subscribers_of_their_own_thread() {
+        // Outboxes made on connection threads 0 and 1, interleaved in the channel.
+        let made_on = |index: u16, n: usize| {
+            std::thread::spawn(move || {
+                crate::home_thread::set_current(index);
+                (0..n).map(|_| Outbox::new(8)).collect::<Vec<_>>()
+            })
+            .join()
+            .expect("thread")
+        };
+        let (mine, theirs) = (made_on(0, SHARE_ABOVE), made_on(1, SHARE_ABOVE + 5));
+        assert!(mine.iter().all(|o| o.home() == Some(0)));
+        let hub = Hub::with_direct_share(2);
+        let cid = ChannelId::parse("threads").expect("cid");
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        for outbox in mine.iter().zip(&theirs).flat_map(|(a, b)| [a, b]) {
+            outbox.set_direct(Some(counter.clone()));
+            hub.subscribe(&cid, outbox);
+        }
+        for outbox in &theirs[mine.len()..] {
+            outbox.set_direct(Some(counter.clone()));
+            hub.subscribe(&cid, outbox);
+        }
+        let m = message(cid, b"x");
+        let total = mine.len() + theirs.len();
+        let publish_on = |index: u16, load: Load| {
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        crate::home_thread::set_current(index);
+                        hub.deliver(&m, load)
+                    })
+                    .join()
+                    .expect("publisher")
+            })
+        };
+        assert_eq!(publish_on(0, Load::Warm), total);
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            mine.len(),
+            "thread 0's, directly"
+        );
+        assert!(mine.iter().all(|o| o.is_empty()));
+        assert!(theirs.iter().all(|o| o.len() == 1), "thread 1's, queued");
+        // From thread 1, the other way round (thread 1's own are busy now: queued behind).
+        assert_eq!(publish_on(1, Load::Warm), total);
+        assert_eq!(counter.0.load(Ordering::Relaxed), mine.len());
+        assert!(mine.iter().all(|o| o.len() == 1));
+        assert!(theirs.iter().all(|o| o.len() == 2));
+        // Quiet channels are written whole by the publisher, and off the connection threads
+        // (an engine's reader) a warm one is shared by count as before.
+        let (hub, counter, _, m) = counted_channel("off", total);
+        assert_eq!(hub.deliver(&m, Load::Warm), total);
+        assert_eq!(counter.0.load(Ordering::Relaxed), total.div_ceil(2));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod channel_map;
 mod clock;
 mod contention;
 mod engine;
+pub mod home_thread;
 mod hub;
 mod memory;
 mod message;

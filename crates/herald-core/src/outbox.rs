@@ -38,6 +38,8 @@ pub struct Outbox {
     /// Set (under the state's lock) when the queue overflowed; never cleared. Readable without
     /// the lock (see [`Outbox::has_overflowed`]).
     overflowed: AtomicBool,
+    /// The connection thread the outbox was made on (see [`crate::home_thread`]).
+    home: Option<u16>,
     capacity: usize,
 }
 
@@ -141,6 +143,7 @@ impl Outbox {
             waker: AtomicWaker::new(),
             signals: AtomicU8::new(0),
             overflowed: AtomicBool::new(false),
+            home: crate::home_thread::current(),
             capacity: capacity.max(1),
         })
     }
@@ -149,6 +152,11 @@ impl Outbox {
     /// lock, so a hand-over racing with this call may make it true just after.
     pub fn has_overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// The connection thread the outbox was made on, if any (see [`crate::home_thread`]).
+    pub fn home(&self) -> Option<u16> {
+        self.home
     }
 
     /// Installs (or removes) the direct delivery path.

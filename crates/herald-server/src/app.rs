@@ -48,10 +48,9 @@ impl App {
         };
         // Publishers write directly to every idle subscriber of a channel while they keep up
         // alone; once a large channel's publishes start to collide, to their share of it, the
-        // rest being written by the connections' tasks on the runtime's other worker threads
+        // rest being written by the connections' tasks on the other connection threads
         // (see `Hub::deliver` and `herald_core::Load`).
-        let workers = tokio::runtime::Handle::try_current()
-            .map_or(1, |runtime| runtime.metrics().num_workers());
+        let workers = config.workers;
         // Each channel's history limits come from its namespace, once, when it is created.
         let namespaces = Arc::clone(&access.namespaces);
         let resolver: ChannelLimitsResolver = Arc::new(move |cid| namespaces.limits(cid));

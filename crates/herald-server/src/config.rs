@@ -185,8 +185,8 @@ options! {
         #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
         pub shutdown_timeout: Option<Duration>,
 
-        /// Threads serving connections (the runtime's work-stealing workers). [default: the
-        /// number of CPUs]
+        /// Threads serving connections, each with its own event loop; connections are dealt
+        /// to them in turn. [default: the number of CPUs]
         #[arg(long, env = "HERALD_WORKERS", value_name = "N")]
         pub workers: Option<usize>,
 
@@ -325,7 +325,7 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Most worker threads accepted: beyond the CPUs there are, more threads only add switching.
+/// Most connection threads accepted: beyond the CPUs there are, more threads only add switching.
 const MAX_WORKERS: usize = 1024;
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -389,8 +389,9 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// Shutdown grace period.
     pub shutdown_timeout: Duration,
-    /// Worker threads of the runtime the `herald` binary builds; a program that embeds the
-    /// server with [`crate::RunningServer::start`] runs it on its own runtime instead.
+    /// Connection threads (see [`crate::threads`]); [`crate::RunningServer::start`] starts
+    /// them. The accept loop, the timers and the engine's tasks run on the runtime that
+    /// starts the server.
     pub workers: usize,
     /// Log filter.
     pub log: String,

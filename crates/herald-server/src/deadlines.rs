@@ -31,7 +31,7 @@ use tokio::time::Instant;
 const SLOTS: usize = 256;
 /// Locks per slot. Connections that begin waiting in the same tick (every long poller after a
 /// publish) have the same slot; each thread has a lane of its own (see [`lane`]), so the
-/// worker threads neither queue on one lock nor pass its cache line and entries back and
+/// connection threads neither queue on one lock nor pass its cache line and entries back and
 /// forth.
 const LANES: usize = 8;
 

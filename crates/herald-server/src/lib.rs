@@ -22,6 +22,7 @@ pub mod registry;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod threads;
 pub mod timeouts;
 pub mod tls;
 pub mod transport;

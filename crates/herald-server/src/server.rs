@@ -1,6 +1,7 @@
 //! The listener: accepts connections, serves each one, sweeps history, shuts down.
 //!
-//! One task per TCP connection. A plain-TCP connection starts in the `front`, which answers
+//! One task per TCP connection, on one of the connection threads (see `threads`), to which
+//! the accept loop deals connections in turn. A plain-TCP connection starts in the `front`, which answers
 //! SSE, iframe and long-poll requests itself and hands everything else to hyper's HTTP/1 state
 //! machine; a TLS connection goes to hyper directly. Streams and upgraded WebSockets get their
 //! own task, tracked so shutdown can wait for them. Accept errors (such as running out of file
@@ -33,6 +34,7 @@ use crate::config::Config;
 use crate::front;
 use crate::registry::Kind;
 use crate::router;
+use crate::threads::ConnectionThreads;
 use crate::timeouts::HeadTimer;
 use crate::tls;
 
@@ -56,6 +58,9 @@ pub enum StartError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    /// The connection threads could not be started.
+    #[error("cannot start the connection threads: {0}")]
+    Threads(io::Error),
     /// The listening socket could not be set up.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -70,7 +75,7 @@ impl StartError {
     /// True when the settings are at fault (the `herald` binary exits with status 2), not the
     /// system.
     pub fn is_configuration(&self) -> bool {
-        !matches!(self, Self::Listen { .. })
+        !matches!(self, Self::Listen { .. } | Self::Threads(_))
     }
 }
 
@@ -106,7 +111,8 @@ impl RunningServer {
         spawn_sweeper(Arc::clone(&app));
         tokio::spawn(Arc::clone(&app.access.expiry).run(app.shutdown.token()));
         spawn_tickers(&app);
-        let task = tokio::spawn(serve(listener, Arc::clone(&app), tls));
+        let threads = ConnectionThreads::start(app.config.workers).map_err(StartError::Threads)?;
+        let task = tokio::spawn(serve(listener, Arc::clone(&app), tls, threads));
         Ok(Self { addr, app, task })
     }
 
@@ -169,14 +175,19 @@ fn spawn_tickers(app: &Arc<App>) {
     }
 }
 
-async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
+async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<TlsAcceptor>,
+    threads: ConnectionThreads,
+) {
     let mut accept_failures = AcceptFailures::default();
     loop {
         tokio::select! {
             () = app.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match app.admit_connection(peer.ip()) {
-                    Ok(slot) => serve_connection(&app, stream, peer, slot, tls.as_ref()),
+                    Ok(slot) => serve_connection(&app, &threads, stream, peer, slot, tls.as_ref()),
                     Err(refusal) => {
                         tracing::debug!(%peer, ?refusal, "connection refused");
                         app.admission.refuse(stream, refusal, tls.as_ref());
@@ -208,6 +219,8 @@ async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
         Ok(()) => tracing::info!("shutdown complete"),
         Err(_) => tracing::warn!(?grace, "shutdown timed out; closing remaining connections"),
     }
+    // Stops the connection threads; tasks still on them are dropped with their runtimes.
+    drop(threads);
 }
 
 /// An accept error that concerns one connection (reset or aborted by its client before the
@@ -253,6 +266,7 @@ impl AcceptFailures {
 
 fn serve_connection(
     app: &Arc<App>,
+    threads: &ConnectionThreads,
     stream: TcpStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
@@ -266,32 +280,71 @@ fn serve_connection(
     {
         tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
     }
-    let task_app = Arc::clone(app);
-    match tls {
-        None => {
-            app.tasks.spawn(front::serve(task_app, stream, peer, slot));
+    // The socket leaves this runtime's driver for the one of the thread it is placed on.
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "cannot hand the connection to its thread");
+            return;
         }
+    };
+    let thread = threads.next();
+    let task_app = Arc::clone(app);
+    // Two tasks of their own sizes: a plain connection's task must not be as large as a TLS
+    // one's (which holds hyper's whole connection), or every idle long poll pays for it.
+    match tls {
+        None => app.tasks.spawn_on(
+            async move {
+                if let Some(stream) = register(stream, peer) {
+                    front::serve(task_app, stream, peer, slot).await;
+                }
+            },
+            thread,
+        ),
         Some(acceptor) => {
             let acceptor = acceptor.clone();
-            app.tasks.spawn(async move {
-                let limit = task_app.config.tls_handshake_timeout;
-                let handshake = tls::handshake(&acceptor, stream, limit);
-                let stream = tokio::select! {
-                    result = handshake => match result {
-                        Ok(stream) => stream,
-                        Err(error) => {
-                            // Scanners and port probes do this all day: not worth more.
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                            return;
-                        }
-                    },
-                    () = task_app.shutdown.cancelled() => return,
-                };
-                let first_head = task_app.config.header_read_timeout;
-                serve_http(task_app, TokioIo::new(stream), peer, slot, first_head).await;
-            });
+            app.tasks.spawn_on(
+                async move {
+                    if let Some(stream) = register(stream, peer) {
+                        serve_tls(task_app, acceptor, stream, peer, slot).await;
+                    }
+                },
+                thread,
+            )
         }
-    }
+    };
+}
+
+/// The connection on the runtime of the thread it was handed to.
+fn register(stream: std::net::TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+    TcpStream::from_std(stream)
+        .inspect_err(|error| tracing::debug!(%peer, %error, "cannot register the connection"))
+        .ok()
+}
+
+/// Completes a TLS handshake, bounded in time, then serves HTTP over the encrypted stream.
+async fn serve_tls(
+    task_app: Arc<App>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) {
+    let limit = task_app.config.tls_handshake_timeout;
+    let handshake = tls::handshake(&acceptor, stream, limit);
+    let stream = tokio::select! {
+        result = handshake => match result {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Scanners and port probes do this all day: not worth more.
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+        },
+        () = task_app.shutdown.cancelled() => return,
+    };
+    let first_head = task_app.config.header_read_timeout;
+    serve_http(task_app, TokioIo::new(stream), peer, slot, first_head).await;
 }
 
 /// Serves HTTP/1 (and upgrades) on one connection's byte stream, plain or TLS, until it ends.

@@ -138,25 +138,25 @@ fn invalid_settings_exit_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
 }
 
-/// How many runtime worker threads process `pid` has.
-fn runtime_workers(pid: u32) -> usize {
+/// How many connection threads (see `herald_server::threads`) process `pid` has.
+fn connection_threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim() == "tokio-rt-worker")
+        .filter(|name| name.trim().starts_with("herald-conn-"))
         .count()
 }
 
 #[tokio::test]
-async fn workers_sets_the_runtime_threads() {
+async fn workers_sets_the_connection_threads() {
     for workers in [1, 3] {
         let herald = Herald::spawn(&["--workers", &workers.to_string()], &[]);
         // A thread names itself once it runs: give the last ones a moment.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while runtime_workers(herald.child.id()) < workers && Instant::now() < deadline {
+        while connection_threads(herald.child.id()) < workers && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(runtime_workers(herald.child.id()), workers);
+        assert_eq!(connection_threads(herald.child.id()), workers);
         assert_eq!(
             retained_after(&herald.base, 3).await,
             3,

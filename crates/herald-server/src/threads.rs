@@ -1,0 +1,163 @@
+//! Connection threads: every accepted connection lives, for its whole life, on one of
+//! `workers` threads, each running its own single-threaded tokio runtime (its own epoll, its
+//! own timers, its own run queue).
+//!
+//! Why not tokio's work-stealing runtime: with it, a worker that takes a socket event may wake
+//! an idle peer to steal work, which the peer mostly does not find before it parks again. For
+//! a push server whose requests are many and short, those wake-ups are a large part of the
+//! cost. With 1,000 channels × 5 WebSocket subscribers and 2,000 publishes/s (the `many`
+//! benchmark), `strace -c` counted 6,718 `futex` calls for 12,000 publishes on two
+//! work-stealing workers and 3 on two connection threads, and server CPU per delivery went
+//! from 16.5 to 14.1 µs (medians of `bench/ab.sh --rounds 3`; BENCHMARKS.md has the commands).
+//!
+//! The threads share nothing but the hub and the engine. A publisher writes directly to any
+//! idle subscriber's socket, whatever thread holds it (see `herald_core::Hub`); only a
+//! subscriber whose own task must write (a full socket, a backlog) is woken across threads.
+//! When a large channel's fan-out is shared, the publisher writes the subscribers of its own
+//! thread and leaves the others' to their threads (`herald_core::home_thread`), so each
+//! thread writes the sockets it holds: at 400 publishes/s to 2,000 subscribers that halved
+//! p99 latency (183 to 94 ms), where work stealing had let the publisher's thread do most of
+//! the writing.
+//!
+//! Connections are dealt to the threads in turn, as nginx's and Netty's event loops are. The
+//! accept loop, the tickers and the engine's own tasks stay on the runtime that started the
+//! server.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+/// The connection threads of one server. Dropping it stops them: each thread's runtime is
+/// dropped on its own thread, which cancels the tasks still on it and closes their sockets.
+pub struct ConnectionThreads {
+    handles: Vec<Handle>,
+    next: AtomicUsize,
+    stop: CancellationToken,
+}
+
+impl ConnectionThreads {
+    /// Starts `count` threads (at least one), named `herald-conn-N`.
+    pub fn start(count: usize) -> io::Result<Self> {
+        let stop = CancellationToken::new();
+        // The threads log where the thread that starts them does: to its scoped subscriber,
+        // if it has one (an embedding program's or a test's), else to the global one.
+        let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
+        let mut handles = Vec::new();
+        let count = u16::try_from(count.max(1)).unwrap_or(u16::MAX);
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let stop = stop.clone();
+            let dispatch = dispatch.clone();
+            // Not joined: the threads end by themselves once `stop` is cancelled, and joining
+            // them could block an async task.
+            let _detached: JoinHandle<()> = std::thread::Builder::new()
+                .name(format!("herald-conn-{index}"))
+                .spawn(move || {
+                    let _logs = tracing::dispatcher::set_default(&dispatch);
+                    herald_core::home_thread::set_current(index);
+                    runtime.block_on(stop.cancelled());
+                })?;
+        }
+        Ok(Self {
+            handles,
+            next: AtomicUsize::new(0),
+            stop,
+        })
+    }
+
+    /// How many threads there are.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Always false: there is at least one thread.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// The thread for the next connection: each in turn.
+    pub fn next(&self) -> &Handle {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.handles[turn % self.handles.len()]
+    }
+}
+
+impl Drop for ConnectionThreads {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Sends on drop: tells the test that the task holding it was dropped.
+    struct Dropped(mpsc::Sender<()>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+
+    #[test]
+    fn connections_are_dealt_in_turn_and_run_on_their_threads() {
+        let threads = ConnectionThreads::start(2).expect("threads");
+        assert_eq!(threads.len(), 2);
+        let (sender, names) = mpsc::channel();
+        for _ in 0..4 {
+            let sender = sender.clone();
+            threads.next().spawn(async move {
+                let name = std::thread::current().name().map(str::to_owned);
+                sender
+                    .send((name, herald_core::home_thread::current()))
+                    .expect("send");
+            });
+        }
+        let seen: Vec<_> = (0..4)
+            .map(|_| names.recv_timeout(Duration::from_secs(5)).expect("ran"))
+            .collect();
+        for index in [0u16, 1] {
+            let on_it = seen
+                .iter()
+                .filter(|(name, home)| {
+                    name.as_deref() == Some(&*format!("herald-conn-{index}"))
+                        && *home == Some(index)
+                })
+                .count();
+            assert_eq!(on_it, 2, "thread {index}: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn dropping_the_threads_ends_the_tasks_still_on_them() {
+        let threads = ConnectionThreads::start(1).expect("threads");
+        let (sender, dropped) = mpsc::channel();
+        let guard = Dropped(sender);
+        threads.next().spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        assert!(dropped.recv_timeout(Duration::from_millis(100)).is_err());
+        drop(threads);
+        dropped
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the task was dropped with its thread's runtime");
+    }
+
+    #[test]
+    fn at_least_one_thread() {
+        let threads = ConnectionThreads::start(0).expect("threads");
+        assert!(!threads.is_empty());
+        assert_eq!(threads.len(), 1);
+    }
+}
