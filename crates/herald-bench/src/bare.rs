@@ -12,6 +12,11 @@
 //! writes it with a single non-blocking write to every socket of channel C, then answers
 //! `200 {"subscribers":N}` on the keep-alive connection. A socket that cannot take the whole
 //! frame at once, or fails, is dropped. Anything else gets `404`.
+//!
+//! Connections are dealt in turn to `--threads` threads, each with a single-threaded runtime of
+//! its own, as Herald's are: on tokio's work-stealing runtime the wake-ups between workers cost
+//! this loop about 15 % more CPU per delivery with 1,000 channels × 5 subscribers (14.7 against
+//! 12.8 µs, medians of 3), and a floor must not carry a cost Herald does not.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,7 +38,7 @@ pub struct BareArgs {
     /// Address to listen on (WebSocket subscribers and POST /publish).
     #[arg(long, default_value = "127.0.0.1:9000")]
     pub listen: SocketAddr,
-    /// Runtime worker threads.
+    /// Threads serving connections (one single-threaded runtime each).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 }
@@ -52,11 +57,22 @@ pub async fn serve(args: &BareArgs) -> Result<()> {
         listener.local_addr()?
     );
     let channels: Channels = Arc::default();
+    let threads = connection_threads(args.threads)?;
+    let mut turn = 0;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(stream, Arc::clone(&channels)));
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                let channels = Arc::clone(&channels);
+                threads[turn % threads.len()].spawn(async move {
+                    if let Ok(stream) = TcpStream::from_std(stream) {
+                        connection(stream, channels).await;
+                    }
+                });
+                turn += 1;
             }
             Err(e) => {
                 eprintln!("accept failed: {e}");
@@ -64,6 +80,23 @@ pub async fn serve(args: &BareArgs) -> Result<()> {
             }
         }
     }
+}
+
+/// Starts `count` (at least one) threads that each run a single-threaded runtime for as long
+/// as the process lives; returns where to spawn on them.
+fn connection_threads(count: usize) -> Result<Vec<tokio::runtime::Handle>> {
+    (0..count.max(1))
+        .map(|index| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name(format!("bare-{index}"))
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+            Ok(handle)
+        })
+        .collect()
 }
 
 /// One parsed request.

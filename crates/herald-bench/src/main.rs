@@ -38,15 +38,18 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
-    let threads = match &cli.command {
-        Some(Command::Bare(args)) => args.threads,
-        None => cli.run.threads,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    // The floor server's connections have threads of their own (see `bare`): its accept loop
+    // needs one thread only.
+    let runtime = match &cli.command {
+        Some(Command::Bare(_)) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.run.threads.max(1))
+            .enable_all()
+            .build(),
+    }
+    .context("cannot start the runtime")?;
     match cli.command {
         Some(Command::Bare(args)) => runtime.block_on(bare::serve(&args)),
         None => {
