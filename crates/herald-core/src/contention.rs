@@ -7,9 +7,8 @@
 //!   wake-up per subscriber handed over (measured in BENCHMARKS.md: about 5 % more server CPU
 //!   per delivery and a higher p99 at 50 publishes/s to 2,000 subscribers);
 //! - **warm** (a recent collision: a publish had to wait for the previous one's fan-out): the
-//!   publisher writes its share (on connection threads: the subscribers of its own thread,
-//!   see `crate::home_thread`) and the other threads' connection tasks the rest, so a large
-//!   fan-out uses every core;
+//!   publisher writes the subscribers of its own connection thread (see `crate::home_thread`)
+//!   and the other threads' connection tasks the rest, so a large fan-out uses every core;
 //! - **hot** (collisions close together): every message is queued, and each connection writes
 //!   its backlog in one system call.
 //!

@@ -4,7 +4,8 @@
 //! A server that runs its connections on threads of their own (one single-threaded runtime
 //! each, as `herald-server` does) numbers them and calls [`set_current`] once at the start of
 //! each; an [`crate::Outbox`] remembers the thread it was made on. Code on any other thread
-//! (an engine's reader task, a test) is on no connection thread: [`current`] is `None` there.
+//! (an engine's reader task, a test) is on no connection thread: [`current`] is `None` there,
+//! and outboxes made off the connection threads count as that no-thread's own.
 
 use std::cell::Cell;
 

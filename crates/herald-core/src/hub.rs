@@ -89,7 +89,6 @@ impl indexmap::Equivalent<Subscriber> for ByAddress<'_> {
 pub struct Hub {
     shards: Box<[Shard]>,
     hasher: ChannelHasher,
-    direct_share: usize,
 }
 
 impl Default for Hub {
@@ -99,22 +98,11 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// An empty hub whose publishers deliver directly to every idle subscriber.
+    /// An empty hub.
     pub fn new() -> Self {
-        Self::with_direct_share(1)
-    }
-
-    /// An empty hub whose publishers, when a channel is warm, deliver directly to `1 / share`
-    /// of a large channel's subscribers and queue the rest for their connections' tasks. With
-    /// `share` set to the number of threads, a large fan-out whose publisher no longer
-    /// keeps up alone is spread over all of them (instead of capping one channel's publish
-    /// rate at one core's write speed). Channels of up to `SHARE_ABOVE` subscribers are
-    /// written by the publisher alone.
-    pub fn with_direct_share(share: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: ChannelHasher::new(),
-            direct_share: share.max(1),
         }
     }
 
@@ -177,15 +165,15 @@ impl Hub {
 
     /// Hands `message` to every subscriber of its channel; returns how many accepted it (a
     /// connection cut off for falling behind takes no more). By the channel's `load` (see
-    /// [`Load`]), the publisher writes directly to every idle subscriber (quiet), to its share
-    /// of them (warm; see [`Hub::with_direct_share`]), or to none (hot: a channel whose
+    /// [`Load`]), the publisher writes directly to every idle subscriber (quiet), to those of
+    /// its own thread (warm), or to none (hot: a channel whose
     /// publishes queue up is better served by each connection writing its backlog in one
     /// system call). Never more than `DIRECT_MAX` directly.
     pub fn deliver(&self, message: &Arc<Message>, load: Load) -> usize {
         let (shard, hash) = self.shard(message.cid());
         let shard = shard.read();
         shard.get(hash, message.cid()).map_or(0, |subscribers| {
-            self.hand_over(subscribers.as_slice(), message, load)
+            Self::hand_over(subscribers.as_slice(), message, load)
         })
     }
 
@@ -212,51 +200,27 @@ impl Hub {
                 .filter(|Subscriber(o)| !o.has_overflowed())
                 .count(),
         );
-        self.hand_over(subscribers, message, load)
+        Self::hand_over(subscribers, message, load)
     }
 
-    /// The hand-over of [`Hub::deliver`] to a channel's `subscribers`.
-    fn hand_over(
-        &self,
-        subscribers: &Slice<Subscriber>,
-        message: &Arc<Message>,
-        load: Load,
-    ) -> usize {
-        if let (Load::Warm, Some(here)) = (load, crate::home_thread::current()) {
-            if subscribers.len() > SHARE_ABOVE {
-                return Self::hand_over_by_thread(subscribers, message, here);
-            }
-        }
-        let direct = match load {
-            Load::Hot => 0,
-            Load::Warm if subscribers.len() > SHARE_ABOVE => {
-                subscribers.len().div_ceil(self.direct_share)
-            }
-            Load::Quiet | Load::Warm => subscribers.len(),
-        }
-        .min(DIRECT_MAX);
-        let (now, later) = subscribers.split_at(direct);
-        now.iter().filter(|Subscriber(o)| o.push(message)).count()
-            + later
-                .iter()
-                .filter(|Subscriber(o)| o.push_queued(message))
-                .count()
-    }
-
-    /// A warm fan-out shared by connection threads: the publisher writes the subscribers made
-    /// on its own thread (`here`; up to `DIRECT_MAX`) and queues the others for their
-    /// connections' tasks, which run on their own threads. Each thread then writes the
-    /// sockets it holds.
-    fn hand_over_by_thread(
-        subscribers: &Slice<Subscriber>,
-        message: &Arc<Message>,
-        here: u16,
-    ) -> usize {
-        let mut direct_left = DIRECT_MAX;
+    /// The hand-over of [`Hub::deliver`] to a channel's `subscribers`: who the publisher
+    /// writes itself (at most `DIRECT_MAX`; the rest are queued for their connections' tasks).
+    /// Quiet: every subscriber. Warm, for a channel of more than `SHARE_ABOVE`: those made on
+    /// the publisher's own connection thread (see [`crate::home_thread`]), each other thread
+    /// writing the sockets it holds, so a large fan-out whose publisher no longer keeps up
+    /// alone is spread over every thread instead of capping the channel's publish rate at one
+    /// core's write speed. Hot: none.
+    fn hand_over(subscribers: &Slice<Subscriber>, message: &Arc<Message>, load: Load) -> usize {
+        let (mut direct_left, shared) = match load {
+            Load::Hot => (0, false),
+            Load::Warm => (DIRECT_MAX, subscribers.len() > SHARE_ABOVE),
+            Load::Quiet => (DIRECT_MAX, false),
+        };
+        let here = crate::home_thread::current();
         subscribers
             .iter()
             .filter(|Subscriber(o)| {
-                if direct_left > 0 && o.home() == Some(here) {
+                if direct_left > 0 && (!shared || o.home() == here) {
                     direct_left -= 1;
                     o.push(message)
                 } else {
@@ -307,13 +271,13 @@ mod tests {
         )
     }
 
-    /// A hub sharing with 2 workers, `n` subscribers of channel `name` whose direct writes are
-    /// counted, and a message for that channel.
+    /// A hub, `n` subscribers of channel `name` (made on no connection thread) whose direct
+    /// writes are counted, and a message for that channel.
     fn counted_channel(
         name: &str,
         n: usize,
     ) -> (Hub, Arc<Counter>, Vec<Arc<Outbox>>, Arc<Message>) {
-        let hub = Hub::with_direct_share(2);
+        let hub = Hub::new();
         let cid = ChannelId::parse(name).expect("cid");
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let outboxes: Vec<_> = (0..n).map(|_| Outbox::new(8)).collect();
@@ -325,11 +289,44 @@ mod tests {
         (hub, counter, outboxes, m)
     }
 
+    /// `n` outboxes made on connection thread `index`.
+    fn made_on(index: u16, n: usize) -> Vec<Arc<Outbox>> {
+        std::thread::spawn(move || {
+            crate::home_thread::set_current(index);
+            (0..n).map(|_| Outbox::new(8)).collect()
+        })
+        .join()
+        .expect("thread")
+    }
+
+    /// `hub.deliver(m, load)` from connection thread `index`.
+    fn publish_on(index: u16, hub: &Hub, m: &Arc<Message>, load: Load) -> usize {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    crate::home_thread::set_current(index);
+                    hub.deliver(m, load)
+                })
+                .join()
+                .expect("publisher")
+        })
+    }
+
     #[test]
     fn publishers_write_small_channels_alone_even_when_warm() {
-        let (hub, counter, outboxes, m) = counted_channel("small", SHARE_ABOVE);
-        assert_eq!(hub.deliver(&m, Load::Quiet), SHARE_ABOVE);
-        assert_eq!(hub.deliver(&m, Load::Warm), SHARE_ABOVE);
+        // Subscribers of another thread than the publisher's: a large warm channel would leave
+        // them to it.
+        let outboxes = made_on(1, SHARE_ABOVE);
+        let hub = Hub::new();
+        let cid = ChannelId::parse("small").expect("cid");
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        for outbox in &outboxes {
+            outbox.set_direct(Some(counter.clone()));
+            hub.subscribe(&cid, outbox);
+        }
+        let m = message(cid, b"x");
+        assert_eq!(publish_on(0, &hub, &m, Load::Quiet), SHARE_ABOVE);
+        assert_eq!(publish_on(0, &hub, &m, Load::Warm), SHARE_ABOVE);
         assert_eq!(counter.0.load(Ordering::Relaxed), 2 * SHARE_ABOVE);
         assert_eq!(outboxes.iter().map(|o| o.len()).sum::<usize>(), 0);
     }
@@ -349,47 +346,11 @@ mod tests {
     }
 
     #[test]
-    fn publishers_of_warm_channels_write_their_share_and_queue_the_rest() {
-        let total = SHARE_ABOVE + 3;
-        let (hub, counter, outboxes, m) = counted_channel("big", total);
-        let direct = total.div_ceil(2);
-        assert_eq!(hub.deliver(&m, Load::Warm), total);
-        assert_eq!(
-            counter.0.load(Ordering::Relaxed),
-            direct,
-            "half (rounded up) written directly"
-        );
-        let queued: usize = outboxes.iter().map(|o| o.len()).sum();
-        assert_eq!(
-            queued,
-            total - direct,
-            "the rest left to the connections' tasks"
-        );
-
-        assert_eq!(hub.deliver(&m, Load::Hot), total);
-        assert_eq!(
-            counter.0.load(Ordering::Relaxed),
-            direct,
-            "no direct write for a hot channel"
-        );
-        let queued: usize = outboxes.iter().map(|o| o.len()).sum();
-        assert_eq!(queued, 2 * total - direct);
-    }
-
-    #[test]
-    fn on_connection_threads_warm_publishers_write_the_subscribers_of_their_own_thread() {
+    fn warm_publishers_write_the_subscribers_of_their_own_thread_and_hot_ones_none() {
         // Outboxes made on connection threads 0 and 1, interleaved in the channel.
-        let made_on = |index: u16, n: usize| {
-            std::thread::spawn(move || {
-                crate::home_thread::set_current(index);
-                (0..n).map(|_| Outbox::new(8)).collect::<Vec<_>>()
-            })
-            .join()
-            .expect("thread")
-        };
         let (mine, theirs) = (made_on(0, SHARE_ABOVE), made_on(1, SHARE_ABOVE + 5));
         assert!(mine.iter().all(|o| o.home() == Some(0)));
-        let hub = Hub::with_direct_share(2);
+        let hub = Hub::new();
         let cid = ChannelId::parse("threads").expect("cid");
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         for outbox in mine.iter().zip(&theirs).flat_map(|(a, b)| [a, b]) {
@@ -402,17 +363,7 @@ mod tests {
         }
         let m = message(cid, b"x");
         let total = mine.len() + theirs.len();
-        let publish_on = |index: u16, load: Load| {
-            std::thread::scope(|scope| {
-                scope
-                    .spawn(|| {
-                        crate::home_thread::set_current(index);
-                        hub.deliver(&m, load)
-                    })
-                    .join()
-                    .expect("publisher")
-            })
-        };
+        let publish_on = |index: u16, load: Load| publish_on(index, &hub, &m, load);
         assert_eq!(publish_on(0, Load::Warm), total);
         assert_eq!(
             counter.0.load(Ordering::Relaxed),
@@ -426,11 +377,22 @@ mod tests {
         assert_eq!(counter.0.load(Ordering::Relaxed), mine.len());
         assert!(mine.iter().all(|o| o.len() == 1));
         assert!(theirs.iter().all(|o| o.len() == 2));
-        // Quiet channels are written whole by the publisher, and off the connection threads
-        // (an engine's reader) a warm one is shared by count as before.
-        let (hub, counter, _, m) = counted_channel("off", total);
-        assert_eq!(hub.deliver(&m, Load::Warm), total);
-        assert_eq!(counter.0.load(Ordering::Relaxed), total.div_ceil(2));
+        // Hot: no direct write, whatever the thread.
+        assert_eq!(publish_on(0, Load::Hot), total);
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            mine.len(),
+            "no direct write for a hot channel"
+        );
+        assert!(mine.iter().all(|o| o.len() == 2));
+        assert!(theirs.iter().all(|o| o.len() == 3));
+        // Off the connection threads (an engine used alone, as in these tests), publisher and
+        // subscribers are on the same no-thread: a warm channel is written whole, up to the
+        // bound.
+        let (hub, counter, outboxes, m) = counted_channel("off", DIRECT_MAX + 10);
+        assert_eq!(hub.deliver(&m, Load::Warm), DIRECT_MAX + 10);
+        assert_eq!(counter.0.load(Ordering::Relaxed), DIRECT_MAX);
+        assert_eq!(outboxes.iter().map(|o| o.len()).sum::<usize>(), 10);
     }
 
     #[test]

@@ -46,19 +46,10 @@ impl App {
             max_channels: config.max_channels,
             max_memory: config.max_history_memory,
         };
-        // Publishers write directly to every idle subscriber of a channel while they keep up
-        // alone; once a large channel's publishes start to collide, to their share of it, the
-        // rest being written by the connections' tasks on the other connection threads
-        // (see `Hub::deliver` and `herald_core::Load`).
-        let workers = config.workers;
         // Each channel's history limits come from its namespace, once, when it is created.
         let namespaces = Arc::clone(&access.namespaces);
         let resolver: ChannelLimitsResolver = Arc::new(move |cid| namespaces.limits(cid));
-        let engine = Engine::in_memory_with_resolver(
-            bounds,
-            Arc::new(Hub::with_direct_share(workers)),
-            resolver,
-        );
+        let engine = Engine::in_memory_with_resolver(bounds, Arc::new(Hub::new()), resolver);
         let admission = Admission::new(
             config
                 .max_connections
