@@ -43,6 +43,20 @@ impl Proc {
     pub fn rss_bytes(self) -> io::Result<u64> {
         parse_rss_bytes(&fs::read_to_string(self.path("status"))?)
     }
+
+    /// Voluntary context switches so far, summed over the process's threads: how often they
+    /// blocked with nothing to do (the process-wide `status` counts the main thread only).
+    pub fn voluntary_switches(self) -> io::Result<u64> {
+        let mut sum = 0;
+        for task in fs::read_dir(self.path("task"))? {
+            // A thread that ended since the listing has nothing more to count.
+            let Ok(status) = fs::read_to_string(task?.path().join("status")) else {
+                continue;
+            };
+            sum += parse_voluntary_switches(&status)?;
+        }
+        Ok(sum)
+    }
 }
 
 /// Several processes sampled as one server (such as nginx's workers): their CPU times and
@@ -65,6 +79,11 @@ impl Group {
     /// The summed resident set size, in bytes.
     pub fn rss_bytes(&self) -> io::Result<u64> {
         self.0.iter().map(|p| p.rss_bytes()).sum()
+    }
+
+    /// The summed voluntary context switches of every thread.
+    pub fn voluntary_switches(&self) -> io::Result<u64> {
+        self.0.iter().map(|p| p.voluntary_switches()).sum()
     }
 }
 
@@ -137,6 +156,15 @@ fn parse_rss_bytes(status: &str) -> io::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// The `voluntary_ctxt_switches:` line of a `/proc/PID/task/TID/status`.
+fn parse_voluntary_switches(status: &str) -> io::Result<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| invalid("no voluntary_ctxt_switches in status"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +185,40 @@ mod tests {
         let status = "Name:\therald\nVmPeak:\t  999 kB\nVmRSS:\t   10240 kB\nThreads:\t3\n";
         assert_eq!(parse_rss_bytes(status).unwrap(), 10 * 1024 * 1024);
         assert!(parse_rss_bytes("Name: x\n").is_err());
+    }
+
+    #[test]
+    fn parses_voluntary_switches() {
+        let status = "Name:\therald-conn-0\nvoluntary_ctxt_switches:\t187937\nnonvoluntary_ctxt_switches:\t2308\n";
+        assert_eq!(parse_voluntary_switches(status).unwrap(), 187_937);
+        assert!(parse_voluntary_switches("nonvoluntary_ctxt_switches:\t2\n").is_err());
+    }
+
+    #[test]
+    fn counts_the_switches_of_every_thread() {
+        // Another thread blocks on a receive 50 times, each a voluntary switch, while this one
+        // spins between its sends instead of sleeping (it makes none): the count must include
+        // the other thread's.
+        let before = Proc::Myself.voluntary_switches().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel::<()>();
+        let (back, done) = std::sync::mpsc::channel::<u64>();
+        let blocker = std::thread::spawn(move || {
+            while receiver.recv().is_ok() {}
+            back.send(Proc::Myself.voluntary_switches().unwrap())
+                .unwrap();
+        });
+        for _ in 0..50 {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(1);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            sender.send(()).unwrap();
+        }
+        drop(sender);
+        let during = done.recv().unwrap();
+        blocker.join().unwrap();
+        assert!(during >= before + 50, "{before} -> {during}");
+        assert!(Proc::Pid(u32::MAX).voluntary_switches().is_err());
     }
 
     #[test]

@@ -141,6 +141,9 @@ pub struct Server {
     pub cpu_system_seconds: Option<f64>,
     /// That CPU time per delivery received during the publish phase, µs.
     pub cpu_us_per_delivery: Option<f64>,
+    /// Voluntary context switches of all the server's threads during the publish phase: how
+    /// often a thread blocked with nothing to do and had to be woken again.
+    pub voluntary_switches: Option<u64>,
     /// RSS before any subscriber connected.
     pub rss_before_bytes: Option<u64>,
     /// RSS once every subscriber had connected, before publishing.
@@ -261,6 +264,11 @@ impl fmt::Display for Report {
                 opt(server.rss_connected_bytes.map(bytes)),
                 opt(server.bytes_per_idle_connection.map(|b| bytes(b as u64))),
                 opt(server.rss_end_bytes.map(bytes))
+            )?;
+            writeln!(
+                f,
+                "             {} voluntary context switches in the publish phase (all threads)",
+                opt(server.voluntary_switches.map(|n| n.to_string()))
             )?;
         }
         if let Some(cpu) = self.bench_cpu_seconds {

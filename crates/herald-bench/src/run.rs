@@ -103,6 +103,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
 
     state.set_phase(Phase::Publish);
     let cpu_start = server.as_ref().and_then(|p| p.cpu_times().ok());
+    let switches_start = server.as_ref().and_then(|p| p.voluntary_switches().ok());
     let bench_cpu_start = Proc::Myself.cpu_seconds().ok();
     let publish_start = Instant::now();
     publishers
@@ -111,6 +112,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
     let publish_time = publish_start.elapsed();
     let received_in_phase = RunState::get(&state.received_in_publish_phase);
     let cpu_end = server.as_ref().and_then(|p| p.cpu_times().ok());
+    let switches_end = server.as_ref().and_then(|p| p.voluntary_switches().ok());
     let bench_cpu_end = Proc::Myself.cpu_seconds().ok();
 
     state.set_phase(Phase::Drain);
@@ -187,6 +189,9 @@ pub async fn run(scenario: &Scenario) -> Result<Report> {
             cpu_seconds: server_cpu.map(CpuTimes::total),
             cpu_user_seconds: server_cpu.map(|cpu| cpu.user),
             cpu_system_seconds: server_cpu.map(|cpu| cpu.system),
+            voluntary_switches: switches_start
+                .zip(switches_end)
+                .map(|(a, b)| b.saturating_sub(a)),
             cpu_us_per_delivery: server_cpu
                 .filter(|_| received_in_phase > 0)
                 .map(|cpu| cpu.total() * 1e6 / received_in_phase as f64),
