@@ -15,8 +15,9 @@
 //!
 //! Connections are dealt in turn to `--threads` threads, each with a single-threaded runtime of
 //! its own, as Herald's are: on tokio's work-stealing runtime the wake-ups between workers cost
-//! this loop about 15 % more CPU per delivery with 1,000 channels × 5 subscribers (14.7 against
-//! 12.8 µs, medians of 3), and a floor must not carry a cost Herald does not.
+//! this loop about 28 % more CPU per delivery with 1,000 channels × 5 subscribers (15.6 against
+//! 12.2 µs, medians of 3; the command is in BENCHMARKS.md), and a floor must not carry a cost
+//! Herald does not.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

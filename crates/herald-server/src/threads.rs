@@ -6,9 +6,9 @@
 //! an idle peer to steal work, which the peer mostly does not find before it parks again. For
 //! a push server whose requests are many and short, those wake-ups are a large part of the
 //! cost. With 1,000 channels × 5 WebSocket subscribers and 2,000 publishes/s (the `many`
-//! benchmark), `strace -c` counted 6,718 `futex` calls for 12,000 publishes on two
-//! work-stealing workers and 3 on two connection threads, and server CPU per delivery went
-//! from 16.5 to 14.1 µs (medians of `bench/ab.sh --rounds 3`; BENCHMARKS.md has the commands).
+//! benchmark), `bench/ab.sh --syscalls` counted 0.6 `futex` calls per publish on two
+//! work-stealing workers and none on two connection threads, and server CPU per delivery went
+//! from 16.5 to 14.1 µs and from 14.8 to 13.9 µs in two A/Bs of 3 rounds (BENCHMARKS.md).
 //!
 //! The threads share nothing but the hub and the engine. A publisher writes directly to any
 //! idle subscriber's socket, whatever thread holds it (see `herald_core::Hub`); only a
@@ -17,7 +17,10 @@
 //! thread and leaves the others' to their threads (`herald_core::home_thread`), so each
 //! thread writes the sockets it holds: at 400 publishes/s to 2,000 subscribers that halved
 //! p99 latency (183 to 94 ms), where work stealing had let the publisher's thread do most of
-//! the writing.
+//! the writing. The cost: a thread's connections wait while the OS runs something else on its
+//! core, where a work-stealing worker would have taken them; publishing flat out over 8
+//! connections, with the load generator on the same two cores, reached 15–21 % fewer
+//! publishes/s (BENCHMARKS.md).
 //!
 //! Connections are dealt to the threads in turn, as nginx's and Netty's event loops are. The
 //! accept loop, the tickers and the engine's own tasks stay on the runtime that started the
