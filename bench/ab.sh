@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A/B of two Herald builds on one herald-bench scenario: alternating single runs against fresh
 # servers, so that both see the same machine state; prints one line per run and the medians
-# (server CPU per delivery, p99, publish p50, publishes/s, the server threads' voluntary context
-# switches per publish, loss).
+# (server CPU per delivery, p99, publish request p50 and p99, publishes/s, the server threads'
+# voluntary context switches per publish, loss).
 #
 #   bench/ab.sh [--rounds N] [--syscalls] [--generator-nice N] A=SERVER B=SERVER -- HERALD-BENCH-ARGS...
 #
@@ -95,7 +95,7 @@ out, rounds, syscalls, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 for label in labels:
-    cpu, user, p99, publish_p50, rate, switches, lost = [], [], [], [], [], [], 0
+    cpu, user, p99, publish_p50, publish_p99, rate, switches, lost = [], [], [], [], [], [], [], 0
     for r in range(1, rounds + 1):
         d = json.load(open(f"{out}/{label}.{r}.json"))
         server = d["server"]
@@ -108,16 +108,17 @@ for label in labels:
         p99.append(d["latency_us"]["p99"] / 1000)
         # How long the publisher waited for each answer.
         publish_p50.append(d["publish"]["latency_us"]["p50"] / 1000)
+        publish_p99.append(d["publish"]["latency_us"]["p99"] / 1000)
         rate.append(d["publish"]["achieved_rate"])
         # How often the server's threads blocked with nothing to do, per publish.
         switches.append((server.get("voluntary_switches") or 0) / max(d["publish"]["published"], 1))
         lost += d["deliveries"]["lost"]
         print(f"{label} run {r}: server CPU {c:.2f} µs (user {user[-1]:.2f}), "
-              f"p99 {p99[-1]:.2f} ms, publish p50 {publish_p50[-1]:.2f} ms, "
+              f"p99 {p99[-1]:.2f} ms, publish p50/p99 {publish_p50[-1]:.2f}/{publish_p99[-1]:.2f} ms, "
               f"{rate[-1]:,.0f} publishes/s, {switches[-1]:.2f} voluntary switches per publish, "
               f"lost {d['deliveries']['lost']}")
     print(f"{label} median: server CPU {median(cpu):.2f} µs (user {median(user):.2f}), "
-          f"p99 {median(p99):.2f} ms, publish p50 {median(publish_p50):.2f} ms, "
+          f"p99 {median(p99):.2f} ms, publish p50/p99 {median(publish_p50):.2f}/{median(publish_p99):.2f} ms, "
           f"{median(rate):,.0f} publishes/s, {median(switches):.2f} voluntary switches per publish, "
           f"lost {lost} (all runs)")
     if syscalls:

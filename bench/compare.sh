@@ -10,7 +10,7 @@
 #   --rev REV         build Herald from this commit (git archive into a temporary directory,
 #                     target dir target/bench-rev) instead of the working tree
 #   --scenarios LIST  a subset of: idle idlesse idlelongpoll fanout50 fanout100 many sse longpoll
-#                     publish, or fanout200 and fanout400
+#                     publish, or fanout200, fanout400 and fanout400one
 #                     (saturation: not in the default set)
 #   --duration D      measured publish phase of each run (default 10s)
 #   --time-limit S    bound on the whole script, build included (default 3600 s): runs that
@@ -60,7 +60,7 @@ done
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --repeat must be a positive integer" >&2; exit 2; }
 [[ $TIME_LIMIT =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --time-limit is in seconds" >&2; exit 2; }
 for s in $SCENARIOS; do
-    case $s in idle|idlesse|idlelongpoll|fanout50|fanout100|fanout200|fanout400|many|sse|longpoll|publish) ;;
+    case $s in idle|idlesse|idlelongpoll|fanout50|fanout100|fanout200|fanout400|fanout400one|many|sse|longpoll|publish) ;;
         *) echo "compare.sh: unknown scenario $s" >&2; exit 2 ;; esac
 done
 # Seconds in a humantime duration such as 10s, 1500ms or 1m (for the time budget only).
@@ -332,6 +332,8 @@ scenario_args() {
         fanout100) echo "--transport ws --subscribers 2000 --channels 1 --rate 100 --payload-size 100 --duration $DURATION" ;;
         fanout200) echo "--transport ws --subscribers 2000 --channels 1 --rate 200 --payload-size 100 --duration $DURATION" ;;
         fanout400) echo "--transport ws --subscribers 2000 --channels 1 --rate 400 --payload-size 100 --duration $DURATION" ;;
+        # The same load from one keep-alive publisher connection (a backend's usual way).
+        fanout400one) echo "--transport ws --subscribers 2000 --channels 1 --rate 400 --pub-concurrency 1 --payload-size 100 --duration $DURATION" ;;
         many)      echo "--transport ws --subscribers 5000 --channels 1000 --rate 2000 --payload-size 100 --pub-concurrency 8 --duration $DURATION" ;;
         sse)       echo "--transport sse --subscribers 2000 --channels 1 --rate 50 --payload-size 100 --duration $DURATION" ;;
         longpoll)  echo "--transport longpoll --subscribers 2000 --channels 1 --rate 50 --payload-size 100 --duration $DURATION" ;;
@@ -341,7 +343,7 @@ scenario_args() {
 
 scenario_servers() {
     case $1 in
-        idle|fanout50|fanout100|fanout200|fanout400|many) echo "herald nchan bare" ;;
+        idle|fanout50|fanout100|fanout200|fanout400|fanout400one|many) echo "herald nchan bare" ;;
         *) echo "herald nchan" ;;
     esac
 }
