@@ -20,7 +20,10 @@
 //! the writing. The cost: a thread's connections wait while the OS runs something else on its
 //! core, where a work-stealing worker would have taken them; publishing flat out over 8
 //! connections, with the load generator on the same two cores, reached 15–21 % fewer
-//! publishes/s (BENCHMARKS.md).
+//! publishes/s (BENCHMARKS.md). Most of that is sleeping and waking: a thread holding 4 of the
+//! 8 connections runs out of work and sleeps far more often than one holding all 8, and on
+//! a virtual machine each wake-up costs microseconds (the kernel's context switch took 22 % of
+//! the server's profile with two threads, 1 % with one).
 //!
 //! Connections are dealt to the threads in turn, as nginx's and Netty's event loops are. The
 //! accept loop, the tickers and the engine's own tasks stay on the runtime that started the
