@@ -136,14 +136,6 @@ impl ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            // The body was not read to its end, so the connection cannot carry another
-            // request: saying so keeps a client from sending its next one on a socket about
-            // to close (it would fail with a broken pipe).
-            Self::PayloadTooLarge(_) => {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
             _ => {}
         }
         response

@@ -26,6 +26,7 @@ pub mod threads;
 pub mod timeouts;
 pub mod tls;
 pub mod transport;
+pub mod unread_body;
 
 pub use config::{Cli, Command, Config, ConfigError, NamespaceOptions, Options, ServeArgs};
 pub use server::{RunningServer, StartError};

@@ -37,6 +37,7 @@ use crate::router;
 use crate::threads::ConnectionThreads;
 use crate::timeouts::HeadTimer;
 use crate::tls;
+use crate::unread_body;
 
 /// hyper's own read buffer limit (it must be at least 8 KiB); a larger `max-header-size`
 /// raises it.
@@ -349,7 +350,8 @@ async fn serve_tls(
 
 /// Serves HTTP/1 (and upgrades) on one connection's byte stream, plain or TLS, until it ends.
 /// The first request head must be complete within `first_head`; every later one within the
-/// idle timeout.
+/// idle timeout. An answer given while a request's body is left unread ends the connection
+/// and says so (see `unread_body`).
 pub(crate) async fn serve_http<I>(
     app: Arc<App>,
     io: TokioIo<I>,
@@ -360,9 +362,16 @@ pub(crate) async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service_app = Arc::clone(&app);
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let app = Arc::clone(&service_app);
-        async move { Ok::<_, Infallible>(router::handle(&app, Box::new(request), &peer, None).await) }
+        async move {
+            let (head, body) = request.into_parts();
+            let (body, watch) = unread_body::watched(body);
+            let request = Box::new(hyper::Request::from_parts(head, body));
+            let mut response = router::handle(&app, request, &peer, None).await;
+            watch.close_if_unread(&mut response);
+            Ok::<_, Infallible>(response)
+        }
     });
     let config = &app.config;
     let mut builder = http1::Builder::new();

@@ -626,3 +626,27 @@ async fn the_server_channel_limit_is_503() {
     assert_eq!(server.publish("one", "y").await["id"], 2);
     server.assert_healthy().await;
 }
+
+#[tokio::test]
+async fn a_refusal_that_leaves_a_body_unread_says_the_connection_closes() {
+    let server = common::start().await;
+    // Refused before the body is read (no channel; no such path): hyper closes the connection
+    // rather than read 200 KB nobody wants, and the answer must say so, or the client sends
+    // its next request into the closing socket. Several times over, as the race is a timing.
+    for _ in 0..10 {
+        let response = post(&server, "", None, "b".repeat(200_000)).await;
+        assert_eq!(response.headers()["connection"], "close");
+        expect_error(response, 400).await;
+        let response = server
+            .client
+            .post(server.url("/no-such-path"))
+            .body("b".repeat(200_000))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["connection"], "close");
+        expect_error(response, 404).await;
+        assert_eq!(history(&server, "unrelated").await.len(), 0);
+    }
+    assert_still_serving(&server).await;
+}
