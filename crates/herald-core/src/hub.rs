@@ -277,16 +277,25 @@ mod tests {
         name: &str,
         n: usize,
     ) -> (Hub, Arc<Counter>, Vec<Arc<Outbox>>, Arc<Message>) {
+        let outboxes: Vec<_> = (0..n).map(|_| Outbox::new(8)).collect();
+        let (hub, counter, m) = counted_subscribers(name, &outboxes);
+        (hub, counter, outboxes, m)
+    }
+
+    /// A hub where `outboxes`, in this order, subscribe to channel `name` with their direct
+    /// writes counted, and a message for that channel.
+    fn counted_subscribers<'a>(
+        name: &str,
+        outboxes: impl IntoIterator<Item = &'a Arc<Outbox>>,
+    ) -> (Hub, Arc<Counter>, Arc<Message>) {
         let hub = Hub::new();
         let cid = ChannelId::parse(name).expect("cid");
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
-        let outboxes: Vec<_> = (0..n).map(|_| Outbox::new(8)).collect();
-        for outbox in &outboxes {
+        for outbox in outboxes {
             outbox.set_direct(Some(counter.clone()));
             hub.subscribe(&cid, outbox);
         }
-        let m = message(cid, b"x");
-        (hub, counter, outboxes, m)
+        (hub, counter, message(cid, b"x"))
     }
 
     /// `n` outboxes made on connection thread `index`.
@@ -317,14 +326,7 @@ mod tests {
         // Subscribers of another thread than the publisher's: a large warm channel would leave
         // them to it.
         let outboxes = made_on(1, SHARE_ABOVE);
-        let hub = Hub::new();
-        let cid = ChannelId::parse("small").expect("cid");
-        let counter = Arc::new(Counter(AtomicUsize::new(0)));
-        for outbox in &outboxes {
-            outbox.set_direct(Some(counter.clone()));
-            hub.subscribe(&cid, outbox);
-        }
-        let m = message(cid, b"x");
+        let (hub, counter, m) = counted_subscribers("small", &outboxes);
         assert_eq!(publish_on(0, &hub, &m, Load::Quiet), SHARE_ABOVE);
         assert_eq!(publish_on(0, &hub, &m, Load::Warm), SHARE_ABOVE);
         assert_eq!(counter.0.load(Ordering::Relaxed), 2 * SHARE_ABOVE);
@@ -350,18 +352,9 @@ mod tests {
         // Outboxes made on connection threads 0 and 1, interleaved in the channel.
         let (mine, theirs) = (made_on(0, SHARE_ABOVE), made_on(1, SHARE_ABOVE + 5));
         assert!(mine.iter().all(|o| o.home() == Some(0)));
-        let hub = Hub::new();
-        let cid = ChannelId::parse("threads").expect("cid");
-        let counter = Arc::new(Counter(AtomicUsize::new(0)));
-        for outbox in mine.iter().zip(&theirs).flat_map(|(a, b)| [a, b]) {
-            outbox.set_direct(Some(counter.clone()));
-            hub.subscribe(&cid, outbox);
-        }
-        for outbox in &theirs[mine.len()..] {
-            outbox.set_direct(Some(counter.clone()));
-            hub.subscribe(&cid, outbox);
-        }
-        let m = message(cid, b"x");
+        let interleaved = mine.iter().zip(&theirs).flat_map(|(a, b)| [a, b]);
+        let (hub, counter, m) =
+            counted_subscribers("threads", interleaved.chain(&theirs[mine.len()..]));
         let total = mine.len() + theirs.len();
         let publish_on = |index: u16, load: Load| publish_on(index, &hub, &m, load);
         assert_eq!(publish_on(0, Load::Warm), total);
