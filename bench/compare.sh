@@ -10,7 +10,7 @@
 #   --rev REV         build Herald from this commit (git archive into a temporary directory,
 #                     target dir target/bench-rev) instead of the working tree
 #   --scenarios LIST  a subset of: idle idlesse idlelongpoll fanout50 fanout100 many sse longpoll
-#                     publish, or fanout200, fanout400 and fanout400one
+#                     publish publish40k, or fanout200, fanout400 and fanout400one
 #                     (saturation: not in the default set)
 #   --duration D      measured publish phase of each run (default 10s)
 #   --time-limit S    bound on the whole script, build included (default 3600 s): runs that
@@ -36,7 +36,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 REPEAT=3
 REV=
-SCENARIOS="idle idlesse idlelongpoll fanout50 fanout100 many sse longpoll publish"
+SCENARIOS="idle idlesse idlelongpoll fanout50 fanout100 many sse longpoll publish publish40k"
 DURATION=10s
 TIME_LIMIT=3600
 OUT=
@@ -60,7 +60,7 @@ done
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --repeat must be a positive integer" >&2; exit 2; }
 [[ $TIME_LIMIT =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --time-limit is in seconds" >&2; exit 2; }
 for s in $SCENARIOS; do
-    case $s in idle|idlesse|idlelongpoll|fanout50|fanout100|fanout200|fanout400|fanout400one|many|sse|longpoll|publish) ;;
+    case $s in idle|idlesse|idlelongpoll|fanout50|fanout100|fanout200|fanout400|fanout400one|many|sse|longpoll|publish|publish40k) ;;
         *) echo "compare.sh: unknown scenario $s" >&2; exit 2 ;; esac
 done
 # Seconds in a humantime duration such as 10s, 1500ms or 1m (for the time budget only).
@@ -338,6 +338,8 @@ scenario_args() {
         sse)       echo "--transport sse --subscribers 2000 --channels 1 --rate 50 --payload-size 100 --duration $DURATION" ;;
         longpoll)  echo "--transport longpoll --subscribers 2000 --channels 1 --rate 50 --payload-size 100 --duration $DURATION" ;;
         publish)   echo "--subscribers 0 --channels 100 --rate 1000000 --pub-concurrency 8 --payload-size 100 --duration $DURATION" ;;
+        # The same connections at a rate both servers carry: publish latency at the same load.
+        publish40k) echo "--subscribers 0 --channels 100 --rate 40000 --pub-concurrency 8 --payload-size 100 --duration $DURATION" ;;
     esac
 }
 

@@ -34,9 +34,11 @@ SCENARIOS = {
     "sse": "fan-out over SSE: 1 channel × 2,000 subscribers, 50 publishes/s, 100 B",
     "longpoll": "fan-out over long polling: 1 channel × 2,000 subscribers, 50 publishes/s, 100 B",
     "publish": "publish throughput: no subscribers, 100 channels, 8 keep-alive connections, as fast as possible",
+    "publish40k": "publishing at 40,000/s: no subscribers, 100 channels, 8 keep-alive connections (a load both servers carry)",
 }
 SERVERS = ("herald", "nchan", "bare")
 IDLE = ("idle", "idlesse", "idlelongpoll")
+PUBLISH = ("publish", "publish40k")
 
 
 def get(doc, *path):
@@ -97,6 +99,7 @@ METRICS = {
     ],
 }
 METRICS["idlesse"] = METRICS["idlelongpoll"] = METRICS["idle"]
+METRICS["publish40k"] = METRICS["publish"]
 for name in ("fanout50", "fanout100", "fanout200", "fanout400", "fanout400one", "many", "sse", "longpoll"):
     METRICS[name] = delivery_metrics()
 
@@ -197,6 +200,7 @@ def targets(runs, w):
     rss = lambda r: get(r, "server", "bytes_per_idle_connection")
     rate = lambda r: get(r, "deliveries", "per_second")
     p99 = lambda r: ms(get(r, "latency_us", "p99"))
+    publish_p99 = lambda r: ms(get(r, "publish", "latency_us", "p99"))
     rows = []
 
     h = median_of(runs, "idle", "herald", rss)
@@ -233,12 +237,16 @@ def targets(runs, w):
                      verdict(h >= n)))
     compared, worse = [], []
     for scenario in SCENARIOS:
+        # Flat-out publishing runs the servers at different loads; at 40,000/s the latency
+        # compared is the publish request's.
         if scenario in IDLE or scenario == "publish":
             continue
-        h, n = median_of(runs, scenario, "herald", p99), median_of(runs, scenario, "nchan", p99)
+        latency = publish_p99 if scenario in PUBLISH else p99
+        h, n = median_of(runs, scenario, "herald", latency), median_of(runs, scenario, "nchan", latency)
         if h is None or n is None:
             continue
-        compared.append("{} {} vs {}".format(scenario, fmt(h, "{:.2f}", +1), fmt(n, "{:.2f}", -1)))
+        name = scenario + (" (publish request)" if scenario in PUBLISH else "")
+        compared.append("{} {} vs {}".format(name, fmt(h, "{:.2f}", +1), fmt(n, "{:.2f}", -1)))
         if h > n:
             worse.append(scenario)
     if compared:
@@ -329,7 +337,7 @@ def main():
             t = totals(reports)
             if scenario in IDLE:
                 loss[server] = "{:,} failed".format(t["failed_subs"])
-            elif scenario == "publish":
+            elif scenario in PUBLISH:
                 loss[server] = "{:,} failed publishes".format(t["publish_errors"])
             else:
                 loss[server] = "{:,} of {:,}".format(t["lost"], t["expected"])
@@ -350,7 +358,7 @@ def main():
                 errs[server] += " (" + "; ".join(notes) + ")"
         if scenario in IDLE:
             rows.append(("subscribers failed (all runs)", loss["herald"], loss["nchan"], "—", loss["bare"]))
-        elif scenario == "publish":
+        elif scenario in PUBLISH:
             rows.append(("failed publishes (all runs)", loss["herald"], loss["nchan"], "—", loss["bare"]))
         else:
             rows.append(("lost of expected (all runs)", loss["herald"], loss["nchan"], "—", loss["bare"]))
@@ -380,7 +388,7 @@ def main():
                     w(f"| {name} | no result (exit {ctx.get('exit_status', '?')}) |||||||||| |")
                     continue
                 cpu = get(r, "server", "cpu_us_per_delivery")
-                if scenario == "publish":
+                if scenario in PUBLISH:
                     cpu = cpu_per_publish(r)
                 errors = "; ".join(f"{v:,} {k}" for k, v in sorted(r.get("errors", {}).items())) or "none"
                 if ctx.get("server_alive_after") is False:
