@@ -1,23 +1,19 @@
-//! How loaded a channel is, judged by its publishes colliding on the channel lock.
+//! How loaded a small channel is, judged by its publishes colliding on the channel lock.
 //!
-//! The load decides how `Hub::deliver` writes a message:
-//! - **quiet** (no recent collision): the publisher writes every idle subscriber itself (up to
-//!   a bound, `DIRECT_MAX` in `hub`). While one thread keeps up with the channel, that is the
-//!   cheapest way and the quickest: handing part of the fan-out to other threads costs a task
-//!   wake-up per subscriber handed over (measured in BENCHMARKS.md: about 5 % more server CPU
-//!   per delivery and a higher p99 at 50 publishes/s to 2,000 subscribers);
-//! - **warm** (a recent collision: a publish had to wait for the previous one's fan-out): the
-//!   publisher writes the subscribers of its own connection thread (see `crate::home_thread`)
-//!   and the other threads' connection tasks the rest, so a large fan-out uses every core;
-//! - **hot** (collisions close together): every message is queued, and each connection writes
-//!   its backlog in one system call.
+//! The load decides how `Hub::deliver` writes a message to a channel small enough for the
+//! publisher to write alone (a large one is shared between the connection threads, see
+//! `crate::shares`):
+//! - **quiet**: the publisher writes every idle subscriber itself (up to a bound, `DIRECT_MAX`
+//!   in `hub`): while publishes do not queue up, that is the cheapest way and the quickest;
+//! - **hot** (publishes collide: one had to wait for the previous one's fan-out): every message
+//!   is queued, and each connection writes its backlog in one system call.
 //!
 //! One collision proves little — two publishers can meet by chance at a few dozen messages per
 //! second — and turning hot on it costs CPU at exactly the rates where direct writes pay off
 //! most. So the channel keeps a small score under its lock: a contended publish adds
-//! [`CONTENDED_STEP`], an uncontended one takes one away; the channel is warm while the score
-//! is above zero and hot while it is at least [`HOT_AT`]. It takes two collisions close
-//! together to turn hot, and a run of uncontended publishes to become quiet again.
+//! [`CONTENDED_STEP`], an uncontended one takes one away; the channel is hot while the score is
+//! at least [`HOT_AT`]. It takes two collisions close together to turn hot, and a run of
+//! uncontended publishes to become quiet again.
 
 /// What a contended publish adds to the score.
 const CONTENDED_STEP: u8 = 2;
@@ -33,10 +29,8 @@ pub struct Contention(u8);
 /// How loaded a channel is; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Load {
-    /// No recent collision: the publisher writes every idle subscriber.
+    /// Publishes do not queue up: the publisher writes every idle subscriber.
     Quiet,
-    /// A recent collision: the fan-out is shared with the other threads.
-    Warm,
     /// Collisions close together: every message is queued for the connections.
     Hot,
 }
@@ -50,10 +44,10 @@ impl Contention {
         } else {
             self.0.saturating_sub(1)
         };
-        match self.0 {
-            0 => Load::Quiet,
-            score if score >= HOT_AT => Load::Hot,
-            _ => Load::Warm,
+        if self.0 >= HOT_AT {
+            Load::Hot
+        } else {
+            Load::Quiet
         }
     }
 }
@@ -71,22 +65,19 @@ mod tests {
     }
 
     #[test]
-    fn one_collision_is_warm_then_quiet_again() {
+    fn collisions_apart_stay_quiet() {
         let mut c = Contention::default();
-        assert_eq!(c.record(true), Load::Warm);
-        assert_eq!(c.record(false), Load::Warm);
-        assert_eq!(c.record(false), Load::Quiet);
-        assert_eq!(
-            c.record(true),
-            Load::Warm,
-            "two collisions apart are not hot"
-        );
+        for _ in 0..10 {
+            assert_eq!(c.record(true), Load::Quiet);
+            assert_eq!(c.record(false), Load::Quiet);
+            assert_eq!(c.record(false), Load::Quiet);
+        }
     }
 
     #[test]
     fn collisions_close_together_are_hot_until_quiet_publishes_cool_it() {
         let mut c = Contention::default();
-        assert_eq!(c.record(true), Load::Warm);
+        assert_eq!(c.record(true), Load::Quiet, "one collision is not hot");
         assert_eq!(c.record(true), Load::Hot);
         for _ in 0..10 {
             assert_eq!(
@@ -96,14 +87,7 @@ mod tests {
             );
         }
         let hot = (0..10).take_while(|_| c.record(false) == Load::Hot).count();
-        assert!(
-            hot <= 4,
-            "cools down after at most 5 quiet publishes, took {hot}"
-        );
-        let warm = (0..10)
-            .take_while(|_| c.record(false) == Load::Warm)
-            .count();
-        assert!(warm <= 4, "quiet after at most 4 more, took {warm}");
+        assert_eq!(hot, 4, "cools down after 5 quiet publishes");
         assert_eq!(c.record(false), Load::Quiet);
     }
 }

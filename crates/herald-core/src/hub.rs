@@ -5,7 +5,8 @@
 //! deliveries to channels of the same shard (one of 64). Delivery hands one shared
 //! `Arc<Message>` to each outbox and never blocks: an idle connection's outbox may write it to
 //! the socket at once (one non-blocking system call), a busy one queues it (a reference-count
-//! increment and a short lock).
+//! increment and a short lock). A large channel's outboxes are handed, per connection thread,
+//! to the thread that holds them ([`crate::shares`]).
 //!
 //! A channel's subscribers are an insertion-ordered hash set of outboxes by address: delivery
 //! walks them as one contiguous array, and a subscribe or an unsubscribe costs the same however
@@ -14,9 +15,8 @@
 //! user time at 8,000 long pollers on one channel.)
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use indexmap::set::Slice;
 use indexmap::IndexSet;
 use parking_lot::RwLock;
 
@@ -25,15 +25,18 @@ use crate::channel_map::{ChannelHash, ChannelHasher, ChannelMap};
 use crate::contention::Load;
 use crate::message::Message;
 use crate::outbox::Outbox;
+use crate::shares::{Gathering, PendingShares, ShareQueues};
 
 const SHARDS: usize = 64;
 
-/// Channels with at most this many local subscribers are written entirely by the publisher,
-/// even when warm. Sharing a fan-out with the other threads costs a task wake-up per queued
-/// subscriber (often a cross-thread one); that is worth it only when the fan-out is large
-/// enough to keep another core busy. Measured on the many-channels benchmark (5 subscribers
-/// per channel, 2 workers): writing all 5 directly took 22.3 µs of server CPU per delivery against 25.0 µs when 2 of
-/// the 5 were queued, and cut p99 latency from 0.68 to 0.55 ms.
+/// Channels with at most this many local subscribers are written entirely by the publisher;
+/// larger ones are shared between the connection threads (see [`crate::shares`]). A share
+/// costs a task wake-up on its thread (often a cross-thread one) and delays the writes to
+/// that thread's turn; that is worth it only when the fan-out is large enough to keep a core
+/// busy. Measured on the many-channels benchmark (5 subscribers per channel, 2 workers), when
+/// the other thread's subscribers were queued for their own tasks: writing all 5 directly took
+/// 22.3 µs of server CPU per delivery against 25.0 µs when 2 of the 5 were queued, and cut
+/// p99 latency from 0.68 to 0.55 ms.
 const SHARE_ABOVE: usize = 32;
 
 /// The most subscribers a publisher writes itself in one delivery, whatever the channel's
@@ -44,7 +47,15 @@ const SHARE_ABOVE: usize = 32;
 /// publishes/s, 2,048 writes take 8–14 ms.
 const DIRECT_MAX: usize = 2048;
 
-type Shard = RwLock<ChannelMap<Subscribers>>;
+type Shard = RwLock<ChannelMap<Channel>>;
+
+/// One channel of the hub: its subscribers, and the shares of its fan-out not written yet (see
+/// [`crate::shares`]; made the first time the channel is large enough to share).
+#[derive(Default)]
+struct Channel {
+    subscribers: Subscribers,
+    pending: OnceLock<Arc<PendingShares>>,
+}
 
 /// One channel's subscribers, in the order they came (see the module documentation). Hashed
 /// with foldhash (hashbrown's default hasher) instead of SipHash: the keys are addresses of
@@ -89,6 +100,8 @@ impl indexmap::Equivalent<Subscriber> for ByAddress<'_> {
 pub struct Hub {
     shards: Box<[Shard]>,
     hasher: ChannelHasher,
+    /// The connection threads' share queues, once a server runs them (see [`Hub::share_with`]).
+    queues: OnceLock<Arc<dyn ShareQueues>>,
 }
 
 impl Default for Hub {
@@ -103,7 +116,14 @@ impl Hub {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: ChannelHasher::new(),
+            queues: OnceLock::new(),
         }
+    }
+
+    /// Shares large fan-outs with the connection threads behind `queues` from now on (see
+    /// [`crate::shares`]). Only the first call counts: a hub serves one set of threads.
+    pub fn share_with(&self, queues: Arc<dyn ShareQueues>) {
+        let _ = self.queues.set(queues);
     }
 
     /// The shard of `cid` and the id's hash, which finds it there.
@@ -128,7 +148,7 @@ impl Hub {
     ) -> Option<bool> {
         let (shard, hash) = self.shard(cid);
         let mut shard = shard.write();
-        match shard.get_mut(hash, cid) {
+        match shard.get_mut(hash, cid).map(|c| &mut c.subscribers) {
             Some(subscribers) => {
                 if subscribers.contains(&ByAddress(outbox)) {
                     return Some(false);
@@ -141,7 +161,11 @@ impl Hub {
             None => {
                 let mut subscribers = Subscribers::default();
                 subscribers.insert(Subscriber(Arc::clone(outbox)));
-                shard.insert_new(&self.hasher, hash, cid.clone(), subscribers);
+                let channel = Channel {
+                    subscribers,
+                    pending: OnceLock::new(),
+                };
+                shard.insert_new(&self.hasher, hash, cid.clone(), channel);
             }
         }
         Some(true)
@@ -151,7 +175,7 @@ impl Hub {
     pub fn unsubscribe(&self, cid: &ChannelId, outbox: &Arc<Outbox>) -> bool {
         let (shard, hash) = self.shard(cid);
         let mut shard = shard.write();
-        let Some(subscribers) = shard.get_mut(hash, cid) else {
+        let Some(subscribers) = shard.get_mut(hash, cid).map(|c| &mut c.subscribers) else {
             return false;
         };
         if !subscribers.swap_remove(&ByAddress(outbox)) {
@@ -164,17 +188,17 @@ impl Hub {
     }
 
     /// Hands `message` to every subscriber of its channel; returns how many accepted it (a
-    /// connection cut off for falling behind takes no more). By the channel's `load` (see
-    /// [`Load`]), the publisher writes directly to every idle subscriber (quiet), to those of
-    /// its own thread (warm), or to none (hot: a channel whose
-    /// publishes queue up is better served by each connection writing its backlog in one
-    /// system call). Never more than `DIRECT_MAX` directly.
+    /// connection cut off for falling behind takes no more). A large channel is handed to the
+    /// connection threads as one share each; a small one is written by the publisher: directly
+    /// to every idle subscriber (never more than `DIRECT_MAX`) unless the channel's `load` is
+    /// hot (see [`Load`]: a channel whose publishes queue up is better served by each
+    /// connection writing its backlog in one system call).
     pub fn deliver(&self, message: &Arc<Message>, load: Load) -> usize {
         let (shard, hash) = self.shard(message.cid());
         let shard = shard.read();
-        shard.get(hash, message.cid()).map_or(0, |subscribers| {
-            Self::hand_over(subscribers.as_slice(), message, load)
-        })
+        shard
+            .get(hash, message.cid())
+            .map_or(0, |channel| self.hand_over(channel, message, load))
     }
 
     /// [`Hub::deliver`], calling `before` first with the number of subscribers that will accept
@@ -189,51 +213,87 @@ impl Hub {
     ) -> usize {
         let (shard, hash) = self.shard(message.cid());
         let shard = shard.read();
-        let Some(subscribers) = shard.get(hash, message.cid()) else {
+        let Some(channel) = shard.get(hash, message.cid()) else {
             before(0);
             return 0;
         };
-        let subscribers = subscribers.as_slice();
         before(
-            subscribers
+            channel
+                .subscribers
                 .iter()
                 .filter(|Subscriber(o)| !o.has_overflowed())
                 .count(),
         );
-        Self::hand_over(subscribers, message, load)
+        self.hand_over(channel, message, load)
     }
 
-    /// The hand-over of [`Hub::deliver`] to a channel's `subscribers`: who the publisher
-    /// writes itself (at most `DIRECT_MAX`; the rest are queued for their connections' tasks).
-    /// Quiet: every subscriber. Warm, for a channel of more than `SHARE_ABOVE`: those made on
-    /// the publisher's own connection thread (see [`crate::home_thread`]), each other thread
-    /// writing the sockets it holds, so a large fan-out whose publisher no longer keeps up
-    /// alone is spread over every thread instead of capping the channel's publish rate at one
-    /// core's write speed. Hot: none.
-    fn hand_over(subscribers: &Slice<Subscriber>, message: &Arc<Message>, load: Load) -> usize {
-        let (mut direct_left, shared) = match load {
-            Load::Hot => (0, false),
-            Load::Warm => (DIRECT_MAX, subscribers.len() > SHARE_ABOVE),
-            Load::Quiet => (DIRECT_MAX, false),
+    /// The hand-over of [`Hub::deliver`] to a channel's subscribers. Unless the channel is
+    /// hot, the publisher writes each idle subscriber directly (at most `DIRECT_MAX`; the rest
+    /// are queued for their connections' tasks); hot, it queues every message. In a channel of
+    /// more than `SHARE_ABOVE`, the subscribers held by another connection thread are that
+    /// thread's share, handed to it in one piece (see [`crate::shares`]); so are a thread's
+    /// subscribers while an earlier share of this channel waits for it, so that none of them
+    /// gets a message before an older one.
+    fn hand_over(&self, channel: &Channel, message: &Arc<Message>, load: Load) -> usize {
+        let direct = load != Load::Hot;
+        let mut direct_left = if direct { DIRECT_MAX } else { 0 };
+        let mut write_here = |o: &Arc<Outbox>| {
+            if direct_left > 0 {
+                direct_left -= 1;
+                o.push(message)
+            } else {
+                o.push_queued(message)
+            }
         };
-        let here = crate::home_thread::current();
-        subscribers
-            .iter()
-            .filter(|Subscriber(o)| {
-                if direct_left > 0 && (!shared || o.home() == here) {
-                    direct_left -= 1;
-                    o.push(message)
-                } else {
-                    o.push_queued(message)
-                }
-            })
-            .count()
+        let subscribers = channel.subscribers.as_slice();
+        let Some(queues) = self.queues.get() else {
+            return subscribers
+                .iter()
+                .filter(|Subscriber(o)| write_here(o))
+                .count();
+        };
+        let large = subscribers.len() > SHARE_ABOVE;
+        let pending = if large {
+            Some(
+                channel
+                    .pending
+                    .get_or_init(|| Arc::new(PendingShares::new(queues.threads()))),
+            )
+        } else {
+            channel.pending.get()
+        };
+        let mut gathering: Option<Gathering> = None;
+        let mut taken = 0;
+        for Subscriber(o) in subscribers {
+            if o.has_overflowed() {
+                continue;
+            }
+            let share_of = o
+                .home()
+                .filter(|&thread| large || pending.is_some_and(|p| p.count(thread) > 0));
+            let shared = share_of.is_some_and(|thread| {
+                gathering
+                    .get_or_insert_with(|| Gathering::new(queues.threads()))
+                    .add(thread, o)
+            });
+            // A share's subscriber is counted now: the share hands the message over later.
+            if shared || write_here(o) {
+                taken += 1;
+            }
+        }
+        if let (Some(gathering), Some(pending)) = (gathering, pending) {
+            gathering.send(queues.as_ref(), pending, message);
+        }
+        taken
     }
 
     /// Number of local subscribers of `cid`.
     pub fn subscriber_count(&self, cid: &ChannelId) -> usize {
         let (shard, hash) = self.shard(cid);
-        shard.read().get(hash, cid).map_or(0, IndexSet::len)
+        shard
+            .read()
+            .get(hash, cid)
+            .map_or(0, |channel| channel.subscribers.len())
     }
 
     /// Number of channels with at least one local subscriber.
@@ -245,7 +305,8 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DirectDelivery, DirectOutcome, Epoch, Payload, Position};
+    use crate::shares::tests::Kept;
+    use crate::{DirectDelivery, DirectOutcome, Epoch, Payload, Position, ShareBacklog};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct Counter(AtomicUsize);
@@ -269,6 +330,16 @@ mod tests {
             0,
             &Payload::from_text(text).expect("payload"),
         )
+    }
+
+    /// The message at `offset` of `cid`.
+    fn message_at(cid: &ChannelId, offset: u64) -> Arc<Message> {
+        let position = Position {
+            epoch: Epoch::from_u64(1),
+            offset,
+        };
+        let payload = Payload::from_text(b"x").expect("payload");
+        Message::new(cid.clone(), position, 0, &payload)
     }
 
     /// A hub, `n` subscribers of channel `name` (made on no connection thread) whose direct
@@ -322,15 +393,18 @@ mod tests {
     }
 
     #[test]
-    fn publishers_write_small_channels_alone_even_when_warm() {
-        // Subscribers of another thread than the publisher's: a large warm channel would leave
-        // them to it.
+    fn publishers_write_small_channels_alone() {
+        // Subscribers of another thread than the publisher's: a large channel would be theirs
+        // to write.
         let outboxes = made_on(1, SHARE_ABOVE);
         let (hub, counter, m) = counted_subscribers("small", &outboxes);
+        let kept = Kept::new(2);
+        hub.share_with(kept.clone());
         assert_eq!(publish_on(0, &hub, &m, Load::Quiet), SHARE_ABOVE);
-        assert_eq!(publish_on(0, &hub, &m, Load::Warm), SHARE_ABOVE);
-        assert_eq!(counter.0.load(Ordering::Relaxed), 2 * SHARE_ABOVE);
-        assert_eq!(outboxes.iter().map(|o| o.len()).sum::<usize>(), 0);
+        assert_eq!(counter.0.load(Ordering::Relaxed), SHARE_ABOVE);
+        assert_eq!(publish_on(0, &hub, &m, Load::Hot), SHARE_ABOVE);
+        assert_eq!(outboxes.iter().map(|o| o.len()).sum::<usize>(), SHARE_ABOVE);
+        assert!(kept.summary().is_empty(), "no share");
     }
 
     #[test]
@@ -348,44 +422,90 @@ mod tests {
     }
 
     #[test]
-    fn warm_publishers_write_the_subscribers_of_their_own_thread_and_hot_ones_none() {
-        // Outboxes made on connection threads 0 and 1, interleaved in the channel.
+    fn large_channels_are_handed_to_each_thread_as_one_share() {
+        // Outboxes made on connection threads 0 and 1, interleaved in the channel, and one
+        // made on no connection thread.
         let (mine, theirs) = (made_on(0, SHARE_ABOVE), made_on(1, SHARE_ABOVE + 5));
         assert!(mine.iter().all(|o| o.home() == Some(0)));
+        let nowhere = [Outbox::new(8)];
         let interleaved = mine.iter().zip(&theirs).flat_map(|(a, b)| [a, b]);
-        let (hub, counter, m) =
-            counted_subscribers("threads", interleaved.chain(&theirs[mine.len()..]));
-        let total = mine.len() + theirs.len();
-        let publish_on = |index: u16, load: Load| publish_on(index, &hub, &m, load);
-        assert_eq!(publish_on(0, Load::Warm), total);
+        let (hub, counter, m) = counted_subscribers(
+            "threads",
+            interleaved.chain(&theirs[mine.len()..]).chain(&nowhere),
+        );
+        let kept = Kept::new(2);
+        hub.share_with(kept.clone());
+        let total = mine.len() + theirs.len() + 1;
+        // The publisher's own thread's subscribers too: its share is written between its
+        // connections' turns, not before the publisher reads its next request.
+        for load in [Load::Quiet, Load::Hot] {
+            assert_eq!(publish_on(0, &hub, &m, load), total);
+        }
         assert_eq!(
             counter.0.load(Ordering::Relaxed),
-            mine.len(),
-            "thread 0's, directly"
+            1,
+            "only the threadless one"
         );
-        assert!(mine.iter().all(|o| o.is_empty()));
-        assert!(theirs.iter().all(|o| o.len() == 1), "thread 1's, queued");
-        // From thread 1, the other way round (thread 1's own are busy now: queued behind).
-        assert_eq!(publish_on(1, Load::Warm), total);
-        assert_eq!(counter.0.load(Ordering::Relaxed), mine.len());
-        assert!(mine.iter().all(|o| o.len() == 1));
-        assert!(theirs.iter().all(|o| o.len() == 2));
-        // Hot: no direct write, whatever the thread.
-        assert_eq!(publish_on(0, Load::Hot), total);
         assert_eq!(
-            counter.0.load(Ordering::Relaxed),
-            mine.len(),
-            "no direct write for a hot channel"
+            kept.summary(),
+            [
+                (0, mine.len(), 1),
+                (1, theirs.len(), 1),
+                (0, mine.len(), 1),
+                (1, theirs.len(), 1)
+            ]
         );
-        assert!(mine.iter().all(|o| o.len() == 2));
-        assert!(theirs.iter().all(|o| o.len() == 3));
-        // Off the connection threads (an engine used alone, as in these tests), publisher and
-        // subscribers are on the same no-thread: a warm channel is written whole, up to the
-        // bound.
-        let (hub, counter, outboxes, m) = counted_channel("off", DIRECT_MAX + 10);
-        assert_eq!(hub.deliver(&m, Load::Warm), DIRECT_MAX + 10);
-        assert_eq!(counter.0.load(Ordering::Relaxed), DIRECT_MAX);
-        assert_eq!(outboxes.iter().map(|o| o.len()).sum::<usize>(), 10);
+        assert!(mine.iter().chain(&theirs).all(|o| o.is_empty()));
+        // Each thread writes its shares: both messages to each subscriber, as one run.
+        let mut backlog = ShareBacklog::default();
+        for share in kept.take() {
+            backlog.push(share);
+        }
+        assert!(backlog.step(usize::MAX));
+        assert_eq!(counter.0.load(Ordering::Relaxed), 1 + 2 * (total - 1));
+    }
+
+    #[test]
+    fn a_thread_with_a_share_waiting_gets_the_channels_later_messages_the_same_way() {
+        let (mine, theirs) = (made_on(0, SHARE_ABOVE), made_on(1, 3));
+        let hub = Hub::new();
+        let kept = Kept::new(2);
+        hub.share_with(kept.clone());
+        let cid = ChannelId::parse("order").expect("cid");
+        for outbox in mine.iter().chain(&theirs) {
+            hub.subscribe(&cid, outbox);
+        }
+        assert_eq!(
+            hub.deliver(&message_at(&cid, 1), Load::Quiet),
+            SHARE_ABOVE + 3
+        );
+        // The channel becomes small while both shares wait: its next message still goes to
+        // each thread as a share, behind the first.
+        for outbox in &mine[1..] {
+            hub.unsubscribe(&cid, outbox);
+        }
+        assert_eq!(hub.deliver(&message_at(&cid, 2), Load::Quiet), 4);
+        assert_eq!(
+            kept.summary(),
+            [(0, SHARE_ABOVE, 1), (1, 3, 1), (0, 1, 2), (1, 3, 2)]
+        );
+        let mut backlog = ShareBacklog::default();
+        for share in kept.take() {
+            backlog.push(share);
+        }
+        assert!(backlog.step(usize::MAX));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        for outbox in mine[..1].iter().chain(&theirs) {
+            let mut out = Vec::new();
+            assert!(outbox.poll_drain(&mut cx, &mut out).is_ready());
+            let offsets: Vec<u64> = out.iter().map(|m| m.offset()).collect();
+            assert_eq!(offsets, [1, 2]);
+        }
+        // Once its shares are written, a small channel is the publisher's to write again.
+        hub.deliver(&message_at(&cid, 3), Load::Quiet);
+        assert!(kept.summary().is_empty());
+        assert_eq!(theirs[0].len(), 1);
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod memory;
 mod message;
 mod outbox;
 mod position;
+mod shares;
 mod subscriptions;
 
 pub use broker::{BeforeFanOut, BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};
@@ -34,9 +35,10 @@ pub use engine::Engine;
 pub use hub::Hub;
 pub use memory::{BrokerBounds, ChannelLimits, ChannelLimitsResolver, HistoryLimits, MemoryBroker};
 pub use message::{script_safe_json, websocket_frame, Message, Payload, PayloadError, OPCODE_TEXT};
-pub use outbox::{DirectDelivery, DirectOutcome, Drained, Outbox, Overflow, Signals};
+pub use outbox::{DirectDelivery, DirectOutcome, Drained, Outbox, Overflow, RunOutcome, Signals};
 pub use position::{
     format_cursor, parse_cursor, parse_entry, ChannelCursor, CursorError, Epoch, EpochText,
     Position,
 };
+pub use shares::{Share, ShareBacklog, ShareQueues};
 pub use subscriptions::{Accept, Subscriptions};

@@ -103,6 +103,42 @@ pub trait DirectDelivery: Send + Sync {
     /// Delivers `message` now if possible, without blocking. Called with the outbox locked, and
     /// only when nothing is queued, nothing is pending and the consumer is not writing.
     fn deliver(&self, message: &Arc<Message>) -> DirectOutcome;
+
+    /// Delivers a run of `messages`, oldest first, as far as possible without blocking (one
+    /// system call for all of them is the point: override it). Called as
+    /// [`DirectDelivery::deliver`] is. The default delivers them one by one.
+    fn deliver_run(&self, messages: &[Arc<Message>]) -> RunOutcome {
+        for (i, message) in messages.iter().enumerate() {
+            match self.deliver(message) {
+                DirectOutcome::Done => {}
+                DirectOutcome::Queue => {
+                    return RunOutcome {
+                        taken: i,
+                        rest: None,
+                    }
+                }
+                DirectOutcome::Partial(rest) => {
+                    return RunOutcome {
+                        taken: i + 1,
+                        rest: Some(rest),
+                    }
+                }
+            }
+        }
+        RunOutcome {
+            taken: messages.len(),
+            rest: None,
+        }
+    }
+}
+
+/// What became of a run of direct deliveries ([`DirectDelivery::deliver_run`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// How many of the messages, from the first, were taken; the others must be queued.
+    pub taken: usize,
+    /// The unwritten bytes of the last message taken, which the consumer writes first.
+    pub rest: Option<Bytes>,
 }
 
 /// What became of a direct delivery.
@@ -174,6 +210,47 @@ impl Outbox {
     /// to write (fan-out work the publisher leaves to other threads).
     pub fn push_queued(&self, message: &Arc<Message>) -> bool {
         self.hand_over(message, false)
+    }
+
+    /// Hands a run of messages of one channel, oldest first, to the connection: directly as
+    /// far as possible when `direct_allowed` (one write for all of them where the connection
+    /// can), the rest through the queue. Returns false if the outbox overflowed and they were
+    /// not taken.
+    pub fn push_run(&self, messages: &[Arc<Message>], direct_allowed: bool) -> bool {
+        let [first, more @ ..] = messages else {
+            return true;
+        };
+        if more.is_empty() {
+            return self.hand_over(first, direct_allowed);
+        }
+        let accepted = {
+            let mut state = self.state.lock();
+            if self.overflowed.load(Ordering::Relaxed) {
+                return false;
+            }
+            let idle = state.items.is_empty() && !state.busy && state.pending.is_none();
+            let mut left = messages;
+            if direct_allowed && idle {
+                if let Some(direct) = &state.direct {
+                    let outcome = direct.deliver_run(messages);
+                    left = &messages[outcome.taken.min(messages.len())..];
+                    state.pending = outcome.rest;
+                    if left.is_empty() && state.pending.is_none() {
+                        return true;
+                    }
+                }
+            }
+            if state.items.len() + left.len() > self.capacity {
+                self.overflowed.store(true, Ordering::Relaxed);
+                state.items = VecDeque::new();
+                false
+            } else {
+                state.items.extend(left.iter().cloned());
+                true
+            }
+        };
+        self.waker.wake();
+        accepted
     }
 
     fn hand_over(&self, message: &Arc<Message>, direct_allowed: bool) -> bool {
@@ -443,6 +520,97 @@ mod tests {
         assert_eq!(out.len(), 1);
         outbox.end_write();
         assert_eq!(outbox.begin_write(), None);
+    }
+
+    /// A direct path that takes the first `takes` messages of a run, cutting the last one
+    /// taken when `cut` (its rest: `b"rest"`), and records the runs it is offered.
+    struct Taker {
+        takes: usize,
+        cut: bool,
+        offered: Mutex<Vec<Vec<u64>>>,
+    }
+
+    impl DirectDelivery for Taker {
+        fn deliver(&self, message: &Arc<Message>) -> DirectOutcome {
+            self.offered.lock().push(vec![message.offset()]);
+            DirectOutcome::Done
+        }
+
+        fn deliver_run(&self, messages: &[Arc<Message>]) -> RunOutcome {
+            self.offered
+                .lock()
+                .push(messages.iter().map(|m| m.offset()).collect());
+            RunOutcome {
+                taken: self.takes.min(messages.len()),
+                rest: self.cut.then(|| Bytes::from_static(b"rest")),
+            }
+        }
+    }
+
+    fn taker(takes: usize, cut: bool) -> Arc<Taker> {
+        Arc::new(Taker {
+            takes,
+            cut,
+            offered: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn offsets(out: &[Arc<Message>]) -> Vec<u64> {
+        out.iter().map(|m| m.offset()).collect()
+    }
+
+    #[test]
+    fn a_run_goes_to_the_direct_path_whole_and_what_it_leaves_is_queued_in_order() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let run: Vec<_> = (1..=4).map(message).collect();
+
+        // Taken whole: nothing queued, nothing pending.
+        let outbox = Outbox::new(10);
+        let direct = taker(4, false);
+        outbox.set_direct(Some(direct.clone()));
+        assert!(outbox.push_run(&run, true));
+        assert_eq!(*direct.offered.lock(), [vec![1, 2, 3, 4]]);
+        assert!(outbox.is_empty());
+        assert!(outbox.poll_drain(&mut cx, &mut Vec::new()).is_pending());
+
+        // Two taken, the second cut: its rest comes first, then 3 and 4.
+        let outbox = Outbox::new(10);
+        outbox.set_direct(Some(taker(2, true)));
+        assert!(outbox.push_run(&run, true));
+        let mut out = Vec::new();
+        let Poll::Ready(Ok(drained)) = outbox.poll_drain(&mut cx, &mut out) else {
+            panic!("drain ready");
+        };
+        assert_eq!(drained.pending.as_deref(), Some(&b"rest"[..]));
+        assert_eq!(offsets(&out), [3, 4]);
+        outbox.end_write();
+
+        // Not offered directly while something is queued, nor when not allowed.
+        let outbox = Outbox::new(10);
+        let direct = taker(4, false);
+        outbox.set_direct(Some(direct.clone()));
+        assert!(outbox.push_run(&run[..2], false));
+        assert!(outbox.push_run(&run[2..], true));
+        assert!(direct.offered.lock().is_empty());
+        let mut out = Vec::new();
+        assert!(outbox.poll_drain(&mut cx, &mut out).is_ready());
+        assert_eq!(offsets(&out), [1, 2, 3, 4]);
+        // A run of one is a plain push; an empty one is nothing.
+        outbox.end_write();
+        assert!(outbox.push_run(&run[..1], true));
+        assert!(outbox.push_run(&[], true));
+        assert_eq!(*direct.offered.lock(), [vec![1]]);
+    }
+
+    #[test]
+    fn a_run_beyond_the_capacity_overflows() {
+        let outbox = Outbox::new(3);
+        let run: Vec<_> = (1..=4).map(message).collect();
+        assert!(outbox.push_run(&run[..2], true));
+        assert!(!outbox.push_run(&run[2..], true), "2 + 2 > 3");
+        assert!(outbox.has_overflowed());
+        assert_eq!(outbox.len(), 0);
+        assert!(!outbox.push_run(&run[..2], true));
     }
 
     #[tokio::test]

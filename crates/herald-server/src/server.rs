@@ -113,6 +113,7 @@ impl RunningServer {
         tokio::spawn(Arc::clone(&app.access.expiry).run(app.shutdown.token()));
         spawn_tickers(&app);
         let threads = ConnectionThreads::start(app.config.workers).map_err(StartError::Threads)?;
+        app.engine.hub().share_with(threads.share_queues());
         let task = tokio::spawn(serve(listener, Arc::clone(&app), tls, threads));
         Ok(Self { addr, app, task })
     }

@@ -11,13 +11,13 @@
 //! from 16.5 to 14.1 µs and from 14.8 to 13.9 µs in two A/Bs of 3 rounds (BENCHMARKS.md).
 //!
 //! The threads share nothing but the hub and the engine. A publisher writes directly to any
-//! idle subscriber's socket, whatever thread holds it (see `herald_core::Hub`); only a
-//! subscriber whose own task must write (a full socket, a backlog) is woken across threads.
-//! When a large channel's fan-out is shared, the publisher writes the subscribers of its own
-//! thread and leaves the others' to their threads (`herald_core::home_thread`), so each
-//! thread writes the sockets it holds: at 400 publishes/s to 2,000 subscribers that halved
-//! p99 latency (183 to 94 ms), where work stealing had let the publisher's thread do most of
-//! the writing. The cost: a thread's connections wait while the OS runs something else on its
+//! idle subscriber's socket of a small channel, whatever thread holds it (see
+//! `herald_core::Hub`); only a subscriber whose own task must write (a full socket, a backlog)
+//! is woken across threads. A large channel's fan-out is handed to each thread as one share
+//! of the subscribers it holds (`herald_core::home_thread`), which a task of that thread,
+//! `write_shares`, writes between its connections' turns; see `herald_core`'s `shares`
+//! module for why and for how order is kept. [`ConnectionThreads::share_queues`] is that
+//! hand-over. The cost of threads of their own: a thread's connections wait while the OS runs something else on its
 //! core, where a work-stealing worker would have taken them; publishing flat out over 8
 //! connections, with the load generator on the same two cores, reached 15–21 % fewer
 //! publishes/s (BENCHMARKS.md). Most of that is sleeping and waking: a thread holding 4 of the
@@ -31,9 +31,12 @@
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use herald_core::{Share, ShareBacklog, ShareQueues};
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The connection threads of one server. Dropping it stops them: each thread's runtime is
@@ -42,6 +45,45 @@ pub struct ConnectionThreads {
     handles: Vec<Handle>,
     next: AtomicUsize,
     stop: CancellationToken,
+    shares: Arc<ThreadShares>,
+}
+
+/// The queue of fan-out shares of each connection thread (see the module documentation).
+struct ThreadShares(Vec<mpsc::UnboundedSender<Share>>);
+
+impl ShareQueues for ThreadShares {
+    fn threads(&self) -> u16 {
+        u16::try_from(self.0.len()).unwrap_or(u16::MAX)
+    }
+
+    fn send(&self, share: Share) -> Result<(), Share> {
+        match self.0.get(usize::from(share.thread())) {
+            Some(queue) => queue.send(share).map_err(|failed| failed.0),
+            None => Err(share),
+        }
+    }
+}
+
+/// How many subscribers of a share a thread writes before it serves its connections again.
+const SHARE_STEP: usize = 256;
+
+/// Writes the shares handed to this thread, in the order they came, a step at a time; those
+/// that arrive while it writes join the backlog (see `herald_core::ShareBacklog`).
+async fn write_shares(mut queue: mpsc::UnboundedReceiver<Share>) {
+    let mut backlog = ShareBacklog::default();
+    loop {
+        if backlog.is_empty() {
+            match queue.recv().await {
+                Some(share) => backlog.push(share),
+                None => return,
+            }
+        }
+        while let Ok(share) = queue.try_recv() {
+            backlog.push(share);
+        }
+        backlog.step(SHARE_STEP);
+        tokio::task::yield_now().await;
+    }
 }
 
 impl ConnectionThreads {
@@ -52,12 +94,16 @@ impl ConnectionThreads {
         // if it has one (an embedding program's or a test's), else to the global one.
         let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
         let mut handles = Vec::new();
+        let mut queues = Vec::new();
         let count = u16::try_from(count.max(1)).unwrap_or(u16::MAX);
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             handles.push(runtime.handle().clone());
+            let (queue, shares) = mpsc::unbounded_channel();
+            queues.push(queue);
+            runtime.spawn(write_shares(shares));
             let stop = stop.clone();
             let dispatch = dispatch.clone();
             // Not joined: the threads end by themselves once `stop` is cancelled, and joining
@@ -74,7 +120,13 @@ impl ConnectionThreads {
             handles,
             next: AtomicUsize::new(0),
             stop,
+            shares: Arc::new(ThreadShares(queues)),
         })
+    }
+
+    /// Where a hub hands the threads their shares of large fan-outs.
+    pub fn share_queues(&self) -> Arc<dyn ShareQueues> {
+        self.shares.clone()
     }
 
     /// The thread for the next connection: each in turn.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use herald_core::{DirectDelivery, DirectOutcome, Message, Subscriptions};
+use herald_core::{DirectDelivery, DirectOutcome, Message, RunOutcome, Subscriptions};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -83,6 +83,61 @@ impl DirectDelivery for DirectWriter {
             Err(_) => return DirectOutcome::Queue,
         };
         *position = message.position();
+        outcome
+    }
+
+    /// One vectored write for the run's frames, as far as they follow each other.
+    fn deliver_run(&self, messages: &[Arc<Message>]) -> RunOutcome {
+        let [first, more @ ..] = messages else {
+            return RunOutcome::default();
+        };
+        if more.is_empty() {
+            return match self.deliver(first) {
+                DirectOutcome::Done => RunOutcome {
+                    taken: 1,
+                    rest: None,
+                },
+                DirectOutcome::Queue => RunOutcome::default(),
+                DirectOutcome::Partial(rest) => RunOutcome {
+                    taken: 1,
+                    rest: Some(rest),
+                },
+            };
+        }
+        let mut subscriptions = self.subscriptions.lock();
+        let Some(position) = subscriptions.next_position(first) else {
+            return RunOutcome::default();
+        };
+        // The run as far as each message is the next of the channel (a run is one channel's
+        // consecutive messages; anything else is left to the connection's judgement).
+        let consecutive = 1 + messages
+            .windows(2)
+            .take_while(|pair| {
+                let (a, b) = (pair[0].position(), pair[1].position());
+                a.epoch == b.epoch && a.offset.checked_add(1) == Some(b.offset)
+            })
+            .count();
+        let frames: Vec<Bytes> = messages[..consecutive]
+            .iter()
+            .map(|m| m.websocket_frame())
+            .collect();
+        let slices: Vec<io::IoSlice<'_>> = frames.iter().map(|f| io::IoSlice::new(f)).collect();
+        let mut written = match self.socket.try_write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            // A broken socket: the task finds out on its side and ends the connection.
+            Err(_) => return RunOutcome::default(),
+        };
+        let mut outcome = RunOutcome::default();
+        for frame in &frames {
+            outcome.taken += 1;
+            if written < frame.len() {
+                outcome.rest = Some(frame.slice(written..));
+                break;
+            }
+            written -= frame.len();
+        }
+        *position = messages[outcome.taken - 1].position();
         outcome
     }
 }
@@ -206,5 +261,94 @@ impl WsSocket for Box<TlsStream> {
 
     fn direct_writer(&self, _: Arc<Mutex<Subscriptions>>) -> Option<Arc<dyn DirectDelivery>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::{ChannelId, Epoch, Payload, Position};
+    use tokio::io::AsyncReadExt;
+
+    fn message(offset: u64, size: usize) -> Arc<Message> {
+        let text = format!("\"{}\"", "x".repeat(size));
+        Message::new(
+            ChannelId::parse("run").expect("cid"),
+            Position {
+                epoch: Epoch::from_u64(7),
+                offset,
+            },
+            0,
+            &Payload::from_text(text.as_bytes()).expect("payload"),
+        )
+    }
+
+    /// A direct writer on the server side of a real TCP connection whose connection stands at
+    /// offset 0 of channel `run`, the client side, and the connection's subscriptions.
+    async fn writer() -> (DirectWriter, TcpStream, Arc<Mutex<Subscriptions>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let mut subscriptions = Subscriptions::new();
+        let start = Position {
+            epoch: Epoch::from_u64(7),
+            offset: 0,
+        };
+        subscriptions.insert(ChannelId::parse("run").expect("cid"), start);
+        let subscriptions = Arc::new(Mutex::new(subscriptions));
+        let writer = DirectWriter {
+            socket: Arc::new(server),
+            subscriptions: Arc::clone(&subscriptions),
+        };
+        (writer, client, subscriptions)
+    }
+
+    #[tokio::test]
+    async fn a_run_is_written_in_one_go_as_far_as_its_messages_follow_each_other() {
+        let (writer, mut client, subscriptions) = writer().await;
+        // 4 does not follow 2: the run stops before it, for the connection to judge.
+        let run = [message(1, 10), message(2, 10), message(4, 10)];
+        let outcome = writer.deliver_run(&run);
+        assert_eq!(
+            outcome,
+            RunOutcome {
+                taken: 2,
+                rest: None
+            }
+        );
+        let expected: Vec<u8> = run[..2]
+            .iter()
+            .flat_map(|m| m.websocket_frame().to_vec())
+            .collect();
+        let mut received = vec![0; expected.len()];
+        client.read_exact(&mut received).await.expect("read");
+        assert_eq!(received, expected);
+        let position = run[1].position();
+        let stands = subscriptions.lock().next_position(&message(3, 1)).copied();
+        assert_eq!(stands, Some(position), "the connection stands at 2");
+        // A run that does not start at the next message is left whole to the connection.
+        assert_eq!(writer.deliver_run(&run[2..]), RunOutcome::default());
+        assert_eq!(writer.deliver_run(&run[..1]), RunOutcome::default());
+    }
+
+    #[tokio::test]
+    async fn a_run_the_socket_cannot_take_whole_leaves_the_rest_of_the_last_frame_taken() {
+        let (writer, _client, _subscriptions) = writer().await;
+        // Far more than the socket buffers take while the client reads nothing.
+        let run: Vec<_> = (1..=64).map(|offset| message(offset, 256 * 1024)).collect();
+        let outcome = writer.deliver_run(&run);
+        assert!(
+            (1..run.len()).contains(&outcome.taken),
+            "part of the run was taken: {}",
+            outcome.taken
+        );
+        let last = run[outcome.taken - 1].websocket_frame();
+        let rest = outcome.rest.expect("the last frame taken was cut");
+        assert!(!rest.is_empty() && rest.len() <= last.len());
+        assert_eq!(rest[..], last[last.len() - rest.len()..]);
     }
 }
