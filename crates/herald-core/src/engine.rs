@@ -55,26 +55,33 @@ impl Engine {
         &self.hub
     }
 
-    /// Publishes `payload` to `cid`.
+    /// Publishes `payload` to `cid`. Returns once the fan-out has room for more (see
+    /// [`Hub::room`]).
     pub async fn publish(
         &self,
         cid: &ChannelId,
         payload: &Payload,
     ) -> Result<Published, EngineError> {
-        self.broker.publish(cid, payload, None).await
+        let published = self.broker.publish(cid, payload, None).await?;
+        self.hub.room().await;
+        Ok(published)
     }
 
     /// Publishes `payload` to `cid`, calling `before_fan_out` with the outcome as soon as it is
     /// known, before any local subscriber is handed the message (see [`BeforeFanOut`]).
+    /// Returns once the fan-out has room for more, as [`Engine::publish`] does.
     pub async fn publish_answering_first(
         &self,
         cid: &ChannelId,
         payload: &Payload,
         before_fan_out: BeforeFanOut<'_>,
     ) -> Result<Published, EngineError> {
-        self.broker
+        let published = self
+            .broker
             .publish(cid, payload, Some(before_fan_out))
-            .await
+            .await?;
+        self.hub.room().await;
+        Ok(published)
     }
 
     /// Subscribes `outbox` to `cid` and returns the backlog after `cursor` (all of it that

@@ -126,6 +126,18 @@ impl Hub {
         let _ = self.queues.set(queues);
     }
 
+    /// Resolves at once unless some connection thread has fallen far behind with its shares;
+    /// then once it has caught up (see [`ShareQueues::room`]). A publisher that awaits it after
+    /// each publish cannot run ahead of the fan-out by more than that bound: past it, its
+    /// messages would only wait longer in the queues.
+    pub async fn room(&self) {
+        if let Some(queues) = self.queues.get() {
+            if !queues.has_room() {
+                queues.room().await;
+            }
+        }
+    }
+
     /// The shard of `cid` and the id's hash, which finds it there.
     fn shard(&self, cid: &ChannelId) -> (&Shard, ChannelHash) {
         let hash = self.hasher.hash(cid);

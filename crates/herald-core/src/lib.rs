@@ -34,7 +34,9 @@ pub use contention::Load;
 pub use engine::Engine;
 pub use hub::Hub;
 pub use memory::{BrokerBounds, ChannelLimits, ChannelLimitsResolver, HistoryLimits, MemoryBroker};
-pub use message::{script_safe_json, websocket_frame, Message, Payload, PayloadError, OPCODE_TEXT};
+pub use message::{
+    in_sequence, script_safe_json, websocket_frame, Message, Payload, PayloadError, OPCODE_TEXT,
+};
 pub use outbox::{DirectDelivery, DirectOutcome, Drained, Outbox, Overflow, RunOutcome, Signals};
 pub use position::{
     format_cursor, parse_cursor, parse_entry, ChannelCursor, CursorError, Epoch, EpochText,

@@ -321,6 +321,24 @@ impl std::fmt::Debug for Message {
 /// WebSocket opcode of a text frame.
 pub const OPCODE_TEXT: u8 = 0x1;
 
+/// How many of `messages`, from the first, are one channel's consecutive messages (same
+/// epoch, each offset one more than the one before): a run a connection standing just before
+/// the first can take without judging each.
+pub fn in_sequence(messages: &[Arc<Message>]) -> usize {
+    if messages.is_empty() {
+        return 0;
+    }
+    1 + messages
+        .windows(2)
+        .take_while(|pair| {
+            let (a, b) = (pair[0].position(), pair[1].position());
+            a.epoch == b.epoch
+                && pair[0].cid() == pair[1].cid()
+                && a.offset.checked_add(1) == Some(b.offset)
+        })
+        .count()
+}
+
 /// A complete, final, unmasked server-to-client WebSocket frame with `opcode` and `payload`.
 pub fn websocket_frame(opcode: u8, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(payload.len() + 10);
@@ -377,6 +395,32 @@ fn is_line_separator(w: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_sequence_counts_a_channels_consecutive_messages() {
+        let at = |cid: &str, epoch: u64, offset: u64| {
+            let position = Position {
+                epoch: Epoch::from_u64(epoch),
+                offset,
+            };
+            let payload = Payload::from_text(b"x").expect("payload");
+            Message::new(ChannelId::parse(cid).expect("cid"), position, 0, &payload)
+        };
+        assert_eq!(in_sequence(&[]), 0);
+        assert_eq!(in_sequence(&[at("a", 1, 9)]), 1);
+        let run = [at("a", 1, 1), at("a", 1, 2), at("a", 1, 3), at("a", 1, 5)];
+        assert_eq!(in_sequence(&run), 3, "5 does not follow 3");
+        assert_eq!(
+            in_sequence(&[at("a", 1, 1), at("a", 2, 2)]),
+            1,
+            "another epoch"
+        );
+        assert_eq!(
+            in_sequence(&[at("a", 1, 1), at("b", 1, 2)]),
+            1,
+            "another channel"
+        );
+    }
 
     fn msg(data: &Payload) -> Arc<Message> {
         Message::new(

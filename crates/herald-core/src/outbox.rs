@@ -141,6 +141,48 @@ pub struct RunOutcome {
     pub rest: Option<Bytes>,
 }
 
+impl RunOutcome {
+    /// For a run whose messages are `lens` bytes each, written in one go of which the socket
+    /// took `written` bytes: how many messages were taken (wholly, or the last one in part:
+    /// at least one, since a message whose write was tried is the connection's to finish), and
+    /// where the last one taken was cut, if it was.
+    pub fn after_write(
+        lens: impl IntoIterator<Item = usize>,
+        mut written: usize,
+    ) -> (usize, Option<usize>) {
+        let mut taken = 0;
+        for len in lens {
+            if written == 0 && taken > 0 {
+                // The write ended exactly after a message: the rest were not touched.
+                return (taken, None);
+            }
+            taken += 1;
+            if written < len {
+                return (taken, Some(written));
+            }
+            written -= len;
+        }
+        (taken, None)
+    }
+}
+
+/// A single direct delivery as a run of one.
+impl From<DirectOutcome> for RunOutcome {
+    fn from(outcome: DirectOutcome) -> Self {
+        match outcome {
+            DirectOutcome::Done => Self {
+                taken: 1,
+                rest: None,
+            },
+            DirectOutcome::Queue => Self::default(),
+            DirectOutcome::Partial(rest) => Self {
+                taken: 1,
+                rest: Some(rest),
+            },
+        }
+    }
+}
+
 /// What became of a direct delivery.
 #[derive(Debug)]
 pub enum DirectOutcome {
@@ -600,6 +642,24 @@ mod tests {
         assert!(outbox.push_run(&run[..1], true));
         assert!(outbox.push_run(&[], true));
         assert_eq!(*direct.offered.lock(), [vec![1]]);
+    }
+
+    #[test]
+    fn after_write_tells_which_messages_a_write_took() {
+        let lens = [3, 4, 5];
+        assert_eq!(RunOutcome::after_write(lens, 12), (3, None), "all");
+        assert_eq!(RunOutcome::after_write(lens, 7), (2, None), "two exactly");
+        assert_eq!(
+            RunOutcome::after_write(lens, 8),
+            (3, Some(1)),
+            "into the third"
+        );
+        assert_eq!(RunOutcome::after_write(lens, 2), (1, Some(2)));
+        assert_eq!(
+            RunOutcome::after_write(lens, 0),
+            (1, Some(0)),
+            "a write tried is the connection's to finish"
+        );
     }
 
     #[test]

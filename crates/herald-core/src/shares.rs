@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::broker::BoxFuture;
 use crate::message::Message;
 use crate::outbox::Outbox;
 
@@ -112,6 +113,11 @@ impl ShareBacklog {
         self.waiting.is_empty() && self.writing.is_none()
     }
 
+    /// The number of shares not written yet.
+    pub fn len(&self) -> usize {
+        self.waiting.len() + self.writing.as_ref().map_or(0, |run| run.shares.len())
+    }
+
     /// Writes to at most `max` more subscribers (each getting a run of messages); true once
     /// nothing is left.
     pub fn step(&mut self, max: usize) -> bool {
@@ -185,6 +191,13 @@ pub trait ShareQueues: Send + Sync {
     /// Queues `share` for its thread ([`Share::thread`]). Gives it back if that thread no
     /// longer runs (its connections are gone; the caller delivers it itself).
     fn send(&self, share: Share) -> Result<(), Share>;
+
+    /// True while every thread's queue is short enough to take more shares.
+    fn has_room(&self) -> bool;
+
+    /// Resolves once [`ShareQueues::has_room`] holds again (or after a bound on the wait).
+    /// Publishers await it after each publish (see [`crate::Hub::room`]).
+    fn room(&self) -> BoxFuture<'_, ()>;
 }
 
 /// Per thread, how many shares of one channel were handed over and are not written yet.
@@ -309,6 +322,14 @@ pub(crate) mod tests {
         fn send(&self, share: Share) -> Result<(), Share> {
             self.shares.lock().push(share);
             Ok(())
+        }
+
+        fn has_room(&self) -> bool {
+            true
+        }
+
+        fn room(&self) -> BoxFuture<'_, ()> {
+            Box::pin(std::future::ready(()))
         }
     }
 
@@ -435,8 +456,10 @@ pub(crate) mod tests {
         assert!(!backlog.step(3));
         assert_eq!(written(&runs), 5);
         assert_eq!(pending.count(0), 1, "the first share is written");
+        assert_eq!(backlog.len(), 1);
         assert!(backlog.step(10));
         assert!(backlog.is_empty());
+        assert_eq!(backlog.len(), 0);
         for runs in &runs {
             assert_eq!(*runs.0.lock(), [1, 1]);
         }
@@ -452,6 +475,12 @@ pub(crate) mod tests {
             }
             fn send(&self, share: Share) -> Result<(), Share> {
                 Err(share)
+            }
+            fn has_room(&self) -> bool {
+                true
+            }
+            fn room(&self) -> BoxFuture<'_, ()> {
+                Box::pin(std::future::ready(()))
             }
         }
         let pending = Arc::new(PendingShares::new(1));

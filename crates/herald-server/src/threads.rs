@@ -33,10 +33,11 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use herald_core::{Share, ShareBacklog, ShareQueues};
+use herald_core::{BoxFuture, Share, ShareBacklog, ShareQueues};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// The connection threads of one server. Dropping it stops them: each thread's runtime is
@@ -48,28 +49,78 @@ pub struct ConnectionThreads {
     shares: Arc<ThreadShares>,
 }
 
-/// The queue of fan-out shares of each connection thread (see the module documentation).
-struct ThreadShares(Vec<mpsc::UnboundedSender<Share>>);
+/// The queue of fan-out shares of each connection thread (see the module documentation), with
+/// how many shares each holds.
+struct ThreadShares {
+    queues: Vec<mpsc::UnboundedSender<Share>>,
+    /// Per thread: shares handed over and not written yet (as of the thread's last step, plus
+    /// those sent since).
+    depths: Box<[AtomicUsize]>,
+    /// Woken when a thread that had fallen behind is back within [`BACKLOG_MAX`].
+    room: Notify,
+}
+
+/// The most shares a thread may have waiting before publishers wait for it (see
+/// `herald_core::Hub::room`). Behind by this many messages of a channel, a thread writes them
+/// to each subscriber in runs (`herald_core::ShareBacklog`), which is what keeps up at
+/// saturation; further behind, messages would only wait longer.
+const BACKLOG_MAX: usize = 32;
+
+/// The longest a publisher waits for room: a safety net for a thread that stops writing (its
+/// runtime shutting down), not a pace.
+const ROOM_WAIT_MAX: Duration = Duration::from_secs(1);
 
 impl ShareQueues for ThreadShares {
     fn threads(&self) -> u16 {
-        u16::try_from(self.0.len()).unwrap_or(u16::MAX)
+        u16::try_from(self.queues.len()).unwrap_or(u16::MAX)
     }
 
     fn send(&self, share: Share) -> Result<(), Share> {
-        match self.0.get(usize::from(share.thread())) {
-            Some(queue) => queue.send(share).map_err(|failed| failed.0),
+        let thread = usize::from(share.thread());
+        match self.queues.get(thread) {
+            Some(queue) => {
+                queue.send(share).map_err(|failed| failed.0)?;
+                self.depths[thread].fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             None => Err(share),
         }
+    }
+
+    fn has_room(&self) -> bool {
+        self.depths
+            .iter()
+            .all(|depth| depth.load(Ordering::Relaxed) <= BACKLOG_MAX)
+    }
+
+    fn room(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let caught_up = async {
+                loop {
+                    let notified = self.room.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if self.has_room() {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            let _ = tokio::time::timeout(ROOM_WAIT_MAX, caught_up).await;
+        })
     }
 }
 
 /// How many subscribers of a share a thread writes before it serves its connections again.
 const SHARE_STEP: usize = 256;
 
-/// Writes the shares handed to this thread, in the order they came, a step at a time; those
+/// Writes the shares handed to thread `index`, in the order they came, a step at a time; those
 /// that arrive while it writes join the backlog (see `herald_core::ShareBacklog`).
-async fn write_shares(mut queue: mpsc::UnboundedReceiver<Share>) {
+async fn write_shares(
+    mut queue: mpsc::UnboundedReceiver<Share>,
+    shares: Arc<ThreadShares>,
+    index: usize,
+) {
     let mut backlog = ShareBacklog::default();
     loop {
         if backlog.is_empty() {
@@ -82,6 +133,11 @@ async fn write_shares(mut queue: mpsc::UnboundedReceiver<Share>) {
             backlog.push(share);
         }
         backlog.step(SHARE_STEP);
+        let depth = backlog.len() + queue.len();
+        shares.depths[index].store(depth, Ordering::Relaxed);
+        if depth <= BACKLOG_MAX {
+            shares.room.notify_waiters();
+        }
         tokio::task::yield_now().await;
     }
 }
@@ -94,16 +150,24 @@ impl ConnectionThreads {
         // if it has one (an embedding program's or a test's), else to the global one.
         let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
         let mut handles = Vec::new();
-        let mut queues = Vec::new();
         let count = u16::try_from(count.max(1)).unwrap_or(u16::MAX);
-        for index in 0..count {
+        let (queues, receivers): (Vec<_>, Vec<_>) =
+            (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let shares = Arc::new(ThreadShares {
+            queues,
+            depths: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+            room: Notify::new(),
+        });
+        for (index, receiver) in (0..count).zip(receivers) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             handles.push(runtime.handle().clone());
-            let (queue, shares) = mpsc::unbounded_channel();
-            queues.push(queue);
-            runtime.spawn(write_shares(shares));
+            runtime.spawn(write_shares(
+                receiver,
+                Arc::clone(&shares),
+                usize::from(index),
+            ));
             let stop = stop.clone();
             let dispatch = dispatch.clone();
             // Not joined: the threads end by themselves once `stop` is cancelled, and joining
@@ -120,7 +184,7 @@ impl ConnectionThreads {
             handles,
             next: AtomicUsize::new(0),
             stop,
-            shares: Arc::new(ThreadShares(queues)),
+            shares,
         })
     }
 
@@ -199,6 +263,68 @@ mod tests {
         dropped
             .recv_timeout(Duration::from_secs(5))
             .expect("the task was dropped with its thread's runtime");
+    }
+
+    /// A direct path whose first delivery blocks its thread until the test releases it, then
+    /// takes everything.
+    struct Gate(parking_lot::Mutex<Option<mpsc::Receiver<()>>>);
+
+    impl herald_core::DirectDelivery for Gate {
+        fn deliver(&self, _: &Arc<herald_core::Message>) -> herald_core::DirectOutcome {
+            if let Some(release) = self.0.lock().take() {
+                let _ = release.recv_timeout(Duration::from_secs(10));
+            }
+            herald_core::DirectOutcome::Done
+        }
+    }
+
+    #[test]
+    fn publishers_wait_for_a_thread_far_behind_with_its_shares_until_it_catches_up() {
+        use herald_core::{ChannelId, Epoch, Hub, Load, Message, Outbox, Payload, Position};
+        let threads = ConnectionThreads::start(1).expect("threads");
+        let hub = Hub::new();
+        hub.share_with(threads.share_queues());
+        let cid = ChannelId::parse("behind").expect("cid");
+        // A channel large enough to be shared, its subscribers held by the one thread.
+        let (made, outboxes) = mpsc::channel();
+        threads.next().spawn(async move {
+            let outboxes: Vec<_> = (0..40).map(|_| Outbox::new(1000)).collect();
+            made.send(outboxes).expect("send");
+        });
+        let outboxes = outboxes.recv_timeout(Duration::from_secs(5)).expect("made");
+        let (release, released) = mpsc::channel();
+        let gate = Arc::new(Gate(parking_lot::Mutex::new(Some(released))));
+        for outbox in &outboxes {
+            outbox.set_direct(Some(gate.clone()));
+            hub.subscribe(&cid, outbox);
+        }
+        let payload = Payload::from_text(b"x").expect("payload");
+        for offset in 1..=BACKLOG_MAX as u64 + 2 {
+            let position = Position {
+                epoch: Epoch::from_u64(1),
+                offset,
+            };
+            let message = Message::new(cid.clone(), position, 0, &payload);
+            assert_eq!(hub.deliver(&message, Load::Quiet), outboxes.len());
+        }
+        let queues = threads.share_queues();
+        assert!(!queues.has_room(), "the thread is stuck on its first share");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let waited = tokio::time::timeout(Duration::from_millis(200), hub.room()).await;
+            assert!(
+                waited.is_err(),
+                "a publisher waits while the thread is behind"
+            );
+            release.send(()).expect("release");
+            tokio::time::timeout(Duration::from_secs(5), hub.room())
+                .await
+                .expect("room");
+        });
+        assert!(queues.has_room(), "room because the thread caught up");
     }
 
     #[test]

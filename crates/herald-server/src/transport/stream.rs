@@ -30,7 +30,10 @@ use http_body::Frame;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use herald_core::{Accept, DirectDelivery, DirectOutcome, Gap, Message, Signals, Subscriptions};
+use herald_core::{
+    in_sequence, Accept, DirectDelivery, DirectOutcome, Gap, Message, RunOutcome, Signals,
+    Subscriptions,
+};
 
 use crate::front::{self, DirectSocket};
 
@@ -250,10 +253,64 @@ impl<F: StreamFormat + Sync> DirectDelivery for DirectWriter<F> {
         if written == total {
             return DirectOutcome::Done;
         }
-        let mut chunk = BytesMut::with_capacity(total);
-        front::frame_chunk(&mut chunk, &bytes);
-        DirectOutcome::Partial(chunk.freeze().slice(written..))
+        DirectOutcome::Partial(framed(&bytes).slice(written..))
     }
+
+    /// One vectored write for the run's chunks, as far as its messages follow each other.
+    fn deliver_run(&self, messages: &[Arc<Message>]) -> RunOutcome {
+        let [first, more @ ..] = messages else {
+            return RunOutcome::default();
+        };
+        if more.is_empty() {
+            return self.deliver(first).into();
+        }
+        let mut subscriptions = self.subscriptions.lock();
+        // Anything but the channel's next messages, sent as shared bytes, is left to the
+        // stream's judgement (an empty chunk would end the body).
+        let chunks: Vec<(([u8; 18], usize), Bytes)> = messages[..in_sequence(messages)]
+            .iter()
+            .map_while(|m| self.format.shared(m, &subscriptions))
+            .take_while(|bytes| !bytes.is_empty())
+            .map(|bytes| (front::size_line(bytes.len()), bytes))
+            .collect();
+        if chunks.is_empty() {
+            return RunOutcome::default();
+        }
+        let Some(position) = subscriptions.next_position(first) else {
+            return RunOutcome::default();
+        };
+        let parts: Vec<io::IoSlice<'_>> = chunks
+            .iter()
+            .flat_map(|((line, len), bytes)| {
+                [
+                    io::IoSlice::new(&line[..*len]),
+                    io::IoSlice::new(bytes),
+                    io::IoSlice::new(b"\r\n"),
+                ]
+            })
+            .collect();
+        let written = match self.socket.try_write_vectored(&parts) {
+            Ok(written) => written,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            // A broken socket: the stream's task finds out on its side and ends.
+            Err(_) => return RunOutcome::default(),
+        };
+        let lens = chunks.iter().map(|((_, len), bytes)| len + bytes.len() + 2);
+        let (taken, cut) = RunOutcome::after_write(lens, written);
+        *position = messages[taken - 1].position();
+        self.wrote.store(true, Ordering::Relaxed);
+        RunOutcome {
+            taken,
+            rest: cut.map(|at| framed(&chunks[taken - 1].1).slice(at..)),
+        }
+    }
+}
+
+/// `bytes` as one chunk of a chunked body.
+fn framed(bytes: &[u8]) -> Bytes {
+    let mut chunk = BytesMut::with_capacity(bytes.len() + 20);
+    front::frame_chunk(&mut chunk, bytes);
+    chunk.freeze()
 }
 
 impl<F: StreamFormat> http_body::Body for EventStream<F> {
@@ -332,5 +389,70 @@ impl<F: StreamFormat> http_body::Body for EventStream<F> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::sse::SseFormat;
+    use herald_core::{ChannelId, Epoch, Payload, Position};
+    use tokio::io::AsyncReadExt;
+
+    fn message(offset: u64) -> Arc<Message> {
+        let position = Position {
+            epoch: Epoch::from_u64(3),
+            offset,
+        };
+        let payload = Payload::from_text(format!("event {offset}").as_bytes()).expect("payload");
+        Message::new(
+            ChannelId::parse("feed").expect("cid"),
+            position,
+            0,
+            &payload,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_run_goes_out_as_one_write_of_chunks_as_far_as_its_messages_follow_each_other() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let mut subscriptions = Subscriptions::new();
+        let start = Position {
+            epoch: Epoch::from_u64(3),
+            offset: 0,
+        };
+        subscriptions.insert(ChannelId::parse("feed").expect("cid"), start);
+        let writer = DirectWriter {
+            socket: Arc::new(server),
+            subscriptions: Arc::new(Mutex::new(subscriptions)),
+            format: SseFormat,
+            wrote: AtomicBool::new(false),
+        };
+        // 5 does not follow 2: the run stops before it.
+        let run = [message(1), message(2), message(5)];
+        assert_eq!(
+            writer.deliver_run(&run),
+            RunOutcome {
+                taken: 2,
+                rest: None
+            }
+        );
+        assert!(writer.wrote.load(Ordering::Relaxed));
+        let expected: Vec<u8> = run[..2]
+            .iter()
+            .flat_map(|m| framed(&m.sse_event()).to_vec())
+            .collect();
+        let mut received = vec![0; expected.len()];
+        client.read_exact(&mut received).await.expect("read");
+        assert_eq!(received, expected);
+        // The stream stands at 2: a run from 5 is the stream's to judge.
+        assert_eq!(writer.deliver_run(&run[2..]), RunOutcome::default());
+        assert_eq!(writer.deliver_run(&[message(3), message(4)]).taken, 2);
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use herald_core::{DirectDelivery, DirectOutcome, Message, RunOutcome, Subscriptions};
+use herald_core::{in_sequence, DirectDelivery, DirectOutcome, Message, RunOutcome, Subscriptions};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -92,53 +92,28 @@ impl DirectDelivery for DirectWriter {
             return RunOutcome::default();
         };
         if more.is_empty() {
-            return match self.deliver(first) {
-                DirectOutcome::Done => RunOutcome {
-                    taken: 1,
-                    rest: None,
-                },
-                DirectOutcome::Queue => RunOutcome::default(),
-                DirectOutcome::Partial(rest) => RunOutcome {
-                    taken: 1,
-                    rest: Some(rest),
-                },
-            };
+            return self.deliver(first).into();
         }
         let mut subscriptions = self.subscriptions.lock();
         let Some(position) = subscriptions.next_position(first) else {
             return RunOutcome::default();
         };
-        // The run as far as each message is the next of the channel (a run is one channel's
-        // consecutive messages; anything else is left to the connection's judgement).
-        let consecutive = 1 + messages
-            .windows(2)
-            .take_while(|pair| {
-                let (a, b) = (pair[0].position(), pair[1].position());
-                a.epoch == b.epoch && a.offset.checked_add(1) == Some(b.offset)
-            })
-            .count();
-        let frames: Vec<Bytes> = messages[..consecutive]
-            .iter()
-            .map(|m| m.websocket_frame())
-            .collect();
+        // Anything but the channel's next messages is left to the connection's judgement.
+        let run = &messages[..in_sequence(messages)];
+        let frames: Vec<Bytes> = run.iter().map(|m| m.websocket_frame()).collect();
         let slices: Vec<io::IoSlice<'_>> = frames.iter().map(|f| io::IoSlice::new(f)).collect();
-        let mut written = match self.socket.try_write_vectored(&slices) {
+        let written = match self.socket.try_write_vectored(&slices) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             // A broken socket: the task finds out on its side and ends the connection.
             Err(_) => return RunOutcome::default(),
         };
-        let mut outcome = RunOutcome::default();
-        for frame in &frames {
-            outcome.taken += 1;
-            if written < frame.len() {
-                outcome.rest = Some(frame.slice(written..));
-                break;
-            }
-            written -= frame.len();
+        let (taken, cut) = RunOutcome::after_write(frames.iter().map(Bytes::len), written);
+        *position = run[taken - 1].position();
+        RunOutcome {
+            taken,
+            rest: cut.map(|at| frames[taken - 1].slice(at..)),
         }
-        *position = messages[outcome.taken - 1].position();
-        outcome
     }
 }
 
