@@ -9,9 +9,9 @@
 #                     reported, with the min–max range
 #   --rev REV         build Herald from this commit (git archive into a temporary directory,
 #                     target dir target/bench-rev) instead of the working tree
-#   --scenarios LIST  a subset of: idle idlesse idlelongpoll fanout50 fanout100 many sse longpoll
-#                     publish publish40k, or fanout200, fanout400 and fanout400one
-#                     (saturation: not in the default set)
+#   --scenarios LIST  a subset of: idle idlesse idlelongpoll fanout50 fanout100 fanout400one
+#                     many sse longpoll publish publish40k, or fanout200 and fanout400
+#                     (saturation from 4 publisher connections: not in the default set)
 #   --duration D      measured publish phase of each run (default 10s)
 #   --time-limit S    bound on the whole script, build included (default 3600 s): runs that
 #                     would not fit are skipped (and listed as skipped), and a watchdog stops
@@ -36,7 +36,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 REPEAT=3
 REV=
-SCENARIOS="idle idlesse idlelongpoll fanout50 fanout100 many sse longpoll publish publish40k"
+SCENARIOS="idle idlesse idlelongpoll fanout50 fanout100 fanout400one many sse longpoll publish publish40k"
 DURATION=10s
 TIME_LIMIT=3600
 OUT=
