@@ -11,6 +11,7 @@
 //! - [`Hub`] and [`Outbox`]: who is subscribed, and each connection's bounded queue.
 //! - [`Broker`] and [`MemoryBroker`]: positions and history behind a trait.
 //! - [`Subscriptions`]: per-connection exactly-once and gap detection.
+//! - [`shares`]: a large channel's fan-out handed to each connection thread, written in runs.
 
 mod broker;
 mod channel;
@@ -24,7 +25,7 @@ mod memory;
 mod message;
 mod outbox;
 mod position;
-mod shares;
+pub mod shares;
 mod subscriptions;
 
 pub use broker::{BeforeFanOut, BoxFuture, Broker, EngineError, Gap, HistoryRead, Published};

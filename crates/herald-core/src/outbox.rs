@@ -106,7 +106,8 @@ pub trait DirectDelivery: Send + Sync {
 
     /// Delivers a run of `messages`, oldest first, as far as possible without blocking (one
     /// system call for all of them is the point: override it). Called as
-    /// [`DirectDelivery::deliver`] is. The default delivers them one by one.
+    /// [`DirectDelivery::deliver`] is, with two messages or more ([`Outbox::push_run`] hands a
+    /// single one to `deliver`). The default delivers them one by one.
     fn deliver_run(&self, messages: &[Arc<Message>]) -> RunOutcome {
         for (i, message) in messages.iter().enumerate() {
             match self.deliver(message) {

@@ -17,7 +17,7 @@
 //!
 //! **Order.** A subscriber must not be handed a newer message of a channel by another path
 //! while an older one waits in a share. Each channel counts, per thread, the shares handed over
-//! and not yet written ([`PendingShares`]); while a thread has one, every message of that
+//! and not yet written (`PendingShares`); while a thread has one, every message of that
 //! channel for that thread's subscribers goes the same way, even when the channel has become
 //! small. A thread writes its shares in the order it was handed them (a run takes a channel's
 //! consecutive shares for the same subscribers, and stops at the first that differs), so each
@@ -192,12 +192,17 @@ pub trait ShareQueues: Send + Sync {
     /// longer runs (its connections are gone; the caller delivers it itself).
     fn send(&self, share: Share) -> Result<(), Share>;
 
-    /// True while every thread's queue is short enough to take more shares.
-    fn has_room(&self) -> bool;
+    /// True while every thread's queue is short enough to take more shares (always, unless
+    /// the queues are bounded).
+    fn has_room(&self) -> bool {
+        true
+    }
 
     /// Resolves once [`ShareQueues::has_room`] holds again (or after a bound on the wait).
     /// Publishers await it after each publish (see [`crate::Hub::room`]).
-    fn room(&self) -> BoxFuture<'_, ()>;
+    fn room(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Per thread, how many shares of one channel were handed over and are not written yet.
@@ -322,14 +327,6 @@ pub(crate) mod tests {
         fn send(&self, share: Share) -> Result<(), Share> {
             self.shares.lock().push(share);
             Ok(())
-        }
-
-        fn has_room(&self) -> bool {
-            true
-        }
-
-        fn room(&self) -> BoxFuture<'_, ()> {
-            Box::pin(std::future::ready(()))
         }
     }
 
@@ -475,12 +472,6 @@ pub(crate) mod tests {
             }
             fn send(&self, share: Share) -> Result<(), Share> {
                 Err(share)
-            }
-            fn has_room(&self) -> bool {
-                true
-            }
-            fn room(&self) -> BoxFuture<'_, ()> {
-                Box::pin(std::future::ready(()))
             }
         }
         let pending = Arc::new(PendingShares::new(1));

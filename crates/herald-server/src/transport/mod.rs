@@ -85,3 +85,32 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
 }
+
+/// What the direct writers' tests need: a real loopback connection and a connection standing
+/// at the start of a channel.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use herald_core::{ChannelId, Epoch, Position, Subscriptions};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair of loopback TCP streams: the server's side, then the client's.
+    pub async fn connected_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (server, client)
+    }
+
+    /// Subscriptions standing before the first message of `cid` in `epoch`.
+    pub fn at_start(cid: &str, epoch: u64) -> Subscriptions {
+        let mut subscriptions = Subscriptions::new();
+        let start = Position {
+            epoch: Epoch::from_u64(epoch),
+            offset: 0,
+        };
+        subscriptions.insert(ChannelId::parse(cid).expect("cid"), start);
+        subscriptions
+    }
+}

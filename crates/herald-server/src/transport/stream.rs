@@ -258,12 +258,9 @@ impl<F: StreamFormat + Sync> DirectDelivery for DirectWriter<F> {
 
     /// One vectored write for the run's chunks, as far as its messages follow each other.
     fn deliver_run(&self, messages: &[Arc<Message>]) -> RunOutcome {
-        let [first, more @ ..] = messages else {
+        let Some(first) = messages.first() else {
             return RunOutcome::default();
         };
-        if more.is_empty() {
-            return self.deliver(first).into();
-        }
         let mut subscriptions = self.subscriptions.lock();
         // Anything but the channel's next messages, sent as shared bytes, is left to the
         // stream's judgement (an empty chunk would end the body).
@@ -396,6 +393,7 @@ impl<F: StreamFormat> http_body::Body for EventStream<F> {
 mod tests {
     use super::*;
     use crate::transport::sse::SseFormat;
+    use crate::transport::test_support::{at_start, connected_pair};
     use herald_core::{ChannelId, Epoch, Payload, Position};
     use tokio::io::AsyncReadExt;
 
@@ -415,19 +413,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_goes_out_as_one_write_of_chunks_as_far_as_its_messages_follow_each_other() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        let mut subscriptions = Subscriptions::new();
-        let start = Position {
-            epoch: Epoch::from_u64(3),
-            offset: 0,
-        };
-        subscriptions.insert(ChannelId::parse("feed").expect("cid"), start);
+        let (server, mut client) = connected_pair().await;
+        let subscriptions = at_start("feed", 3);
         let writer = DirectWriter {
             socket: Arc::new(server),
             subscriptions: Arc::new(Mutex::new(subscriptions)),

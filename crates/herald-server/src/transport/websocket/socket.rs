@@ -88,12 +88,9 @@ impl DirectDelivery for DirectWriter {
 
     /// One vectored write for the run's frames, as far as they follow each other.
     fn deliver_run(&self, messages: &[Arc<Message>]) -> RunOutcome {
-        let [first, more @ ..] = messages else {
+        let Some(first) = messages.first() else {
             return RunOutcome::default();
         };
-        if more.is_empty() {
-            return self.deliver(first).into();
-        }
         let mut subscriptions = self.subscriptions.lock();
         let Some(position) = subscriptions.next_position(first) else {
             return RunOutcome::default();
@@ -242,6 +239,7 @@ impl WsSocket for Box<TlsStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::test_support::{at_start, connected_pair};
     use herald_core::{ChannelId, Epoch, Payload, Position};
     use tokio::io::AsyncReadExt;
 
@@ -261,19 +259,8 @@ mod tests {
     /// A direct writer on the server side of a real TCP connection whose connection stands at
     /// offset 0 of channel `run`, the client side, and the connection's subscriptions.
     async fn writer() -> (DirectWriter, TcpStream, Arc<Mutex<Subscriptions>>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        let mut subscriptions = Subscriptions::new();
-        let start = Position {
-            epoch: Epoch::from_u64(7),
-            offset: 0,
-        };
-        subscriptions.insert(ChannelId::parse("run").expect("cid"), start);
+        let (server, client) = connected_pair().await;
+        let subscriptions = at_start("run", 7);
         let subscriptions = Arc::new(Mutex::new(subscriptions));
         let writer = DirectWriter {
             socket: Arc::new(server),
