@@ -18,14 +18,14 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use indexmap::IndexSet;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::channel::ChannelId;
 use crate::channel_map::{ChannelHash, ChannelHasher, ChannelMap};
 use crate::contention::Load;
 use crate::message::Message;
 use crate::outbox::Outbox;
-use crate::shares::{Gathering, PendingShares, ShareQueues};
+use crate::shares::{self, PendingShares, ShareQueues, ThreadLists};
 
 const SHARDS: usize = 64;
 
@@ -49,12 +49,32 @@ const DIRECT_MAX: usize = 2048;
 
 type Shard = RwLock<ChannelMap<Channel>>;
 
-/// One channel of the hub: its subscribers, and the shares of its fan-out not written yet (see
-/// [`crate::shares`]; made the first time the channel is large enough to share).
+/// One channel of the hub: its subscribers and, once it is large enough to share (see
+/// [`crate::shares`]), the shares of its fan-out not written yet and its subscribers by thread.
 #[derive(Default)]
 struct Channel {
     subscribers: Subscribers,
     pending: OnceLock<Arc<PendingShares>>,
+    /// Made at the first hand-over that needs it after the subscribers changed.
+    by_thread: Mutex<Option<Arc<ThreadLists>>>,
+}
+
+impl Channel {
+    /// The subscribers, with the lists by thread forgotten (they are about to change).
+    fn subscribers_mut(&mut self) -> &mut Subscribers {
+        *self.by_thread.get_mut() = None;
+        &mut self.subscribers
+    }
+
+    /// The subscribers by thread, made now if they changed since the last time.
+    fn by_thread(&self, threads: u16) -> Arc<ThreadLists> {
+        let mut lists = self.by_thread.lock();
+        let lists = lists.get_or_insert_with(|| {
+            let outboxes = self.subscribers.iter().map(|Subscriber(o)| o);
+            Arc::new(ThreadLists::new(outboxes, threads))
+        });
+        Arc::clone(lists)
+    }
 }
 
 /// One channel's subscribers, in the order they came (see the module documentation). Hashed
@@ -160,7 +180,7 @@ impl Hub {
     ) -> Option<bool> {
         let (shard, hash) = self.shard(cid);
         let mut shard = shard.write();
-        match shard.get_mut(hash, cid).map(|c| &mut c.subscribers) {
+        match shard.get_mut(hash, cid).map(Channel::subscribers_mut) {
             Some(subscribers) => {
                 if subscribers.contains(&ByAddress(outbox)) {
                     return Some(false);
@@ -175,7 +195,7 @@ impl Hub {
                 subscribers.insert(Subscriber(Arc::clone(outbox)));
                 let channel = Channel {
                     subscribers,
-                    pending: OnceLock::new(),
+                    ..Channel::default()
                 };
                 shard.insert_new(&self.hasher, hash, cid.clone(), channel);
             }
@@ -187,7 +207,7 @@ impl Hub {
     pub fn unsubscribe(&self, cid: &ChannelId, outbox: &Arc<Outbox>) -> bool {
         let (shard, hash) = self.shard(cid);
         let mut shard = shard.write();
-        let Some(subscribers) = shard.get_mut(hash, cid).map(|c| &mut c.subscribers) else {
+        let Some(subscribers) = shard.get_mut(hash, cid).map(Channel::subscribers_mut) else {
             return false;
         };
         if !subscribers.swap_remove(&ByAddress(outbox)) {
@@ -257,44 +277,36 @@ impl Hub {
                 o.push_queued(message)
             }
         };
-        let subscribers = channel.subscribers.as_slice();
-        let Some(queues) = self.queues.get() else {
+        let subscribers = &channel.subscribers;
+        let large = subscribers.len() > SHARE_ABOVE;
+        let sharing = self.queues.get().and_then(|queues| {
+            let pending = if large {
+                Some(
+                    channel
+                        .pending
+                        .get_or_init(|| Arc::new(PendingShares::new(queues.threads()))),
+                )
+            } else {
+                channel.pending.get()
+            };
+            pending.map(|pending| (queues, pending))
+        });
+        let Some((queues, pending)) = sharing else {
             return subscribers
                 .iter()
                 .filter(|Subscriber(o)| write_here(o))
                 .count();
         };
-        let large = subscribers.len() > SHARE_ABOVE;
-        let pending = if large {
-            Some(
-                channel
-                    .pending
-                    .get_or_init(|| Arc::new(PendingShares::new(queues.threads()))),
-            )
-        } else {
-            channel.pending.get()
-        };
-        let mut gathering: Option<Gathering> = None;
-        let mut taken = 0;
-        for Subscriber(o) in subscribers {
-            if o.has_overflowed() {
-                continue;
+        let lists = channel.by_thread(queues.threads());
+        let mut taken = lists.elsewhere().iter().filter(|o| write_here(o)).count();
+        for (thread, outboxes) in lists.threads() {
+            if large || pending.count(thread) > 0 {
+                // Counted now: the share hands the message over later.
+                taken += outboxes.iter().filter(|o| !o.has_overflowed()).count();
+                shares::hand_over(queues.as_ref(), pending, thread, outboxes, message);
+            } else {
+                taken += outboxes.iter().filter(|o| write_here(o)).count();
             }
-            let share_of = o
-                .home()
-                .filter(|&thread| large || pending.is_some_and(|p| p.count(thread) > 0));
-            let shared = share_of.is_some_and(|thread| {
-                gathering
-                    .get_or_insert_with(|| Gathering::new(queues.threads()))
-                    .add(thread, o)
-            });
-            // A share's subscriber is counted now: the share hands the message over later.
-            if shared || write_here(o) {
-                taken += 1;
-            }
-        }
-        if let (Some(gathering), Some(pending)) = (gathering, pending) {
-            gathering.send(queues.as_ref(), pending, message);
         }
         taken
     }
@@ -475,6 +487,14 @@ mod tests {
         }
         assert!(backlog.step(usize::MAX));
         assert_eq!(counter.0.load(Ordering::Relaxed), 1 + 2 * (total - 1));
+        // A subscriber who joins is in the next share of its thread.
+        let joined = made_on(1, 1);
+        hub.subscribe(m.cid(), &joined[0]);
+        assert_eq!(publish_on(0, &hub, &m, Load::Quiet), total + 1);
+        assert_eq!(
+            kept.summary(),
+            [(0, mine.len(), 1), (1, theirs.len() + 1, 1)]
+        );
     }
 
     #[test]

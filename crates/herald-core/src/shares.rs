@@ -34,7 +34,8 @@ use crate::outbox::Outbox;
 /// The subscribers of one channel held by one connection thread, and the message to hand them.
 pub struct Share {
     message: Arc<Message>,
-    outboxes: Vec<Arc<Outbox>>,
+    /// The thread's list of the channel's subscribers (see [`ThreadLists`]), shared, not copied.
+    outboxes: Arc<[Arc<Outbox>]>,
     pending: Arc<PendingShares>,
     thread: u16,
 }
@@ -46,15 +47,10 @@ impl Share {
     }
 
     /// True if `later`, a later share of the same thread, is the next message of the same
-    /// channel for exactly the same subscribers: the two can be written as one run.
+    /// channel for the same subscribers (the same list: it is made anew whenever they change):
+    /// the two can be written as one run.
     fn continued_by(&self, later: &Share) -> bool {
-        Arc::ptr_eq(&self.pending, &later.pending)
-            && self.outboxes.len() == later.outboxes.len()
-            && self
-                .outboxes
-                .iter()
-                .zip(&later.outboxes)
-                .all(|(a, b)| Arc::ptr_eq(a, b))
+        self.same_channel(later) && Arc::ptr_eq(&self.outboxes, &later.outboxes)
     }
 
     /// True if `other` is a share of the same channel.
@@ -65,7 +61,7 @@ impl Share {
     /// Hands the message to every subscriber now, from wherever the caller runs (for a thread
     /// that no longer runs, whose connections are gone).
     fn deliver_here(self) {
-        for outbox in &self.outboxes {
+        for outbox in self.outboxes.iter() {
             outbox.push(&self.message);
         }
     }
@@ -233,53 +229,66 @@ impl PendingShares {
     }
 }
 
-/// The shares of one hand-over being gathered: subscribers by thread.
-pub(crate) struct Gathering {
-    by_thread: Vec<Vec<Arc<Outbox>>>,
+/// A channel's subscribers grouped by the connection thread that holds them, as the hand-over
+/// uses them: made once per change of the subscribers, not once per message. A share holds its
+/// thread's list by reference count, and shares for the same subscribers are told from others
+/// by comparing two pointers.
+pub(crate) struct ThreadLists {
+    threads: Vec<Arc<[Arc<Outbox>]>>,
+    /// Made on no connection thread, or on one the queues do not know: the publisher's to write.
+    elsewhere: Vec<Arc<Outbox>>,
 }
 
-impl Gathering {
-    pub(crate) fn new(threads: u16) -> Self {
+impl ThreadLists {
+    pub(crate) fn new<'a>(outboxes: impl Iterator<Item = &'a Arc<Outbox>>, threads: u16) -> Self {
+        let mut by_thread: Vec<Vec<Arc<Outbox>>> = (0..threads).map(|_| Vec::new()).collect();
+        let mut elsewhere = Vec::new();
+        for outbox in outboxes {
+            let list = outbox
+                .home()
+                .and_then(|thread| by_thread.get_mut(usize::from(thread)));
+            list.unwrap_or(&mut elsewhere).push(Arc::clone(outbox));
+        }
         Self {
-            by_thread: (0..threads).map(|_| Vec::new()).collect(),
+            threads: by_thread.into_iter().map(Arc::from).collect(),
+            elsewhere,
         }
     }
 
-    /// Adds `outbox` to the share of `thread`. False if there is no such thread.
-    pub(crate) fn add(&mut self, thread: u16, outbox: &Arc<Outbox>) -> bool {
-        match self.by_thread.get_mut(usize::from(thread)) {
-            Some(outboxes) => {
-                outboxes.push(Arc::clone(outbox));
-                true
-            }
-            None => false,
-        }
+    /// The subscribers held by no connection thread the queues know.
+    pub(crate) fn elsewhere(&self) -> &[Arc<Outbox>] {
+        &self.elsewhere
     }
 
-    /// Hands each thread its share; a thread that no longer runs has its share delivered
-    /// here. Called while the channel is still held, so shares of one channel are queued in
-    /// the order of its messages.
-    pub(crate) fn send(
-        self,
-        queues: &dyn ShareQueues,
-        pending: &Arc<PendingShares>,
-        message: &Arc<Message>,
-    ) {
-        for (thread, outboxes) in (0u16..).zip(self.by_thread) {
-            if outboxes.is_empty() {
-                continue;
-            }
-            pending.added(thread);
-            let share = Share {
-                message: Arc::clone(message),
-                outboxes,
-                pending: Arc::clone(pending),
-                thread,
-            };
-            if let Err(share) = queues.send(share) {
-                share.deliver_here();
-            }
-        }
+    /// Each connection thread with the subscribers it holds.
+    pub(crate) fn threads(&self) -> impl Iterator<Item = (u16, &Arc<[Arc<Outbox>]>)> {
+        (0u16..).zip(&self.threads)
+    }
+}
+
+/// Hands `message` to `outboxes`, thread `thread`'s subscribers of the channel whose shares
+/// `pending` counts, as one share; if that thread no longer runs, delivers it here. Called
+/// while the channel is still held, so shares of one channel are queued in the order of its
+/// messages.
+pub(crate) fn hand_over(
+    queues: &dyn ShareQueues,
+    pending: &Arc<PendingShares>,
+    thread: u16,
+    outboxes: &Arc<[Arc<Outbox>]>,
+    message: &Arc<Message>,
+) {
+    if outboxes.is_empty() {
+        return;
+    }
+    pending.added(thread);
+    let share = Share {
+        message: Arc::clone(message),
+        outboxes: Arc::clone(outboxes),
+        pending: Arc::clone(pending),
+        thread,
+    };
+    if let Err(share) = queues.send(share) {
+        share.deliver_here();
     }
 }
 
@@ -365,26 +374,23 @@ pub(crate) mod tests {
     fn share(
         kept: &Kept,
         pending: &Arc<PendingShares>,
-        outboxes: &[Arc<Outbox>],
+        outboxes: &Arc<[Arc<Outbox>]>,
         message: &Arc<Message>,
     ) {
-        let mut gathering = Gathering::new(kept.threads);
-        for outbox in outboxes {
-            assert!(gathering.add(0, outbox));
-        }
-        gathering.send(kept, pending, message);
+        hand_over(kept, pending, 0, outboxes, message);
     }
 
-    /// `n` outboxes whose direct path records its runs.
-    fn recorded(n: usize) -> (Vec<Arc<Outbox>>, Vec<Arc<Runs>>) {
-        (0..n)
+    /// A list of `n` outboxes whose direct path records its runs.
+    fn recorded(n: usize) -> (Arc<[Arc<Outbox>]>, Vec<Arc<Runs>>) {
+        let (outboxes, runs): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| {
                 let outbox = Outbox::new(1000);
                 let runs = Arc::new(Runs::default());
                 outbox.set_direct(Some(runs.clone()));
                 (outbox, runs)
             })
-            .unzip()
+            .unzip();
+        (outboxes.into(), runs)
     }
 
     #[test]
@@ -420,7 +426,8 @@ pub(crate) mod tests {
         let pending = Arc::new(PendingShares::new(1));
         let (outboxes, runs) = recorded(2);
         share(&kept, &pending, &outboxes, &message("c", 1));
-        share(&kept, &pending, &outboxes[..1], &message("c", 2));
+        let first: Arc<[Arc<Outbox>]> = Arc::from(&outboxes[..1]);
+        share(&kept, &pending, &first, &message("c", 2));
         share(&kept, &pending, &outboxes, &message("c", 3));
         for offset in 4..4 + RUN_MAX as u64 {
             share(&kept, &pending, &outboxes, &message("c", offset));
@@ -476,12 +483,7 @@ pub(crate) mod tests {
         }
         let pending = Arc::new(PendingShares::new(1));
         let (outboxes, runs) = recorded(2);
-        let mut gathering = Gathering::new(1);
-        for outbox in &outboxes {
-            gathering.add(0, outbox);
-        }
-        assert!(!gathering.add(1, &outboxes[0]), "no thread 1");
-        gathering.send(&Stopped, &pending, &message("gone", 1));
+        hand_over(&Stopped, &pending, 0, &outboxes, &message("gone", 1));
         assert!(runs.iter().all(|r| *r.0.lock() == [1]));
         assert_eq!(pending.count(0), 0);
         // And a share dropped unwritten (its thread stopped) is released too.
@@ -490,5 +492,37 @@ pub(crate) mod tests {
         assert_eq!(pending.count(0), 1);
         drop(kept.take());
         assert_eq!(pending.count(0), 0);
+    }
+
+    #[test]
+    fn thread_lists_group_subscribers_by_the_thread_that_holds_them() {
+        let made_on = |index: Option<u16>| {
+            std::thread::spawn(move || {
+                if let Some(index) = index {
+                    crate::home_thread::set_current(index);
+                }
+                Outbox::new(1)
+            })
+            .join()
+            .expect("thread")
+        };
+        let outboxes = [
+            made_on(Some(1)),
+            made_on(None),
+            made_on(Some(0)),
+            made_on(Some(5)),
+            made_on(Some(1)),
+        ];
+        let lists = ThreadLists::new(outboxes.iter(), 2);
+        let addresses =
+            |list: &[Arc<Outbox>]| -> Vec<*const Outbox> { list.iter().map(Arc::as_ptr).collect() };
+        let threads: Vec<(u16, Vec<*const Outbox>)> = lists
+            .threads()
+            .map(|(thread, list)| (thread, addresses(list)))
+            .collect();
+        let at = |i: usize| Arc::as_ptr(&outboxes[i]);
+        assert_eq!(threads, [(0, vec![at(2)]), (1, vec![at(0), at(4)])]);
+        // Thread 5 is not one of the 2: the publisher writes it, as one made on no thread.
+        assert_eq!(addresses(lists.elsewhere()), [at(1), at(3)]);
     }
 }

@@ -132,13 +132,16 @@ async fn write_shares(
         while let Ok(share) = queue.try_recv() {
             backlog.push(share);
         }
-        backlog.step(SHARE_STEP);
+        let written = backlog.step(SHARE_STEP);
         let depth = backlog.len() + queue.len();
         shares.depths[index].store(depth, Ordering::Relaxed);
         if depth <= BACKLOG_MAX {
             shares.room.notify_waiters();
         }
-        tokio::task::yield_now().await;
+        if !written {
+            // The connections' turn before the next step.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
