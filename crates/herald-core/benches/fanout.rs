@@ -1,11 +1,16 @@
 //! Micro-benchmark of the hot path: publish → assign a position → encode the envelope once →
-//! hand the shared message to N subscriber outboxes → each subscriber takes its batch and the
-//! pre-built WebSocket frame. Run with `cargo bench -p herald-core`.
+//! hand the shared message to N subscriber outboxes (by the publisher, or in one share for the
+//! connection thread that holds them, as a server does for channels of more than 32) → each
+//! subscriber takes its batch and the pre-built WebSocket frame. Run with
+//! `cargo bench -p herald-core`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use herald_core::{ChannelCursor, ChannelId, Engine, HistoryLimits, Outbox, Payload};
+use herald_core::{
+    ChannelCursor, ChannelId, Engine, HistoryLimits, Outbox, Payload, Share, ShareBacklog,
+    ShareQueues,
+};
 
 fn main() {
     divan::main();
@@ -44,6 +49,53 @@ fn publish_and_fan_out(bencher: divan::Bencher, n: usize) {
     bencher.bench_local(|| {
         let published = runtime.block_on(engine.publish(&cid, &payload)).unwrap();
         assert_eq!(published.subscribers, n);
+        for outbox in &outboxes {
+            let _ = outbox.poll_drain(&mut cx, &mut batch);
+            for message in batch.drain(..) {
+                divan::black_box(message.websocket_frame());
+            }
+        }
+    });
+}
+
+/// The queue of one connection thread, kept for the benchmark to write.
+#[derive(Default)]
+struct OneThread(Mutex<Vec<Share>>);
+
+impl ShareQueues for OneThread {
+    fn threads(&self) -> u16 {
+        1
+    }
+
+    fn send(&self, share: Share) -> Result<(), Share> {
+        self.0.lock().unwrap().push(share);
+        Ok(())
+    }
+}
+
+/// [`publish_and_fan_out`] with the subscribers held by connection thread 0 (this one): the
+/// publish hands them over as a share, which the thread then writes.
+#[divan::bench(args = [100, 2000])]
+fn publish_and_fan_out_in_shares(bencher: divan::Bencher, n: usize) {
+    herald_core::home_thread::set_current(0);
+    let (engine, cid, outboxes) = engine_with_subscribers(n);
+    let queue = Arc::new(OneThread::default());
+    engine.hub().share_with(queue.clone());
+    let payload = Payload::from_text(&[b'x'; 100]).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut batch = Vec::new();
+    let mut backlog = ShareBacklog::default();
+    bencher.bench_local(|| {
+        let published = runtime.block_on(engine.publish(&cid, &payload)).unwrap();
+        assert_eq!(published.subscribers, n);
+        for share in queue.0.lock().unwrap().drain(..) {
+            backlog.push(share);
+        }
+        assert!(backlog.step(usize::MAX));
         for outbox in &outboxes {
             let _ = outbox.poll_drain(&mut cx, &mut batch);
             for message in batch.drain(..) {
