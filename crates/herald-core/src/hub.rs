@@ -33,10 +33,11 @@ const SHARDS: usize = 64;
 /// larger ones are shared between the connection threads (see [`crate::shares`]). A share
 /// costs a task wake-up on its thread (often a cross-thread one) and delays the writes to
 /// that thread's turn; that is worth it only when the fan-out is large enough to keep a core
-/// busy. Measured on the many-channels benchmark (5 subscribers per channel, 2 workers), when
-/// the other thread's subscribers were queued for their own tasks: writing all 5 directly took
-/// 22.3 µs of server CPU per delivery against 25.0 µs when 2 of the 5 were queued, and cut
-/// p99 latency from 0.68 to 0.55 ms.
+/// busy. The bound was measured for the mechanism before shares, which queued the other
+/// thread's subscribers for their own tasks (many-channels benchmark, 5 subscribers per
+/// channel, 2 workers: writing all 5 directly took 22.3 µs of server CPU per delivery against
+/// 25.0 µs when 2 of the 5 were queued, and cut p99 latency from 0.68 to 0.55 ms); it has not
+/// been measured again for shares.
 const SHARE_ABOVE: usize = 32;
 
 /// The most subscribers a publisher writes itself in one delivery, whatever the channel's
