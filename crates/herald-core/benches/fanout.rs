@@ -39,23 +39,35 @@ fn engine_with_subscribers(n: usize) -> (Engine, ChannelId, Vec<Arc<Outbox>>) {
 #[divan::bench(args = [1, 100, 2000])]
 fn publish_and_fan_out(bencher: divan::Bencher, n: usize) {
     let (engine, cid, outboxes) = engine_with_subscribers(n);
+    let publish = publisher(engine, cid, n);
+    bencher.bench_local(|| {
+        publish();
+        take_all(&outboxes);
+    });
+}
+
+/// Publishes a 100-byte message and checks that all `n` subscribers were counted.
+fn publisher(engine: Engine, cid: ChannelId, n: usize) -> impl Fn() {
     let payload = Payload::from_text(&[b'x'; 100]).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut batch = Vec::new();
-    bencher.bench_local(|| {
+    move || {
         let published = runtime.block_on(engine.publish(&cid, &payload)).unwrap();
         assert_eq!(published.subscribers, n);
-        for outbox in &outboxes {
-            let _ = outbox.poll_drain(&mut cx, &mut batch);
-            for message in batch.drain(..) {
-                divan::black_box(message.websocket_frame());
-            }
+    }
+}
+
+/// Each subscriber takes its batch and the shared frame of each message in it.
+fn take_all(outboxes: &[Arc<Outbox>]) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut batch = Vec::new();
+    for outbox in outboxes {
+        let _ = outbox.poll_drain(&mut cx, &mut batch);
+        for message in batch.drain(..) {
+            divan::black_box(message.websocket_frame());
         }
-    });
+    }
 }
 
 /// The queue of one connection thread, kept for the benchmark to write.
@@ -81,27 +93,15 @@ fn publish_and_fan_out_in_shares(bencher: divan::Bencher, n: usize) {
     let (engine, cid, outboxes) = engine_with_subscribers(n);
     let queue = Arc::new(OneThread::default());
     engine.hub().share_with(queue.clone());
-    let payload = Payload::from_text(&[b'x'; 100]).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut batch = Vec::new();
+    let publish = publisher(engine, cid, n);
     let mut backlog = ShareBacklog::default();
     bencher.bench_local(|| {
-        let published = runtime.block_on(engine.publish(&cid, &payload)).unwrap();
-        assert_eq!(published.subscribers, n);
+        publish();
         for share in queue.0.lock().unwrap().drain(..) {
             backlog.push(share);
         }
         assert!(backlog.step(usize::MAX));
-        for outbox in &outboxes {
-            let _ = outbox.poll_drain(&mut cx, &mut batch);
-            for message in batch.drain(..) {
-                divan::black_box(message.websocket_frame());
-            }
-        }
+        take_all(&outboxes);
     });
 }
 
