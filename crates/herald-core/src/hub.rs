@@ -482,10 +482,7 @@ mod tests {
         );
         assert!(mine.iter().chain(&theirs).all(|o| o.is_empty()));
         // Each thread writes its shares: both messages to each subscriber, as one run.
-        let mut backlog = ShareBacklog::default();
-        for share in kept.take() {
-            backlog.push(share);
-        }
+        let mut backlog = kept.backlog();
         assert!(backlog.step(usize::MAX));
         assert_eq!(counter.0.load(Ordering::Relaxed), 1 + 2 * (total - 1));
         // A subscriber who joins is in the next share of its thread.
@@ -522,10 +519,7 @@ mod tests {
             kept.summary(),
             [(0, SHARE_ABOVE, 1), (1, 3, 1), (0, 1, 2), (1, 3, 2)]
         );
-        let mut backlog = ShareBacklog::default();
-        for share in kept.take() {
-            backlog.push(share);
-        }
+        let mut backlog = kept.backlog();
         assert!(backlog.step(usize::MAX));
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);

@@ -318,6 +318,15 @@ pub(crate) mod tests {
             std::mem::take(&mut *self.shares.lock())
         }
 
+        /// A backlog of the shares kept so far, in the order they came.
+        pub(crate) fn backlog(&self) -> ShareBacklog {
+            let mut backlog = ShareBacklog::default();
+            for share in self.take() {
+                backlog.push(share);
+            }
+            backlog
+        }
+
         /// (thread, subscribers, offset) of each share kept so far.
         pub(crate) fn summary(&self) -> Vec<(u16, usize, u64)> {
             self.shares
@@ -408,10 +417,7 @@ pub(crate) mod tests {
         share(&kept, &a, &outboxes, &message("a", 2));
         share(&kept, &a, &outboxes, &message("a", 3));
         assert_eq!((a.count(0), b.count(0)), (3, 1));
-        let mut backlog = ShareBacklog::default();
-        for share in kept.take() {
-            backlog.push(share);
-        }
+        let mut backlog = kept.backlog();
         assert!(backlog.step(usize::MAX), "nothing left");
         for runs in &runs {
             assert_eq!(*runs.0.lock(), [3], "one run of three");
@@ -432,10 +438,7 @@ pub(crate) mod tests {
         for offset in 4..4 + RUN_MAX as u64 {
             share(&kept, &pending, &outboxes, &message("c", offset));
         }
-        let mut backlog = ShareBacklog::default();
-        for share in kept.take() {
-            backlog.push(share);
-        }
+        let mut backlog = kept.backlog();
         assert!(backlog.step(usize::MAX));
         assert_eq!(*runs[0].0.lock(), [1, 1, RUN_MAX, 1]);
         assert_eq!(*runs[1].0.lock(), [1, RUN_MAX, 1]);
