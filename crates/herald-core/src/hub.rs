@@ -331,7 +331,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::shares::tests::Kept;
-    use crate::{DirectDelivery, DirectOutcome, Epoch, Payload, Position, ShareBacklog};
+    use crate::{DirectDelivery, DirectOutcome, Epoch, Payload, Position};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct Counter(AtomicUsize);
