@@ -2192,11 +2192,12 @@ async fn a_thousand_subscribers_each_receive_all_messages_in_order() {
     server.assert_healthy().await;
 }
 
-/// Publishers racing on one large channel make it change how it is written — by the publisher
-/// alone while quiet, shared with the connections' tasks once publishes collide, all queued
-/// when hot (`herald_core::Load`) — from one message to the next. Every subscriber still gets
-/// every message once, in id order. (Which modes a run goes through depends on timing; with
-/// 8 publishers on one channel, collisions are the rule.)
+/// Publishers racing on one large channel: its fan-out is handed to each connection thread as
+/// a share per message (`herald_core::shares`), and a thread that falls behind writes each
+/// subscriber several messages as one run, while subscribers whose sockets are full are
+/// written by their own tasks. Every subscriber still gets every message once, in id order.
+/// (Which paths a run takes depends on timing; with 8 publishers on one channel, runs and
+/// full sockets are the rule.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_publishers_on_a_large_channel_reach_every_subscriber_in_order() {
     const CLIENTS: usize = 200;
@@ -2250,5 +2251,153 @@ async fn racing_publishers_on_a_large_channel_reach_every_subscriber_in_order() 
             .unwrap();
         assert_eq!(bodies, history, "every subscriber gets history's order");
     }
+    server.assert_healthy().await;
+}
+
+/// Subscribers coming and going while publishers race change a channel's subscribers under
+/// the shares of its fan-out (`herald_core::shares`: each change makes new per-thread lists, a
+/// run must stop where they differ) and take its size across the bound between a fan-out
+/// shared with the connection threads and one the publisher writes, both ways, while shares
+/// may still wait. Those who stay get every message once, in id order; those who leave and come
+/// back with their cursor go on exactly where they left; those who come without one get the
+/// messages right after the id their `subscribed` frame names, in order, none missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_coming_and_going_on_a_large_channel_lose_nothing_and_keep_order() {
+    // 20 stay; 16 + 8 come and go: the channel has between 20 and 44 subscribers, either side
+    // of the 32 above which a fan-out is shared.
+    const STAYING: usize = 20;
+    const RESUMING: u64 = 16;
+    const ARRIVING: u64 = 8;
+    const PUBLISHERS: u64 = 4;
+    const EACH: u64 = 100;
+    const TOTAL: u64 = PUBLISHERS * EACH;
+    let server = common::start_with(|c| {
+        c.history_size = TOTAL as usize;
+        c.workers = 2;
+    })
+    .await;
+    let staying = connect_crowd(&server, "churn", STAYING, |v| {
+        assert_subscribed(v, "churn", 0);
+    })
+    .await;
+    let staying: Vec<_> = staying
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut bodies = Vec::new();
+                for id in 1..=TOTAL {
+                    let v = next_json(&mut ws).await;
+                    assert_eq!(v["id"], id, "{v}");
+                    bodies.push(v["data"].as_str().unwrap().to_owned());
+                }
+                bodies
+            })
+        })
+        .collect();
+    // On one connection each: subscribe from the last id seen, read a few messages,
+    // unsubscribe, again, until the last message. Returns how many times it subscribed.
+    let resuming: Vec<_> = (0..RESUMING)
+        .map(|r| {
+            let url = server.ws_url("/listen");
+            tokio::spawn(async move {
+                let (mut ws, _) = connect_async(url.as_str()).await.unwrap();
+                let mut last = 0;
+                let mut epoch: Option<String> = None;
+                let mut rounds = 0;
+                while last < TOTAL {
+                    let since = epoch
+                        .as_ref()
+                        .map_or(last.to_string(), |e| format!("{e}:{last}"));
+                    send_json(
+                        &mut ws,
+                        &json!({"type": "subscribe", "cid": "churn", "since": since}),
+                    )
+                    .await;
+                    let subscribed = next_json(&mut ws).await;
+                    let e = assert_subscribed(&subscribed, "churn", last);
+                    epoch.get_or_insert(e);
+                    rounds += 1;
+                    let read = (1 + (r * 7 + rounds) % 13).min(TOTAL - last);
+                    for _ in 0..read {
+                        let v = next_json(&mut ws).await;
+                        assert_eq!(v["id"], last + 1, "resumed after {last}: {v}");
+                        last += 1;
+                    }
+                    send_json(&mut ws, &json!({"type": "unsubscribe", "cid": "churn"})).await;
+                    // Messages handed over before the unsubscribe may still come first.
+                    loop {
+                        let v = next_json(&mut ws).await;
+                        if v["type"] == "unsubscribed" {
+                            break;
+                        }
+                        assert_eq!(v["id"], last + 1, "before unsubscribed, after {last}: {v}");
+                        last += 1;
+                    }
+                }
+                rounds
+            })
+        })
+        .collect();
+    // New connections without a cursor: each reads a few messages after the id its
+    // `subscribed` frame names (only as many as will still be published), then leaves.
+    let arriving: Vec<_> = (0..ARRIVING)
+        .map(|a| {
+            let url = server.ws_url("/listen?cid=churn");
+            tokio::spawn(async move {
+                let mut connections = 0;
+                loop {
+                    let (mut ws, _) = connect_async(url.as_str()).await.unwrap();
+                    connections += 1;
+                    let subscribed = next_json(&mut ws).await;
+                    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+                    let after = subscribed["id"].as_u64().unwrap();
+                    if after == TOTAL {
+                        return connections;
+                    }
+                    let read = (1 + (a * 5 + connections) % 11).min(TOTAL - after);
+                    for id in after + 1..=after + read {
+                        let v = next_json(&mut ws).await;
+                        assert_eq!(v["id"], id, "live after {after}: {v}");
+                    }
+                    ws.close(None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let client = server.client.clone();
+            let url = server.url("/publish?cid=churn");
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let response = client.post(&url).body(format!("p{p}-{i}")).send().await;
+                    assert_eq!(response.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let history: Vec<String> = common::history(&server, "churn")
+        .await
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(history.len(), TOTAL as usize);
+    let within = Duration::from_secs(60);
+    for reader in staying {
+        let bodies = tokio::time::timeout(within, reader).await.unwrap().unwrap();
+        assert_eq!(
+            bodies, history,
+            "every subscriber who stays gets history's order"
+        );
+    }
+    let mut subscribes = 0;
+    for task in resuming.into_iter().chain(arriving) {
+        subscribes += tokio::time::timeout(within, task).await.unwrap().unwrap();
+    }
+    // They did come and go: more subscribes than subscribers.
+    assert!(subscribes > RESUMING + ARRIVING, "{subscribes} subscribes");
     server.assert_healthy().await;
 }
