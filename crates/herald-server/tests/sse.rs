@@ -393,6 +393,82 @@ async fn connecting_while_messages_are_published_is_exact() {
     }
 }
 
+/// A channel of more than 32 streams has its fan-out handed to each connection thread as a
+/// share (`herald_core::shares`); with publishers racing, a thread that falls behind writes
+/// each stream several messages as one run of chunks. Every stream still gets every message
+/// once, in history's order, each with its own `id:`: the channel's position, or for a stream
+/// that follows a second channel too, the composite of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_publishers_on_a_large_channel_reach_every_stream_in_order_with_its_ids() {
+    const ONE_CHANNEL: usize = 30;
+    const TWO_CHANNELS: usize = 10;
+    const PUBLISHERS: u64 = 8;
+    const EACH: u64 = 25;
+    const TOTAL: u64 = PUBLISHERS * EACH;
+    let server = common::start_with(|c| {
+        c.history_size = TOTAL as usize;
+        c.workers = 2;
+    })
+    .await;
+    let other_epoch = publish_n(&server, "other", 1).await;
+    let mut streams = Vec::new();
+    for i in 0..ONE_CHANNEL + TWO_CHANNELS {
+        let query = if i < ONE_CHANNEL {
+            "cid=big"
+        } else {
+            "cid=big&cid=other"
+        };
+        let (mut reader, _) = subscribe(&server, query, None).await;
+        streams.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..TOTAL {
+                let (id, envelope) = message(&mut reader).await;
+                got.push((id, envelope["data"].as_str().unwrap().to_owned()));
+            }
+            assert_quiet(&mut reader).await;
+            got
+        }));
+    }
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let client = server.client.clone();
+            let url = server.url("/publish?cid=big");
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let response = client.post(&url).body(format!("p{p}-{i}")).send().await;
+                    assert_eq!(response.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let history = common::history(&server, "big").await;
+    assert_eq!(history.len(), TOTAL as usize);
+    let epoch = history[0]["epoch"].as_str().unwrap();
+    for (i, stream) in streams.into_iter().enumerate() {
+        let got = tokio::time::timeout(Duration::from_secs(60), stream)
+            .await
+            .unwrap()
+            .unwrap();
+        let expected: Vec<(String, String)> = history
+            .iter()
+            .map(|m| {
+                let n = m["id"].as_u64().unwrap();
+                let id = if i < ONE_CHANNEL {
+                    format!("{epoch}:{n}")
+                } else {
+                    format!("{epoch}:{n},{other_epoch}:1")
+                };
+                (id, m["data"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        assert_eq!(got, expected, "stream {i}");
+    }
+    server.assert_healthy().await;
+}
+
 #[tokio::test]
 async fn keepalive_comments_arrive_when_idle() {
     let server = common::start_with(|c| c.keepalive = Duration::from_millis(200)).await;
