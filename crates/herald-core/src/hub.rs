@@ -331,6 +331,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::shares::tests::Kept;
+    use crate::shares::Left;
     use crate::{DirectDelivery, DirectOutcome, Epoch, Payload, Position};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -483,7 +484,7 @@ mod tests {
         assert!(mine.iter().chain(&theirs).all(|o| o.is_empty()));
         // Each thread writes its shares: both messages to each subscriber, as one run.
         let mut backlog = kept.backlog();
-        assert!(backlog.step(usize::MAX));
+        assert_eq!(backlog.step(usize::MAX), Left::Nothing);
         assert_eq!(counter.0.load(Ordering::Relaxed), 1 + 2 * (total - 1));
         // A subscriber who joins is in the next share of its thread.
         let joined = made_on(1, 1);
@@ -520,7 +521,7 @@ mod tests {
             [(0, SHARE_ABOVE, 1), (1, 3, 1), (0, 1, 2), (1, 3, 2)]
         );
         let mut backlog = kept.backlog();
-        assert!(backlog.step(usize::MAX));
+        assert_eq!(backlog.step(usize::MAX), Left::Nothing);
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
         for outbox in mine[..1].iter().chain(&theirs) {

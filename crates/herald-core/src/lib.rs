@@ -43,5 +43,5 @@ pub use position::{
     format_cursor, parse_cursor, parse_entry, ChannelCursor, CursorError, Epoch, EpochText,
     Position,
 };
-pub use shares::{Share, ShareBacklog, ShareQueues};
+pub use shares::{Left, Share, ShareBacklog, ShareQueues};
 pub use subscriptions::{Accept, Subscriptions};

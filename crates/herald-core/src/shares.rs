@@ -15,6 +15,15 @@
 //! the cheaper each message. With that, one publisher connection reached 333 publishes/s at
 //! 2.0 µs per delivery in the same A/B.
 //!
+//! **A window per channel.** A thread that always writes what is waiting at once is never
+//! behind enough to gather runs: at 400 publishes/s to 2,000 subscribers it wrote each
+//! subscriber 4–5 messages at a time, busy all the time, and took the cores the subscribers'
+//! own side needed. So a thread starts a run of a channel no sooner than a window (the
+//! server's `fanout-window`) after the start of its last run of that channel that took every
+//! share waiting; messages that come faster wait at most that long and go to each subscriber
+//! together. A run cut short (by its bound, or by a change of subscribers) leaves the channel
+//! due at once, so a thread behind is never slowed down. Measured in BENCHMARKS.md.
+//!
 //! **Order.** A subscriber must not be handed a newer message of a channel by another path
 //! while an older one waits in a share. Each channel counts, per thread, the shares handed over
 //! and not yet written (`PendingShares`); while a thread has one, every message of that
@@ -24,8 +33,9 @@
 //! subscriber sees each channel in order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::broker::BoxFuture;
 use crate::message::Message;
@@ -82,13 +92,38 @@ const RUN_MAX: usize = 64;
 /// time so that the thread serves its connections in between.
 ///
 /// Consecutive shares of one channel for the same subscribers are written as one run: each
-/// subscriber gets all their messages in one write. A thread that keeps up writes each
-/// message as it comes; one that falls behind finds several waiting and writes them together,
-/// which costs far less per message (at saturation, the system calls are most of the cost).
-#[derive(Default)]
+/// subscriber gets all their messages in one write. Messages of a channel that come faster
+/// than its window are gathered into one run (see the module documentation); a thread that
+/// falls behind finds several waiting and writes them together too. Either way each message
+/// costs far less (the system calls are most of the cost).
+///
+/// One backlog per thread: each channel keeps, per thread, when its next run may start.
 pub struct ShareBacklog {
     waiting: VecDeque<Share>,
     writing: Option<Run>,
+    /// The least time between the starts of two runs of one channel.
+    window: Duration,
+    /// What the run times kept in each channel's [`PendingShares`] count from.
+    origin: Instant,
+}
+
+/// What a [`ShareBacklog`] has left to write after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// Nothing: every share handed over so far is written.
+    Nothing,
+    /// Runs that may be written now.
+    Work,
+    /// Only shares of channels whose window is still open: none may be written before then.
+    Until(Instant),
+}
+
+impl Default for ShareBacklog {
+    /// A backlog without a window: every channel's shares are written as soon as the thread
+    /// gets to them.
+    fn default() -> Self {
+        Self::paced(Duration::ZERO)
+    }
 }
 
 /// Shares being written as one run, and how far.
@@ -99,6 +134,17 @@ struct Run {
 }
 
 impl ShareBacklog {
+    /// A backlog that starts a run of a channel no sooner than `window` after the start of
+    /// its last run that took every share of the channel waiting.
+    pub fn paced(window: Duration) -> Self {
+        Self {
+            waiting: VecDeque::new(),
+            writing: None,
+            window,
+            origin: Instant::now(),
+        }
+    }
+
     /// Adds a share handed to this thread, after those already waiting.
     pub fn push(&mut self, share: Share) {
         self.waiting.push_back(share);
@@ -114,16 +160,37 @@ impl ShareBacklog {
         self.waiting.len() + self.writing.as_ref().map_or(0, |run| run.shares.len())
     }
 
-    /// Writes to at most `max` more subscribers (each getting a run of messages); true once
-    /// nothing is left.
-    pub fn step(&mut self, max: usize) -> bool {
+    /// The shares the thread is behind with at `now`: those of the run being written, and
+    /// those waiting whose channel's window has closed. (Shares waiting for their window are
+    /// on time.)
+    pub fn behind(&self, now: Instant) -> usize {
+        let at = self.since_origin(now);
+        let due = self
+            .waiting
+            .iter()
+            .filter(|share| share.pending.due(share.thread, at))
+            .count();
+        due + self.writing.as_ref().map_or(0, |run| run.shares.len())
+    }
+
+    /// [`ShareBacklog::step_at`] now.
+    pub fn step(&mut self, max: usize) -> Left {
+        self.step_at(max, Instant::now())
+    }
+
+    /// Writes to at most `max` more subscribers (each getting a run of messages), starting
+    /// only runs whose channel is due at `now`; says what is left.
+    pub fn step_at(&mut self, max: usize, now: Instant) -> Left {
         let mut budget = max.max(1);
         while budget > 0 {
             if self.writing.is_none() {
-                self.writing = self.next_run();
+                match self.next_run(now) {
+                    Ok(run) => self.writing = Some(run),
+                    Err(left) => return left,
+                }
             }
             let Some(run) = self.writing.as_mut() else {
-                return true;
+                return Left::Nothing;
             };
             let outboxes = &run.shares[0].outboxes;
             let end = outboxes.len().min(run.done + budget);
@@ -137,23 +204,52 @@ impl ShareBacklog {
                 self.writing = None;
             }
         }
-        self.is_empty()
+        if self.is_empty() {
+            Left::Nothing
+        } else {
+            Left::Work
+        }
     }
 
-    /// Takes the first waiting share and the later ones of its channel that continue it, up
-    /// to the first that does not (the channel's order is kept) or `RUN_MAX` messages.
-    fn next_run(&mut self) -> Option<Run> {
-        let first = self.waiting.pop_front()?;
+    /// Time since the origin, in nanoseconds (what [`PendingShares`] keeps).
+    fn since_origin(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes the first waiting share whose channel is due and the later ones of its channel
+    /// that continue it, up to the first that does not (the channel's order is kept) or
+    /// `RUN_MAX` messages. Without one, says when the first channel will be due.
+    fn next_run(&mut self, now: Instant) -> Result<Run, Left> {
+        let at = self.since_origin(now);
+        let Some(start) = self
+            .waiting
+            .iter()
+            .position(|share| share.pending.due(share.thread, at))
+        else {
+            let next = self
+                .waiting
+                .iter()
+                .map(|share| share.pending.not_before(share.thread))
+                .min();
+            return Err(next.map_or(Left::Nothing, |nanos| {
+                Left::Until(self.origin + Duration::from_nanos(nanos))
+            }));
+        };
+        let Some(first) = self.waiting.remove(start) else {
+            return Err(Left::Nothing);
+        };
         let mut messages = vec![Arc::clone(&first.message)];
         let mut shares = vec![first];
-        let mut i = 0;
-        while i < self.waiting.len() && messages.len() < RUN_MAX {
+        let mut i = start;
+        let mut cut = false;
+        while i < self.waiting.len() {
             let later = &self.waiting[i];
             if !later.same_channel(&shares[0]) {
                 i += 1;
                 continue;
             }
-            if !shares[0].continued_by(later) {
+            if messages.len() == RUN_MAX || !shares[0].continued_by(later) {
+                cut = true;
                 break;
             }
             if let Some(later) = self.waiting.remove(i) {
@@ -161,7 +257,17 @@ impl ShareBacklog {
                 shares.push(later);
             }
         }
-        Some(Run {
+        // A run that took every share of its channel opens the window; one cut short leaves
+        // the rest due at once.
+        let not_before = if cut {
+            0
+        } else {
+            let window = u64::try_from(self.window.as_nanos()).unwrap_or(u64::MAX);
+            at.saturating_add(window)
+        };
+        let first = &shares[0];
+        first.pending.set_not_before(first.thread, not_before);
+        Ok(Run {
             shares,
             messages,
             done: 0,
@@ -201,30 +307,57 @@ pub trait ShareQueues: Send + Sync {
     }
 }
 
-/// Per thread, how many shares of one channel were handed over and are not written yet.
-pub(crate) struct PendingShares(Box<[AtomicU32]>);
+/// Per thread, how many shares of one channel were handed over and are not written yet, and
+/// when the thread may start its next run of the channel.
+pub(crate) struct PendingShares(Box<[ThreadSlot]>);
+
+#[derive(Default)]
+struct ThreadSlot {
+    shares: AtomicU32,
+    /// Nanoseconds since the thread's backlog's origin; 0: at once. Only that thread's
+    /// backlog reads and writes it.
+    not_before: AtomicU64,
+}
 
 impl PendingShares {
     pub(crate) fn new(threads: u16) -> Self {
-        Self((0..threads).map(|_| AtomicU32::new(0)).collect())
+        Self((0..threads).map(|_| ThreadSlot::default()).collect())
     }
 
     /// Shares of thread `thread` not written yet (0 for a thread it does not know).
     pub(crate) fn count(&self, thread: u16) -> u32 {
         self.0
             .get(usize::from(thread))
-            .map_or(0, |n| n.load(Ordering::Acquire))
+            .map_or(0, |slot| slot.shares.load(Ordering::Acquire))
     }
 
     fn added(&self, thread: u16) {
-        if let Some(n) = self.0.get(usize::from(thread)) {
-            n.fetch_add(1, Ordering::AcqRel);
+        if let Some(slot) = self.0.get(usize::from(thread)) {
+            slot.shares.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     fn done(&self, thread: u16) {
-        if let Some(n) = self.0.get(usize::from(thread)) {
-            n.fetch_sub(1, Ordering::AcqRel);
+        if let Some(slot) = self.0.get(usize::from(thread)) {
+            slot.shares.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// When thread `thread` may start its next run of the channel (0 for a thread it does
+    /// not know: at once).
+    fn not_before(&self, thread: u16) -> u64 {
+        self.0
+            .get(usize::from(thread))
+            .map_or(0, |slot| slot.not_before.load(Ordering::Relaxed))
+    }
+
+    fn due(&self, thread: u16, at: u64) -> bool {
+        self.not_before(thread) <= at
+    }
+
+    fn set_not_before(&self, thread: u16, at: u64) {
+        if let Some(slot) = self.0.get(usize::from(thread)) {
+            slot.not_before.store(at, Ordering::Relaxed);
         }
     }
 }
@@ -298,6 +431,7 @@ pub(crate) mod tests {
     use crate::outbox::{DirectDelivery, DirectOutcome, RunOutcome};
     use crate::{ChannelId, Epoch, Payload, Position};
     use parking_lot::Mutex;
+    use std::time::{Duration, Instant};
 
     /// Share queues that keep what they are handed, for `threads` threads.
     pub(crate) struct Kept {
@@ -418,7 +552,7 @@ pub(crate) mod tests {
         share(&kept, &a, &outboxes, &message("a", 3));
         assert_eq!((a.count(0), b.count(0)), (3, 1));
         let mut backlog = kept.backlog();
-        assert!(backlog.step(usize::MAX), "nothing left");
+        assert_eq!(backlog.step(usize::MAX), Left::Nothing, "nothing left");
         for runs in &runs {
             assert_eq!(*runs.0.lock(), [3], "one run of three");
         }
@@ -439,7 +573,7 @@ pub(crate) mod tests {
             share(&kept, &pending, &outboxes, &message("c", offset));
         }
         let mut backlog = kept.backlog();
-        assert!(backlog.step(usize::MAX));
+        assert_eq!(backlog.step(usize::MAX), Left::Nothing);
         assert_eq!(*runs[0].0.lock(), [1, 1, RUN_MAX, 1]);
         assert_eq!(*runs[1].0.lock(), [1, RUN_MAX, 1]);
         assert_eq!(pending.count(0), 0);
@@ -455,21 +589,128 @@ pub(crate) mod tests {
         let mut backlog = ShareBacklog::default();
         let mut shares = kept.take().into_iter();
         backlog.push(shares.next().expect("first"));
-        assert!(!backlog.step(2));
+        assert_eq!(backlog.step(2), Left::Work);
         let written = |runs: &[Arc<Runs>]| runs.iter().filter(|r| !r.0.lock().is_empty()).count();
         assert_eq!(written(&runs), 2);
         // A share arriving while its channel's run is being written waits for the next run.
         backlog.push(shares.next().expect("second"));
-        assert!(!backlog.step(3));
+        assert_eq!(backlog.step(3), Left::Work);
         assert_eq!(written(&runs), 5);
         assert_eq!(pending.count(0), 1, "the first share is written");
         assert_eq!(backlog.len(), 1);
-        assert!(backlog.step(10));
+        assert_eq!(backlog.step(10), Left::Nothing);
         assert!(backlog.is_empty());
         assert_eq!(backlog.len(), 0);
         for runs in &runs {
             assert_eq!(*runs.0.lock(), [1, 1]);
         }
+        assert_eq!(pending.count(0), 0);
+    }
+
+    /// A paced backlog of the shares kept so far, and the time its windows count from.
+    fn paced(kept: &Kept, window_ms: u64) -> (ShareBacklog, Instant) {
+        let mut backlog = ShareBacklog::paced(Duration::from_millis(window_ms));
+        for share in kept.take() {
+            backlog.push(share);
+        }
+        let start = backlog.origin;
+        (backlog, start)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_channels_messages_that_come_within_its_window_wait_and_go_as_one_run() {
+        let kept = Kept::new(1);
+        let pending = Arc::new(PendingShares::new(1));
+        let (outboxes, runs) = recorded(2);
+        share(&kept, &pending, &outboxes, &message("w", 1));
+        let (mut backlog, t0) = paced(&kept, 10);
+        assert_eq!(backlog.step_at(usize::MAX, t0), Left::Nothing);
+        share(&kept, &pending, &outboxes, &message("w", 2));
+        share(&kept, &pending, &outboxes, &message("w", 3));
+        for share in kept.take() {
+            backlog.push(share);
+        }
+        assert_eq!(
+            backlog.step_at(usize::MAX, t0 + ms(3)),
+            Left::Until(t0 + ms(10))
+        );
+        assert_eq!(backlog.behind(t0 + ms(3)), 0, "on time, not behind");
+        assert_eq!(
+            backlog.behind(t0 + ms(10)),
+            2,
+            "behind once the window has closed"
+        );
+        assert_eq!(pending.count(0), 2);
+        assert_eq!(backlog.step_at(usize::MAX, t0 + ms(10)), Left::Nothing);
+        for runs in &runs {
+            assert_eq!(
+                *runs.0.lock(),
+                [1, 2],
+                "the first alone, then two as one run"
+            );
+        }
+        // The window counts from the start of the last run: 10 ms on, the next is due.
+        share(&kept, &pending, &outboxes, &message("w", 4));
+        for share in kept.take() {
+            backlog.push(share);
+        }
+        assert_eq!(
+            backlog.step_at(usize::MAX, t0 + ms(19)),
+            Left::Until(t0 + ms(20))
+        );
+        assert_eq!(backlog.step_at(usize::MAX, t0 + ms(20)), Left::Nothing);
+        assert_eq!(*runs[0].0.lock(), [1, 2, 1]);
+        assert_eq!(pending.count(0), 0);
+    }
+
+    #[test]
+    fn a_channels_window_holds_back_no_other_channel() {
+        let kept = Kept::new(1);
+        let (a, b) = (
+            Arc::new(PendingShares::new(1)),
+            Arc::new(PendingShares::new(1)),
+        );
+        let (a_outboxes, a_runs) = recorded(1);
+        let (b_outboxes, b_runs) = recorded(1);
+        share(&kept, &a, &a_outboxes, &message("a", 1));
+        let (mut backlog, t0) = paced(&kept, 10);
+        assert_eq!(backlog.step_at(usize::MAX, t0), Left::Nothing);
+        // a's next message waits for its window; b's, queued behind it, does not.
+        share(&kept, &a, &a_outboxes, &message("a", 2));
+        share(&kept, &b, &b_outboxes, &message("b", 1));
+        for share in kept.take() {
+            backlog.push(share);
+        }
+        assert_eq!(
+            backlog.step_at(usize::MAX, t0 + ms(3)),
+            Left::Until(t0 + ms(10))
+        );
+        assert_eq!(*b_runs[0].0.lock(), [1]);
+        assert_eq!(*a_runs[0].0.lock(), [1]);
+        assert_eq!(backlog.step_at(usize::MAX, t0 + ms(10)), Left::Nothing);
+        assert_eq!(*a_runs[0].0.lock(), [1, 1]);
+    }
+
+    #[test]
+    fn a_run_cut_short_leaves_its_channel_due_at_once() {
+        let kept = Kept::new(1);
+        let pending = Arc::new(PendingShares::new(1));
+        let (outboxes, runs) = recorded(2);
+        for offset in 1..=RUN_MAX as u64 + 1 {
+            share(&kept, &pending, &outboxes, &message("cut", offset));
+        }
+        // The subscribers change: the next message's share is for the first one alone.
+        let first: Arc<[Arc<Outbox>]> = Arc::from(&outboxes[..1]);
+        share(&kept, &pending, &first, &message("cut", RUN_MAX as u64 + 2));
+        let (mut backlog, t0) = paced(&kept, 10);
+        // Cut at its bound, then by the change: three runs at once, no window between them.
+        assert_eq!(backlog.step_at(usize::MAX, t0), Left::Nothing);
+        assert_eq!(*runs[0].0.lock(), [RUN_MAX, 1, 1]);
+        assert_eq!(*runs[1].0.lock(), [RUN_MAX, 1]);
         assert_eq!(pending.count(0), 0);
     }
 

@@ -190,6 +190,14 @@ options! {
         #[arg(long, env = "HERALD_WORKERS", value_name = "N")]
         pub workers: Option<usize>,
 
+        /// Least time between two writes of one large channel (more than 32 subscribers on
+        /// this node) to its subscribers on one connection thread: messages published faster
+        /// wait at most this long and reach each subscriber together, in one system call. `0`
+        /// writes each message as it comes. At most 1s. [default: 20ms]
+        #[serde(deserialize_with = "duration")]
+        #[arg(long, env = "HERALD_FANOUT_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
+        pub fanout_window: Option<Duration>,
+
         /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `herald_server=debug`).
         /// [default: info]
         #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
@@ -328,6 +336,14 @@ fn default_workers() -> usize {
 /// Most connection threads accepted: beyond the CPUs there are, more threads only add switching.
 const MAX_WORKERS: usize = 1024;
 
+/// The default `fanout_window`: wider than one write of 1,000 subscribers takes (10–15 ms on
+/// the benchmark machines), so that at 400 publishes/s to 2,000 subscribers each subscriber
+/// gets several messages per system call (BENCHMARKS.md).
+const DEFAULT_FANOUT_WINDOW: Duration = Duration::from_millis(20);
+
+/// A longer window would hold messages back for more than a second.
+const MAX_FANOUT_WINDOW: Duration = Duration::from_secs(1);
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 250ms, 30s, 10m)"))
 }
@@ -393,6 +409,9 @@ pub struct Config {
     /// them. The accept loop, the timers and the engine's tasks run on the runtime that
     /// starts the server.
     pub workers: usize,
+    /// Least time between two runs of one large channel on one connection thread (see
+    /// `herald_core::ShareBacklog`).
+    pub fanout_window: Duration,
     /// Log filter.
     pub log: String,
     // Access control.
@@ -478,6 +497,7 @@ impl std::fmt::Debug for Config {
             .field("outbox_capacity", &self.outbox_capacity)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("workers", &self.workers)
+            .field("fanout_window", &self.fanout_window)
             .field("log", &self.log)
             .field("publish_from_loopback", &self.publish_from_loopback)
             .field(
@@ -575,6 +595,7 @@ impl Config {
             outbox_capacity: o.outbox_capacity.unwrap_or(1024),
             shutdown_timeout: o.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
             workers: o.workers.unwrap_or_else(default_workers),
+            fanout_window: o.fanout_window.unwrap_or(DEFAULT_FANOUT_WINDOW),
             log: o.log.unwrap_or_else(|| "info".into()),
             publish_from_loopback: o.publish_from_loopback.unwrap_or(true),
             jwt_hmac_secret: o.jwt_hmac_secret,
@@ -650,6 +671,12 @@ impl Config {
                     message: "must be longer than zero".into(),
                 });
             }
+        }
+        if self.fanout_window > MAX_FANOUT_WINDOW {
+            return Err(ConfigError::Invalid {
+                name: "fanout_window",
+                message: format!("must be at most {MAX_FANOUT_WINDOW:?}"),
+            });
         }
         if self.workers > MAX_WORKERS {
             return Err(ConfigError::Invalid {
@@ -783,6 +810,27 @@ mod tests {
             );
         }
         assert!(shown.contains("namespaces:"), "{shown}");
+    }
+
+    #[test]
+    fn the_fanout_window_comes_from_flag_or_file_and_is_at_most_a_second() {
+        assert_eq!(Config::default().fanout_window, Duration::from_millis(20));
+        let config = Config::resolve(parse(&["--fanout-window", "0"])).expect("valid");
+        assert_eq!(
+            config.fanout_window,
+            Duration::ZERO,
+            "0 writes each message as it comes"
+        );
+        let config = Config::from_toml_str("fanout_window = \"150ms\"\n").expect("valid");
+        assert_eq!(config.fanout_window, Duration::from_millis(150));
+        let too_long = Config::resolve(parse(&["--fanout-window", "2s"]));
+        assert!(
+            matches!(
+                &too_long,
+                Err(ConfigError::Invalid { name: "fanout_window", message }) if message.contains("1s")
+            ),
+            "{too_long:?}"
+        );
     }
 
     #[test]

@@ -112,7 +112,8 @@ impl RunningServer {
         spawn_sweeper(Arc::clone(&app));
         tokio::spawn(Arc::clone(&app.access.expiry).run(app.shutdown.token()));
         spawn_tickers(&app);
-        let threads = ConnectionThreads::start(app.config.workers).map_err(StartError::Threads)?;
+        let threads = ConnectionThreads::start(app.config.workers, app.config.fanout_window)
+            .map_err(StartError::Threads)?;
         app.engine.hub().share_with(threads.share_queues());
         let task = tokio::spawn(serve(listener, Arc::clone(&app), tls, threads));
         Ok(Self { addr, app, task })

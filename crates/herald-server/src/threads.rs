@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use herald_core::{BoxFuture, Share, ShareBacklog, ShareQueues};
+use herald_core::{BoxFuture, Left, Share, ShareBacklog, ShareQueues};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -114,31 +114,42 @@ impl ShareQueues for ThreadShares {
 /// How many subscribers of a share a thread writes before it serves its connections again.
 const SHARE_STEP: usize = 256;
 
-/// Writes the shares handed to thread `index`, in the order they came, a step at a time; those
-/// that arrive while it writes join the backlog (see `herald_core::ShareBacklog`).
+/// Writes the shares handed to thread `index`, in the order they came, a step at a time, each
+/// channel at most once per `window` (see `herald_core::ShareBacklog`); those that arrive
+/// while it writes or waits join the backlog.
 async fn write_shares(
     mut queue: mpsc::UnboundedReceiver<Share>,
     shares: Arc<ThreadShares>,
     index: usize,
+    window: Duration,
 ) {
-    let mut backlog = ShareBacklog::default();
+    let mut backlog = ShareBacklog::paced(window);
+    let mut left = Left::Nothing;
     loop {
-        if backlog.is_empty() {
-            match queue.recv().await {
-                Some(share) => backlog.push(share),
-                None => return,
-            }
+        let received = match left {
+            Left::Nothing => Some(queue.recv().await),
+            Left::Until(due) => tokio::select! {
+                share = queue.recv() => Some(share),
+                () = tokio::time::sleep_until(due.into()) => None,
+            },
+            Left::Work => None,
+        };
+        match received {
+            Some(Some(share)) => backlog.push(share),
+            Some(None) => return,
+            None => {}
         }
         while let Ok(share) = queue.try_recv() {
             backlog.push(share);
         }
-        let written = backlog.step(SHARE_STEP);
-        let depth = backlog.len() + queue.len();
+        left = backlog.step(SHARE_STEP);
+        // Shares waiting for their channel's window are on time, not behind.
+        let depth = backlog.behind(std::time::Instant::now()) + queue.len();
         shares.depths[index].store(depth, Ordering::Relaxed);
         if depth <= BACKLOG_MAX {
             shares.room.notify_waiters();
         }
-        if !written {
+        if left == Left::Work {
             // The connections' turn before the next step.
             tokio::task::yield_now().await;
         }
@@ -146,8 +157,9 @@ async fn write_shares(
 }
 
 impl ConnectionThreads {
-    /// Starts `count` threads (at least one), named `herald-conn-N`.
-    pub fn start(count: usize) -> io::Result<Self> {
+    /// Starts `count` threads (at least one), named `herald-conn-N`, each writing one large
+    /// channel's subscribers at most once per `fanout_window`.
+    pub fn start(count: usize, fanout_window: Duration) -> io::Result<Self> {
         let stop = CancellationToken::new();
         // The threads log where the thread that starts them does: to its scoped subscriber,
         // if it has one (an embedding program's or a test's), else to the global one.
@@ -170,6 +182,7 @@ impl ConnectionThreads {
                 receiver,
                 Arc::clone(&shares),
                 usize::from(index),
+                fanout_window,
             ));
             let stop = stop.clone();
             let dispatch = dispatch.clone();
@@ -226,7 +239,7 @@ mod tests {
 
     #[test]
     fn connections_are_dealt_in_turn_and_run_on_their_threads() {
-        let threads = ConnectionThreads::start(2).expect("threads");
+        let threads = ConnectionThreads::start(2, Duration::ZERO).expect("threads");
         let (sender, names) = mpsc::channel();
         for _ in 0..4 {
             let sender = sender.clone();
@@ -254,7 +267,7 @@ mod tests {
 
     #[test]
     fn dropping_the_threads_ends_the_tasks_still_on_them() {
-        let threads = ConnectionThreads::start(1).expect("threads");
+        let threads = ConnectionThreads::start(1, Duration::ZERO).expect("threads");
         let (sender, dropped) = mpsc::channel();
         let guard = Dropped(sender);
         threads.next().spawn(async move {
@@ -284,7 +297,7 @@ mod tests {
     #[test]
     fn publishers_wait_for_a_thread_far_behind_with_its_shares_until_it_catches_up() {
         use herald_core::{ChannelId, Epoch, Hub, Load, Message, Outbox, Payload, Position};
-        let threads = ConnectionThreads::start(1).expect("threads");
+        let threads = ConnectionThreads::start(1, Duration::ZERO).expect("threads");
         let hub = Hub::new();
         hub.share_with(threads.share_queues());
         let cid = ChannelId::parse("behind").expect("cid");
@@ -332,7 +345,7 @@ mod tests {
 
     #[test]
     fn at_least_one_thread() {
-        let threads = ConnectionThreads::start(0).expect("threads");
+        let threads = ConnectionThreads::start(0, Duration::ZERO).expect("threads");
         let (sender, name) = mpsc::channel();
         threads.next().spawn(async move {
             let name = std::thread::current().name().map(str::to_owned);

@@ -130,6 +130,9 @@ fn invalid_settings_exit_with_a_message() {
         assert_eq!(out.status.code(), Some(2), "--workers {workers}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("workers"));
     }
+    let out = run_to_exit(&["serve", "--fanout-window", "5s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fanout_window"));
     // A port already taken is the system's doing, not the settings': status 1.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

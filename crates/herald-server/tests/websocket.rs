@@ -2204,7 +2204,12 @@ async fn racing_publishers_on_a_large_channel_reach_every_subscriber_in_order() 
     const PUBLISHERS: usize = 8;
     const EACH: u64 = 40;
     const TOTAL: u64 = PUBLISHERS as u64 * EACH;
-    let server = common::start_with(|c| c.history_size = TOTAL as usize).await;
+    // Each message written as it comes (the test below has the default fan-out window).
+    let server = common::start_with(|c| {
+        c.history_size = TOTAL as usize;
+        c.fanout_window = Duration::ZERO;
+    })
+    .await;
     let clients = connect_crowd(&server, "race", CLIENTS, |v| {
         assert_subscribed(v, "race", 0);
     })
@@ -2251,6 +2256,41 @@ async fn racing_publishers_on_a_large_channel_reach_every_subscriber_in_order() 
             .unwrap();
         assert_eq!(bodies, history, "every subscriber gets history's order");
     }
+    server.assert_healthy().await;
+}
+
+/// A large channel's messages published sooner than `fanout-window` after its last write wait
+/// for the window and then arrive together; a message of a channel with no recent write does
+/// not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_channels_messages_published_within_its_window_wait_for_it() {
+    const WINDOW: Duration = Duration::from_secs(1);
+    let server = common::start_with(|c| c.fanout_window = WINDOW).await;
+    let mut clients = connect_crowd(&server, "paced", 40, |v| {
+        assert_subscribed(v, "paced", 0);
+    })
+    .await;
+    let published = Instant::now();
+    server.publish("paced", "first").await;
+    for ws in &mut clients {
+        assert_eq!(next_json(ws).await["id"], 1);
+    }
+    assert!(
+        published.elapsed() < WINDOW,
+        "the first write does not wait"
+    );
+    server.publish("paced", "second").await;
+    server.publish("paced", "third").await;
+    for ws in &mut clients {
+        assert_eq!(next_json(ws).await["id"], 2);
+        assert_eq!(next_json(ws).await["id"], 3);
+    }
+    // The window opened when the first message's write started, after it was published.
+    assert!(
+        published.elapsed() >= WINDOW,
+        "the next write waits for the window: {:?}",
+        published.elapsed()
+    );
     server.assert_healthy().await;
 }
 
