@@ -225,6 +225,7 @@ impl Drop for ConnectionThreads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_core::{ChannelId, Epoch, Hub, Load, Message, Outbox, Payload, Position};
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -294,35 +295,49 @@ mod tests {
         }
     }
 
-    #[test]
-    fn publishers_wait_for_a_thread_far_behind_with_its_shares_until_it_catches_up() {
-        use herald_core::{ChannelId, Epoch, Hub, Load, Message, Outbox, Payload, Position};
-        let threads = ConnectionThreads::start(1, Duration::ZERO).expect("threads");
+    /// A hub sharing with `threads`, and 40 subscribers of `cid` (a channel large enough to be
+    /// shared) held by its first thread, each given `direct` if any.
+    fn large_channel(
+        threads: &ConnectionThreads,
+        cid: &ChannelId,
+        direct: Option<Arc<dyn herald_core::DirectDelivery>>,
+    ) -> (Hub, Vec<Arc<Outbox>>) {
         let hub = Hub::new();
         hub.share_with(threads.share_queues());
-        let cid = ChannelId::parse("behind").expect("cid");
-        // A channel large enough to be shared, its subscribers held by the one thread.
         let (made, outboxes) = mpsc::channel();
         threads.next().spawn(async move {
             let outboxes: Vec<_> = (0..40).map(|_| Outbox::new(1000)).collect();
             made.send(outboxes).expect("send");
         });
         let outboxes = outboxes.recv_timeout(Duration::from_secs(5)).expect("made");
-        let (release, released) = mpsc::channel();
-        let gate = Arc::new(Gate(parking_lot::Mutex::new(Some(released))));
         for outbox in &outboxes {
-            outbox.set_direct(Some(gate.clone()));
-            hub.subscribe(&cid, outbox);
+            outbox.set_direct(direct.clone());
+            hub.subscribe(cid, outbox);
         }
+        (hub, outboxes)
+    }
+
+    /// Publishes messages 1..=`last` of `cid` through `hub`; each reaches all `subscribers`.
+    fn publish(hub: &Hub, cid: &ChannelId, last: u64, subscribers: usize) {
         let payload = Payload::from_text(b"x").expect("payload");
-        for offset in 1..=BACKLOG_MAX as u64 + 2 {
+        for offset in 1..=last {
             let position = Position {
                 epoch: Epoch::from_u64(1),
                 offset,
             };
             let message = Message::new(cid.clone(), position, 0, &payload);
-            assert_eq!(hub.deliver(&message, Load::Quiet), outboxes.len());
+            assert_eq!(hub.deliver(&message, Load::Quiet), subscribers);
         }
+    }
+
+    #[test]
+    fn publishers_wait_for_a_thread_far_behind_with_its_shares_until_it_catches_up() {
+        let threads = ConnectionThreads::start(1, Duration::ZERO).expect("threads");
+        let cid = ChannelId::parse("behind").expect("cid");
+        let (release, released) = mpsc::channel();
+        let gate = Arc::new(Gate(parking_lot::Mutex::new(Some(released))));
+        let (hub, outboxes) = large_channel(&threads, &cid, Some(gate));
+        publish(&hub, &cid, BACKLOG_MAX as u64 + 2, outboxes.len());
         let queues = threads.share_queues();
         assert!(!queues.has_room(), "the thread is stuck on its first share");
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -341,6 +356,26 @@ mod tests {
                 .expect("room");
         });
         assert!(queues.has_room(), "room because the thread caught up");
+    }
+
+    #[test]
+    fn shares_waiting_for_their_channels_window_do_not_hold_publishers_back() {
+        let threads = ConnectionThreads::start(1, Duration::from_secs(60)).expect("threads");
+        let cid = ChannelId::parse("paced").expect("cid");
+        let (hub, outboxes) = large_channel(&threads, &cid, None);
+        // More than the bound, all within the channel's window: the first is written at once,
+        // the others wait for the window, on time.
+        publish(&hub, &cid, BACKLOG_MAX as u64 + 2, outboxes.len());
+        let queues = threads.share_queues();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !(queues.has_room() && outboxes.iter().all(|o| o.len() == 1)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "room, and the first message queued for every subscriber ({})",
+                outboxes[0].len()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
