@@ -16,7 +16,10 @@
 #   --pub-concurrency 8 --duration 10s
 # --syscalls: also attach `strace -c -f` to each server for 5 s of the publish phase and print
 # its system calls per published message (strace slows the server: the CPU figure of such a
-# run is not comparable with runs without it, so those runs are separate, extra rounds).
+# run is not comparable with runs without it, so those runs are separate, extra rounds; it
+# also changes how many messages a write gathers: at 400 publishes/s to 2,000 subscribers it
+# showed 26 messages per writev where `perf stat -e syscalls:sys_enter_writev` counted 4.7,
+# so count batch sizes with perf's tracepoints, not with this).
 # --generator-nice N: run the load generator at that niceness (e.g. -10: above the server), to
 # see how much of a latency figure is the generator waiting for a core it shares with the
 # server. Off by default, as in bench/compare.sh.

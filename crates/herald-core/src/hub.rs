@@ -16,6 +16,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use indexmap::IndexSet;
 use parking_lot::{Mutex, RwLock};
@@ -300,11 +301,12 @@ impl Hub {
         };
         let lists = channel.by_thread(queues.threads());
         let mut taken = lists.elsewhere().iter().filter(|o| write_here(o)).count();
+        let handed = Instant::now();
         for (thread, outboxes) in lists.threads() {
             if large || pending.count(thread) > 0 {
                 // Counted now: the share hands the message over later.
                 taken += outboxes.iter().filter(|o| !o.has_overflowed()).count();
-                shares::hand_over(queues.as_ref(), pending, thread, outboxes, message);
+                shares::hand_over(queues.as_ref(), pending, thread, outboxes, message, handed);
             } else {
                 taken += outboxes.iter().filter(|o| write_here(o)).count();
             }

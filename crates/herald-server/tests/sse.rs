@@ -429,21 +429,7 @@ async fn racing_publishers_on_a_large_channel_reach_every_stream_in_order_with_i
             got
         }));
     }
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let client = server.client.clone();
-            let url = server.url("/publish?cid=big");
-            tokio::spawn(async move {
-                for i in 0..EACH {
-                    let response = client.post(&url).body(format!("p{p}-{i}")).send().await;
-                    assert_eq!(response.unwrap().status(), 200);
-                }
-            })
-        })
-        .collect();
-    for publisher in publishers {
-        publisher.await.unwrap();
-    }
+    common::race_publishers(&server, "big", PUBLISHERS, EACH).await;
     let history = common::history(&server, "big").await;
     assert_eq!(history.len(), TOTAL as usize);
     let epoch = history[0]["epoch"].as_str().unwrap();

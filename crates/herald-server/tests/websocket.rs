@@ -2192,6 +2192,25 @@ async fn a_thousand_subscribers_each_receive_all_messages_in_order() {
     server.assert_healthy().await;
 }
 
+/// A task per subscriber that reads messages 1..=`total` in id order; each returns their
+/// bodies.
+fn read_in_order(clients: Vec<Ws>, total: u64) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut bodies = Vec::new();
+                for id in 1..=total {
+                    let v = next_json(&mut ws).await;
+                    assert_eq!(v["id"], id, "{v}");
+                    bodies.push(v["data"].as_str().unwrap().to_owned());
+                }
+                bodies
+            })
+        })
+        .collect()
+}
+
 /// Publishers racing on one large channel: its fan-out is handed to each connection thread as
 /// a share per message (`herald_core::shares`), and a thread that falls behind writes each
 /// subscriber several messages as one run, while subscribers whose sockets are full are
@@ -2214,35 +2233,8 @@ async fn racing_publishers_on_a_large_channel_reach_every_subscriber_in_order() 
         assert_subscribed(v, "race", 0);
     })
     .await;
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|mut ws| {
-            tokio::spawn(async move {
-                let mut bodies = Vec::new();
-                for id in 1..=TOTAL {
-                    let v = next_json(&mut ws).await;
-                    assert_eq!(v["id"], id, "{v}");
-                    bodies.push(v["data"].as_str().unwrap().to_owned());
-                }
-                bodies
-            })
-        })
-        .collect();
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let client = server.client.clone();
-            let url = server.url("/publish?cid=race");
-            tokio::spawn(async move {
-                for i in 0..EACH {
-                    let response = client.post(&url).body(format!("p{p}-{i}")).send().await;
-                    assert_eq!(response.unwrap().status(), 200);
-                }
-            })
-        })
-        .collect();
-    for publisher in publishers {
-        publisher.await.unwrap();
-    }
+    let readers = read_in_order(clients, TOTAL);
+    common::race_publishers(&server, "race", PUBLISHERS as u64, EACH).await;
     let history: Vec<String> = common::history(&server, "race")
         .await
         .iter()
@@ -2320,20 +2312,7 @@ async fn subscribers_coming_and_going_on_a_large_channel_lose_nothing_and_keep_o
         assert_subscribed(v, "churn", 0);
     })
     .await;
-    let staying: Vec<_> = staying
-        .into_iter()
-        .map(|mut ws| {
-            tokio::spawn(async move {
-                let mut bodies = Vec::new();
-                for id in 1..=TOTAL {
-                    let v = next_json(&mut ws).await;
-                    assert_eq!(v["id"], id, "{v}");
-                    bodies.push(v["data"].as_str().unwrap().to_owned());
-                }
-                bodies
-            })
-        })
-        .collect();
+    let staying = read_in_order(staying, TOTAL);
     // On one connection each: subscribe from the last id seen, read a few messages,
     // unsubscribe, again, until the last message. Returns how many times it subscribed.
     let resuming: Vec<_> = (0..RESUMING)
@@ -2404,21 +2383,7 @@ async fn subscribers_coming_and_going_on_a_large_channel_lose_nothing_and_keep_o
             })
         })
         .collect();
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let client = server.client.clone();
-            let url = server.url("/publish?cid=churn");
-            tokio::spawn(async move {
-                for i in 0..EACH {
-                    let response = client.post(&url).body(format!("p{p}-{i}")).send().await;
-                    assert_eq!(response.unwrap().status(), 200);
-                }
-            })
-        })
-        .collect();
-    for publisher in publishers {
-        publisher.await.unwrap();
-    }
+    common::race_publishers(&server, "churn", PUBLISHERS, EACH).await;
     let history: Vec<String> = common::history(&server, "churn")
         .await
         .iter()

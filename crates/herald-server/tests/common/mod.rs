@@ -203,6 +203,28 @@ pub async fn history(server: &TestServer, cid: &str) -> Vec<Value> {
     response.json().await.unwrap()
 }
 
+/// Publishes from `publishers` tasks at once, each posting `each` text messages `p{p}-{i}`
+/// to `cid` in turn; returns once every one has been answered `200`.
+#[allow(dead_code)] // not every test binary races publishers
+pub async fn race_publishers(server: &TestServer, cid: &str, publishers: u64, each: u64) {
+    let url = server.url(&format!("/publish?cid={cid}"));
+    let tasks: Vec<_> = (0..publishers)
+        .map(|p| {
+            let client = server.client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    let response = client.post(&url).body(format!("p{p}-{i}")).send().await;
+                    assert_eq!(response.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 /// Publishes `n` text messages `m1`… to `cid`; returns the channel's epoch.
 pub async fn publish_n(server: &TestServer, cid: &str, n: usize) -> String {
     let mut epoch = String::new();
