@@ -652,7 +652,7 @@ pub(crate) mod tests {
         let pending = Arc::new(PendingShares::new(1));
         let (outboxes, runs) = recorded(2);
         let (mut backlog, t0) = paced(10);
-        let mut hand = |backlog: &mut ShareBacklog, offset, at| {
+        let hand = |backlog: &mut ShareBacklog, offset, at| {
             hand_at(
                 backlog,
                 &pending,
