@@ -14,12 +14,13 @@
 # table; for `many`:
 #   --transport ws --subscribers 5000 --channels 1000 --rate 2000 --payload-size 100
 #   --pub-concurrency 8 --duration 10s
-# --syscalls: also attach `strace -c -f` to each server for 5 s of the publish phase and print
-# its system calls per published message (strace slows the server: the CPU figure of such a
-# run is not comparable with runs without it, so those runs are separate, extra rounds; it
-# also changes how many messages a write gathers: at 400 publishes/s to 2,000 subscribers it
-# showed 26 messages per writev where `perf stat -e syscalls:sys_enter_writev` counted 4.7,
-# so count batch sizes with perf's tracepoints, not with this).
+# --syscalls: also count each server's system calls for 5 s of the publish phase, in one extra
+# run per side, and print them per published message. With `perf` installed they are counted
+# by its syscall tracepoints (`perf stat -e syscalls:sys_enter_…`), which barely slow the
+# server; without it, by `strace -c -f`, which slows it enough to change how many messages a
+# write gathers (at 400 publishes/s to 2,000 subscribers strace showed 26 messages per writev
+# where perf counted 4.7): trust strace's counts for which calls are made, not for batch
+# sizes. Either way those runs are not among the rounds above.
 # --generator-nice N: run the load generator at that niceness (e.g. -10: above the server), to
 # see how much of a latency figure is the generator waiting for a core it shares with the
 # server. Off by default, as in bench/compare.sh.
@@ -55,6 +56,10 @@ out=$(mktemp -d /tmp/herald-ab.XXXXXX)
 echo "results in $out"
 
 port=18300
+# The system calls `--syscalls` counts with perf (those the fan-out and HTTP paths make).
+perf_events=$(printf 'syscalls:sys_enter_%s,' writev sendto sendmsg write read recvfrom \
+    epoll_wait futex sched_yield)
+perf_events=${perf_events%,}
 # One run: side label, server (executable and its own flags), round, whether to trace.
 run() {
     local label=$1 round=$3 trace=$4
@@ -74,7 +79,12 @@ run() {
     if [ "$trace" = 1 ]; then
         # Attach after connecting and warming up (scenarios here connect in a few seconds).
         sleep 6
-        timeout 5 strace -c -f -p "$server" -o "$out/$label.$round.strace" >/dev/null 2>&1 || true
+        if command -v perf >/dev/null; then
+            timeout 10 perf stat -x, -o "$out/$label.$round.perf" -e "$perf_events" \
+                -p "$server" -- sleep 5 >/dev/null 2>&1 || true
+        else
+            timeout 5 strace -c -f -p "$server" -o "$out/$label.$round.strace" >/dev/null 2>&1 || true
+        fi
     fi
     wait "$generator" || true
     kill "$server" 2>/dev/null || true
@@ -127,11 +137,20 @@ for label in labels:
     if syscalls:
         published = json.load(open(f"{out}/{label}.trace.json"))["publish"]["achieved_rate"] * 5
         counts = {}
-        for line in open(f"{out}/{label}.trace.strace"):
-            m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
-            if m and m.group(2) != "total":
-                counts[m.group(2)] = int(m.group(1))
+        try:
+            # perf stat -x, lines: count,unit,event,… ("<not counted>" when it could not).
+            for line in open(f"{out}/{label}.trace.perf"):
+                fields = line.strip().split(",")
+                if len(fields) > 2 and fields[0].isdigit() and "sys_enter_" in fields[2]:
+                    counts[fields[2].split("sys_enter_")[1]] = int(fields[0])
+            how = "perf"
+        except FileNotFoundError:
+            for line in open(f"{out}/{label}.trace.strace"):
+                m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
+                if m and m.group(2) != "total":
+                    counts[m.group(2)] = int(m.group(1))
+            how = "strace"
         top = sorted(counts.items(), key=lambda kv: -kv[1])[:8]
-        print(f"{label} system calls per publish (5 s traced): " +
+        print(f"{label} system calls per publish (5 s, {how}): " +
               ", ".join(f"{name} {n / published:.2f}" for name, n in top))
 PY
