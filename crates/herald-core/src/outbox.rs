@@ -246,25 +246,22 @@ impl Outbox {
     /// Hands `message` to the connection: directly when possible, else through the queue.
     /// Returns false if the outbox overflowed and the message was not taken.
     pub fn push(&self, message: &Arc<Message>) -> bool {
-        self.hand_over(message, true)
+        self.push_run(std::slice::from_ref(message), true)
     }
 
     /// Hands `message` to the connection through the queue only, for the consumer's own task
     /// to write (fan-out work the publisher leaves to other threads).
     pub fn push_queued(&self, message: &Arc<Message>) -> bool {
-        self.hand_over(message, false)
+        self.push_run(std::slice::from_ref(message), false)
     }
 
     /// Hands a run of messages of one channel, oldest first, to the connection: directly as
     /// far as possible when `direct_allowed` (one write for all of them where the connection
-    /// can), the rest through the queue. Returns false if the outbox overflowed and they were
-    /// not taken.
+    /// can; a single message goes to [`DirectDelivery::deliver`]), the rest through the queue.
+    /// Returns false if the outbox overflowed and they were not taken.
     pub fn push_run(&self, messages: &[Arc<Message>], direct_allowed: bool) -> bool {
-        let [first, more @ ..] = messages else {
+        if messages.is_empty() {
             return true;
-        };
-        if more.is_empty() {
-            return self.hand_over(first, direct_allowed);
         }
         let accepted = {
             let mut state = self.state.lock();
@@ -275,7 +272,10 @@ impl Outbox {
             let mut left = messages;
             if direct_allowed && idle {
                 if let Some(direct) = &state.direct {
-                    let outcome = direct.deliver_run(messages);
+                    let outcome = match messages {
+                        [message] => RunOutcome::from(direct.deliver(message)),
+                        _ => direct.deliver_run(messages),
+                    };
                     left = &messages[outcome.taken.min(messages.len())..];
                     state.pending = outcome.rest;
                     if left.is_empty() && state.pending.is_none() {
@@ -289,40 +289,6 @@ impl Outbox {
                 false
             } else {
                 state.items.extend(left.iter().cloned());
-                true
-            }
-        };
-        self.waker.wake();
-        accepted
-    }
-
-    fn hand_over(&self, message: &Arc<Message>, direct_allowed: bool) -> bool {
-        let accepted = {
-            let mut state = self.state.lock();
-            if self.overflowed.load(Ordering::Relaxed) {
-                return false;
-            }
-            let idle = state.items.is_empty() && !state.busy && state.pending.is_none();
-            if direct_allowed && idle {
-                if let Some(direct) = &state.direct {
-                    match direct.deliver(message) {
-                        DirectOutcome::Done => return true,
-                        DirectOutcome::Partial(rest) => {
-                            state.pending = Some(rest);
-                            drop(state);
-                            self.waker.wake();
-                            return true;
-                        }
-                        DirectOutcome::Queue => {}
-                    }
-                }
-            }
-            if state.items.len() >= self.capacity {
-                self.overflowed.store(true, Ordering::Relaxed);
-                state.items = VecDeque::new();
-                false
-            } else {
-                state.items.push_back(Arc::clone(message));
                 true
             }
         };
