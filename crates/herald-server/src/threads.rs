@@ -226,6 +226,7 @@ impl Drop for ConnectionThreads {
 mod tests {
     use super::*;
     use herald_core::{ChannelId, Epoch, Hub, Load, Message, Outbox, Payload, Position};
+    use std::ops::RangeInclusive;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -317,10 +318,11 @@ mod tests {
         (hub, outboxes)
     }
 
-    /// Publishes messages 1..=`last` of `cid` through `hub`; each reaches all `subscribers`.
-    fn publish(hub: &Hub, cid: &ChannelId, last: u64, subscribers: usize) {
+    /// Publishes the messages at `offsets` of `cid` through `hub`; each reaches all
+    /// `subscribers`.
+    fn publish(hub: &Hub, cid: &ChannelId, offsets: RangeInclusive<u64>, subscribers: usize) {
         let payload = Payload::from_text(b"x").expect("payload");
-        for offset in 1..=last {
+        for offset in offsets {
             let position = Position {
                 epoch: Epoch::from_u64(1),
                 offset,
@@ -337,7 +339,7 @@ mod tests {
         let (release, released) = mpsc::channel();
         let gate = Arc::new(Gate(parking_lot::Mutex::new(Some(released))));
         let (hub, outboxes) = large_channel(&threads, &cid, Some(gate));
-        publish(&hub, &cid, BACKLOG_MAX as u64 + 2, outboxes.len());
+        publish(&hub, &cid, 1..=BACKLOG_MAX as u64 + 2, outboxes.len());
         let queues = threads.share_queues();
         assert!(!queues.has_room(), "the thread is stuck on its first share");
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -363,19 +365,26 @@ mod tests {
         let threads = ConnectionThreads::start(1, Duration::from_secs(60)).expect("threads");
         let cid = ChannelId::parse("paced").expect("cid");
         let (hub, outboxes) = large_channel(&threads, &cid, None);
-        // More than the bound, all within the channel's window: the first is written at once,
-        // the others wait for the window, on time.
-        publish(&hub, &cid, BACKLOG_MAX as u64 + 2, outboxes.len());
         let queues = threads.share_queues();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !(queues.has_room() && outboxes.iter().all(|o| o.len() == 1)) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "room, and the first message queued for every subscriber ({})",
-                outboxes[0].len()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        // The first message is written at once and opens the channel's window.
+        publish(&hub, &cid, 1..=1, outboxes.len());
+        wait_for("the first message written", &|| {
+            outboxes.iter().all(|o| o.len() == 1)
+        });
+        // More than the bound within the window: they wait for it, on time, and leave room.
+        publish(&hub, &cid, 2..=BACKLOG_MAX as u64 + 2, outboxes.len());
+        wait_for("room", &|| queues.has_room());
+        assert!(
+            outboxes.iter().all(|o| o.len() == 1),
+            "the others wait for the window"
+        );
     }
 
     #[test]
