@@ -292,11 +292,12 @@ impl Message {
     }
 
     /// The envelope as a complete, unmasked WebSocket text frame (RFC 6455 §5.2): the same
-    /// bytes go to every WebSocket subscriber.
-    pub fn websocket_frame(&self) -> Bytes {
+    /// bytes go to every WebSocket subscriber. Lent, not cloned: a direct write borrows it, and
+    /// only a connection that keeps it (a queue, a partial write) pays for a reference count,
+    /// an atomic on a cache line every thread writing this message touches.
+    pub fn websocket_frame(&self) -> &Bytes {
         self.websocket_frame
             .get_or_init(|| websocket_frame(OPCODE_TEXT, &self.envelope))
-            .clone()
     }
 
     /// The envelope made safe to embed in an HTML `<script>` element: `<`, `>`, `&`, U+2028 and

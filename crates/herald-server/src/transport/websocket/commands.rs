@@ -98,10 +98,10 @@ pub fn encode_events(session: &mut Session, events: Vec<Event>, out: &mut Vec<By
 /// Appends the frames for one message: its shared frame, after a gap frame if needed.
 pub fn encode_message(session: &mut Session, message: &Arc<Message>, out: &mut Vec<Bytes>) {
     match session.accept(message) {
-        Accept::Deliver => out.push(message.websocket_frame()),
+        Accept::Deliver => out.push(message.websocket_frame().clone()),
         Accept::GapThenDeliver(gap) => {
             out.push(frame::text(&gap.to_json()));
-            out.push(message.websocket_frame());
+            out.push(message.websocket_frame().clone());
         }
         Accept::Duplicate | Accept::NotSubscribed => {}
     }

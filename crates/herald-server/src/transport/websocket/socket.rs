@@ -30,6 +30,10 @@ use crate::tls::TlsStream;
 /// Size of the on-stack read buffer.
 const READ_CHUNK: usize = 4096;
 
+/// The most frames one direct write of a run takes (the rest go through the connection's
+/// queue): as many as a thread puts in one run (`herald_core`'s shares).
+const RUN_SLICES: usize = 64;
+
 /// What a WebSocket connection needs from its stream.
 pub trait WsSocket: Send + Sync + 'static {
     /// Reads what is available into `inbox` through a stack buffer, so nothing is allocated
@@ -75,10 +79,12 @@ impl DirectDelivery for DirectWriter {
             return DirectOutcome::Queue;
         };
         let frame = message.websocket_frame();
-        let outcome = match TcpStream::try_write(&self.socket, &frame) {
+        let outcome = match TcpStream::try_write(&self.socket, frame) {
             Ok(n) if n == frame.len() => DirectOutcome::Done,
             Ok(n) => DirectOutcome::Partial(frame.slice(n..)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => DirectOutcome::Partial(frame),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                DirectOutcome::Partial(frame.clone())
+            }
             // A broken socket: the task finds out on its side and ends the connection.
             Err(_) => return DirectOutcome::Queue,
         };
@@ -96,20 +102,25 @@ impl DirectDelivery for DirectWriter {
             return RunOutcome::default();
         };
         // Anything but the channel's next messages is left to the connection's judgement.
-        let run = &messages[..in_sequence(messages)];
-        let frames: Vec<Bytes> = run.iter().map(|m| m.websocket_frame()).collect();
-        let slices: Vec<io::IoSlice<'_>> = frames.iter().map(|f| io::IoSlice::new(f)).collect();
-        let written = match self.socket.try_write_vectored(&slices) {
+        // Borrowed frames on the stack: this runs once per subscriber of every run.
+        let run = &messages[..in_sequence(messages).min(RUN_SLICES)];
+        let mut slices = [io::IoSlice::new(&[]); RUN_SLICES];
+        for (slice, message) in slices.iter_mut().zip(run) {
+            *slice = io::IoSlice::new(message.websocket_frame());
+        }
+        let written = match self.socket.try_write_vectored(&slices[..run.len()]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             // A broken socket: the task finds out on its side and ends the connection.
             Err(_) => return RunOutcome::default(),
         };
-        let (taken, cut) = RunOutcome::after_write(frames.iter().map(Bytes::len), written);
-        *position = run[taken - 1].position();
+        let lens = run.iter().map(|m| m.websocket_frame().len());
+        let (taken, cut) = RunOutcome::after_write(lens, written);
+        let last = &run[taken - 1];
+        *position = last.position();
         RunOutcome {
             taken,
-            rest: cut.map(|at| frames[taken - 1].slice(at..)),
+            rest: cut.map(|at| last.websocket_frame().slice(at..)),
         }
     }
 }
