@@ -25,8 +25,9 @@
 //! then from that message's hand-over. A thread a little late with a quiet channel's message
 //! must not make the next one, published a window later, wait for what it was late by
 //! (counted from every run's start, each message of a channel at 50 publishes/s waited about
-//! 6 ms with a 20 ms window). A run cut short (by its bound, or by a change of subscribers) leaves the channel
-//! due at once, so a thread behind is never slowed down. Measured in BENCHMARKS.md.
+//! 6 ms with a 20 ms window). A run cut short (by its bound, or by a change of subscribers)
+//! leaves the channel due at once, so a thread behind is never slowed down. Measured in
+//! BENCHMARKS.md.
 //!
 //! **Order.** A subscriber must not be handed a newer message of a channel by another path
 //! while an older one waits in a share. Each channel counts, per thread, the shares handed over
@@ -140,8 +141,9 @@ struct Run {
 }
 
 impl ShareBacklog {
-    /// A backlog that starts a run of a channel no sooner than `window` after the start of
-    /// its last run that took every share of the channel waiting.
+    /// A backlog that starts a run of a channel no sooner than `window` after its last run
+    /// that took every share of the channel waiting (see the module documentation for where
+    /// the window counts from).
     pub fn paced(window: Duration) -> Self {
         Self {
             waiting: VecDeque::new(),
@@ -189,14 +191,12 @@ impl ShareBacklog {
     pub fn step_at(&mut self, max: usize, now: Instant) -> Left {
         let mut budget = max.max(1);
         while budget > 0 {
-            if self.writing.is_none() {
-                match self.next_run(now) {
-                    Ok(run) => self.writing = Some(run),
+            let mut run = match self.writing.take() {
+                Some(run) => run,
+                None => match self.next_run(now) {
+                    Ok(run) => run,
                     Err(left) => return left,
-                }
-            }
-            let Some(run) = self.writing.as_mut() else {
-                return Left::Nothing;
+                },
             };
             let outboxes = &run.shares[0].outboxes;
             let end = outboxes.len().min(run.done + budget);
@@ -205,9 +205,10 @@ impl ShareBacklog {
             }
             budget -= end - run.done;
             run.done = end;
-            if end == outboxes.len() {
-                // Dropping the shares releases them (see `Share`'s `Drop`).
-                self.writing = None;
+            // A run written to the end is dropped, which releases its shares (see `Share`'s
+            // `Drop`).
+            if end < outboxes.len() {
+                self.writing = Some(run);
             }
         }
         if self.is_empty() {

@@ -4,11 +4,12 @@
 //! `herald_core::Load`), and when a connection thread has fallen far behind with the shares of
 //! large channels, the publish waits for it before the publisher's next request is read (see
 //! `herald_core::Hub::room`). The backend that published has no reason to wait for either: once
-//! the message has its position and is in history, its answer is known. So for a publish the connection front answers, the front lends
-//! the handler an [`AnswerFirst`] (`front::Lent`); the publish handler gives it the answer from
-//! the engine's before-fan-out hook (`herald_core::BeforeFanOut`), and the answer goes to the
-//! socket at once, as far as the socket takes it without waiting. The front then writes
-//! whatever is left and does not write the handler's own response (the same answer) again.
+//! the message has its position and is in history, its answer is known. So for a publish the
+//! connection front answers, the front lends the handler an [`AnswerFirst`] (`front::Lent`);
+//! the publish handler gives it the answer from the engine's before-fan-out hook
+//! (`herald_core::BeforeFanOut`), and the answer goes to the socket at once, as far as the
+//! socket takes it without waiting. The front then writes whatever is left and does not write
+//! the handler's own response (the same answer) again.
 //!
 //! Requests served by hyper (TLS, a chunked body, …) get no [`AnswerFirst`] and are answered
 //! after the fan-out, as before.

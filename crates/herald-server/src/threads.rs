@@ -17,10 +17,10 @@
 //! of the subscribers it holds (`herald_core::home_thread`), which a task of that thread,
 //! `write_shares`, writes between its connections' turns; see `herald_core`'s `shares`
 //! module for why and for how order is kept. [`ConnectionThreads::share_queues`] is that
-//! hand-over. The cost of threads of their own: a thread's connections wait while the OS runs something else on its
-//! core, where a work-stealing worker would have taken them; publishing flat out over 8
-//! connections, with the load generator on the same two cores, reached 15–21 % fewer
-//! publishes/s (BENCHMARKS.md). Most of that is sleeping and waking: a thread holding 4 of the
+//! hand-over. The cost of threads of their own: a thread's connections wait while the OS runs
+//! something else on its core, where a work-stealing worker would have taken them; publishing
+//! flat out over 8 connections, with the load generator on the same two cores, reached 15–21 %
+//! fewer publishes/s (BENCHMARKS.md). Most of that is sleeping and waking: a thread holding 4 of the
 //! 8 connections runs out of work and sleeps far more often than one holding all 8, and on
 //! a virtual machine each wake-up costs microseconds (the kernel's context switch took 22 % of
 //! the server's profile with two threads, 1 % with one).
@@ -53,8 +53,8 @@ pub struct ConnectionThreads {
 /// how many shares each holds.
 struct ThreadShares {
     queues: Vec<mpsc::UnboundedSender<Share>>,
-    /// Per thread: shares handed over and not written yet (as of the thread's last step, plus
-    /// those sent since).
+    /// Per thread: shares it is behind with (`herald_core::ShareBacklog::behind`, as of its
+    /// last step, plus those sent since).
     depths: Box<[AtomicUsize]>,
     /// Woken when a thread that had fallen behind is back within [`BACKLOG_MAX`].
     room: Notify,
